@@ -1,0 +1,888 @@
+//! What a daemon answer means: the one place for the status table of
+//! CONNECTOR-CONTRACT.md §3 and the error taxonomy of PROTOCOL.md §4.
+//!
+//! The daemon tells most errors apart only by their text, and a few by `error_code`;
+//! [`classify`] turns an answer body into the soft result every client call returns,
+//! and [`Status::defaults`] holds the `ok` / `committed` / `retryable` of each status
+//! so the transport rows and the Ruby test doubles read the same table.
+
+use serde_json::{Map, Value};
+use std::fmt;
+use std::str::FromStr;
+use thiserror::Error;
+
+/// The kind of operation an answer belongs to: the status table depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    /// `write_fact_once` (and the legacy `write_fact`): answers carry `committed`.
+    Write,
+    /// Any read (`latest_for`, `facts_for`, `facts_by_seq`, `size`, …).
+    Read,
+    /// `ping`.
+    Ping,
+    /// `metrics`: its answers carry no `ok` at all.
+    Metrics,
+}
+
+/// The `status` of a soft result, exactly as CONNECTOR-CONTRACT.md §3 spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// A write was inserted.
+    CommittedAcked,
+    /// A write found the same fact already stored: nothing new, nothing lost.
+    IdempotentReplay,
+    /// The overload limiter refused the request before it ran; retry with backoff.
+    RejectedBeforeCommit,
+    /// The id is taken by a fact with another key or value; never retry.
+    DuplicateFactIdConflict,
+    /// The daemon answered with any other failure.
+    Error,
+    /// A ping, read or metrics call succeeded.
+    Ok,
+    /// Could not connect: nothing was sent.
+    Unavailable,
+    /// Sent, but no valid answer came back: the request may or may not have run.
+    TimeoutUnknown,
+    /// The circuit breaker is open: nothing was sent.
+    CircuitOpen,
+    /// The connector is switched off: nothing was sent, and that is not a failure.
+    Disabled,
+}
+
+/// The three flags of a soft result that the status table fixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flags {
+    /// The call succeeded.
+    pub ok: bool,
+    /// Whether the fact is stored; `None` when nobody can tell.
+    pub committed: Option<bool>,
+    /// Whether retrying can help; `None` when nobody can tell.
+    pub retryable: Option<bool>,
+}
+
+impl Status {
+    /// Every status, in the order of the contract's table.
+    pub const ALL: [Status; 10] = [
+        Status::IdempotentReplay,
+        Status::CommittedAcked,
+        Status::RejectedBeforeCommit,
+        Status::DuplicateFactIdConflict,
+        Status::Error,
+        Status::Ok,
+        Status::Unavailable,
+        Status::TimeoutUnknown,
+        Status::CircuitOpen,
+        Status::Disabled,
+    ];
+
+    /// The name Ruby sees in `result[:status]`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::CommittedAcked => "committed_acked",
+            Status::IdempotentReplay => "idempotent_replay",
+            Status::RejectedBeforeCommit => "rejected_before_commit",
+            Status::DuplicateFactIdConflict => "duplicate_fact_id_conflict",
+            Status::Error => "error",
+            Status::Ok => "ok",
+            Status::Unavailable => "unavailable",
+            Status::TimeoutUnknown => "timeout_unknown",
+            Status::CircuitOpen => "circuit_open",
+            Status::Disabled => "disabled",
+        }
+    }
+
+    /// `ok` / `committed` / `retryable` of this status when no daemon answer says
+    /// otherwise. Only [`Status::Error`] takes `committed` and `retryable` from the
+    /// daemon; its defaults (`false` / `None` / `None`) apply when there is none, as in
+    /// the test helpers' `queue_result`.
+    pub fn defaults(self) -> Flags {
+        let (ok, committed, retryable) = match self {
+            Status::CommittedAcked | Status::IdempotentReplay => (true, Some(true), Some(false)),
+            Status::RejectedBeforeCommit => (false, Some(false), Some(true)),
+            Status::DuplicateFactIdConflict => (false, Some(false), Some(false)),
+            Status::Error => (false, None, None),
+            Status::Ok | Status::Disabled => (true, None, Some(false)),
+            Status::Unavailable | Status::CircuitOpen => (false, None, Some(true)),
+            Status::TimeoutUnknown => (false, None, None),
+        };
+        Flags {
+            ok,
+            committed,
+            retryable,
+        }
+    }
+
+    /// Whether this status can only come from the client side (nothing, or nothing
+    /// valid, came back from the daemon).
+    pub fn is_transport(self) -> bool {
+        matches!(
+            self,
+            Status::Unavailable | Status::TimeoutUnknown | Status::CircuitOpen | Status::Disabled
+        )
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status name that is not in the table.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("unknown status {0:?}; expected one of committed_acked, idempotent_replay, rejected_before_commit, duplicate_fact_id_conflict, error, ok, unavailable, timeout_unknown, circuit_open, disabled")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for Status {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+/// What went wrong, finer than [`Status`]: tells a configuration problem from a bug
+/// from a transient failure, which the daemon mostly says only in prose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Nothing went wrong.
+    None,
+    /// `duplicate_fact_id_conflict`: the id holds another key or value. Permanent.
+    Conflict,
+    /// `value_hash_mismatch`: a strict-hash write sent a wrong `value_hash`. Permanent.
+    HashMismatch,
+    /// `overloaded`: refused before running; retry with backoff.
+    Overloaded,
+    /// The request may have taken effect: `durable sync failed` (the fact IS stored,
+    /// only its fsync failed), any other retryable answer without a code, or a request
+    /// sent without a valid answer. Retry with the same fact id.
+    OutcomeUnknown,
+    /// Certainly not applied and safe to retry: `WAL write failed`, or nothing was
+    /// sent (could not connect, breaker open).
+    NotApplied,
+    /// `Authentication failed…`: a missing or unknown token. A configuration problem.
+    Auth,
+    /// `Access denied…`: the token's role or stores do not allow this. A configuration
+    /// problem.
+    AccessDenied,
+    /// The request itself is wrong, so retrying cannot help: `Invalid fact data…`,
+    /// `Invalid store name`, `Missing…`, `Invalid JSON request…`, `Unknown operation…`.
+    ClientBug,
+    /// Any other failure.
+    Other,
+}
+
+impl ErrorKind {
+    /// A stable snake_case name for logs and the Ruby side.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::None => "none",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::HashMismatch => "hash_mismatch",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::OutcomeUnknown => "outcome_unknown",
+            ErrorKind::NotApplied => "not_applied",
+            ErrorKind::Auth => "auth",
+            ErrorKind::AccessDenied => "access_denied",
+            ErrorKind::ClientBug => "client_bug",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// Reads an error from its `error_code` (when the daemon gave one) and its text.
+    ///
+    /// `retryable` matters only for answers with no code and unrecognised text: the
+    /// daemon marks "maybe stored" failures retryable without a code, so an unknown
+    /// retryable error is treated as one (the safe reading for an idempotent write).
+    pub fn from_error(code: Option<&str>, text: Option<&str>, retryable: Option<bool>) -> Self {
+        match code {
+            Some("duplicate_fact_id_conflict") => return ErrorKind::Conflict,
+            Some("value_hash_mismatch") => return ErrorKind::HashMismatch,
+            Some("overloaded") => return ErrorKind::Overloaded,
+            _ => {}
+        }
+        let text = text.unwrap_or("");
+        const CLIENT_BUG: [&str; 5] = [
+            "Invalid fact data",
+            "Invalid store name",
+            "Missing ",
+            "Invalid JSON request",
+            "Unknown operation",
+        ];
+        if text.starts_with("durable sync failed") {
+            ErrorKind::OutcomeUnknown
+        } else if text.starts_with("WAL write failed") {
+            ErrorKind::NotApplied
+        } else if text.starts_with("Authentication failed") {
+            ErrorKind::Auth
+        } else if text.starts_with("Access denied") {
+            ErrorKind::AccessDenied
+        } else if CLIENT_BUG.iter().any(|prefix| text.starts_with(prefix)) {
+            ErrorKind::ClientBug
+        } else if code.is_none() && retryable == Some(true) {
+            ErrorKind::OutcomeUnknown
+        } else {
+            ErrorKind::Other
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A classified answer: the soft result minus what only the client knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified {
+    /// The row of the status table.
+    pub status: Status,
+    /// Whether the call succeeded.
+    pub ok: bool,
+    /// Whether the fact is stored; `None` when nobody can tell.
+    pub committed: Option<bool>,
+    /// Whether retrying can help; `None` when nobody can tell.
+    pub retryable: Option<bool>,
+    /// The finer reason, [`ErrorKind::None`] on success.
+    pub kind: ErrorKind,
+    /// The daemon's `error` (a non-string one rendered as JSON), or our description
+    /// of a malformed answer; `None` on success.
+    pub error: Option<String>,
+    /// The whole answer object, or `Value::Null` when there is none.
+    pub answer: Value,
+}
+
+impl Classified {
+    /// The result of a call that got no daemon answer (or, for a daemon status, the
+    /// table's defaults without an answer, which is what test doubles need).
+    pub fn transport(status: Status, error: Option<String>) -> Self {
+        let Flags {
+            ok,
+            committed,
+            retryable,
+        } = status.defaults();
+        let kind = match status {
+            Status::Unavailable | Status::CircuitOpen => ErrorKind::NotApplied,
+            Status::TimeoutUnknown => ErrorKind::OutcomeUnknown,
+            Status::RejectedBeforeCommit => ErrorKind::Overloaded,
+            Status::DuplicateFactIdConflict => ErrorKind::Conflict,
+            Status::Error => ErrorKind::Other,
+            Status::CommittedAcked | Status::IdempotentReplay | Status::Ok | Status::Disabled => {
+                ErrorKind::None
+            }
+        };
+        Classified {
+            status,
+            ok,
+            committed,
+            retryable,
+            kind,
+            error,
+            answer: Value::Null,
+        }
+    }
+
+    fn from_row(status: Status, error: Option<String>, answer: Map<String, Value>) -> Self {
+        let mut classified = Classified::transport(status, error);
+        classified.answer = Value::Object(answer);
+        classified
+    }
+}
+
+/// The answer body could not be read as an answer at all. The request was sent and
+/// may have run, so the client reports [`Status::TimeoutUnknown`]
+/// (see [`AnswerError::into_classified`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AnswerError {
+    /// The body is not one JSON value (empty, truncated, invalid UTF-8, garbage after it).
+    #[error("daemon answer is not valid JSON: {0}")]
+    NotJson(String),
+    /// The body is JSON but not an object.
+    #[error("daemon answer is a JSON {0}, not an object")]
+    NotObject(&'static str),
+}
+
+impl AnswerError {
+    /// The soft result for a request whose answer was unreadable.
+    pub fn into_classified(self) -> Classified {
+        Classified::transport(Status::TimeoutUnknown, Some(self.to_string()))
+    }
+}
+
+/// Classifies the answer body of an `op` request.
+pub fn classify(op: OpKind, body: &[u8]) -> Result<Classified, AnswerError> {
+    let answer = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => map,
+        Ok(other) => return Err(AnswerError::NotObject(json_type(&other))),
+        Err(e) => return Err(AnswerError::NotJson(e.to_string())),
+    };
+    Ok(classify_object(op, answer))
+}
+
+/// [`classify`], with an unreadable answer reported as [`Status::TimeoutUnknown`].
+pub fn classify_or_unknown(op: OpKind, body: &[u8]) -> Classified {
+    classify(op, body).unwrap_or_else(AnswerError::into_classified)
+}
+
+/// Classifies an answer already parsed into an object.
+pub fn classify_object(op: OpKind, answer: Map<String, Value>) -> Classified {
+    let ok_field = answer.get("ok");
+    let ok = ok_field == Some(&Value::Bool(true));
+    let committed = answer.get("committed").and_then(Value::as_bool);
+    let retryable = answer.get("retryable").and_then(Value::as_bool);
+    let code = answer.get("error_code").and_then(Value::as_str);
+
+    let status = match op {
+        OpKind::Write if ok && committed == Some(true) => {
+            if answer.get("idempotent_replay") == Some(&Value::Bool(true)) {
+                Some(Status::IdempotentReplay)
+            } else {
+                Some(Status::CommittedAcked)
+            }
+        }
+        // The limiter runs before the op is even looked up, so every op can be
+        // refused this way, and none of them ran.
+        _ if code == Some("overloaded") && committed == Some(false) => {
+            Some(Status::RejectedBeforeCommit)
+        }
+        OpKind::Write if code == Some("duplicate_fact_id_conflict") => {
+            Some(Status::DuplicateFactIdConflict)
+        }
+        OpKind::Read | OpKind::Ping if ok => Some(Status::Ok),
+        // Only `metrics` answers without `ok`; an `ok: false` is still a failure
+        // (e.g. a read-only token is denied it).
+        OpKind::Metrics if ok || ok_field.is_none() => Some(Status::Ok),
+        _ => None,
+    };
+    let daemon_error = match answer.get("error") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(other) => Some(other.to_string()),
+    };
+    match status {
+        Some(status @ (Status::RejectedBeforeCommit | Status::DuplicateFactIdConflict)) => {
+            Classified::from_row(status, daemon_error, answer)
+        }
+        Some(status) => Classified::from_row(status, None, answer),
+        None => {
+            let kind =
+                ErrorKind::from_error(code, answer.get("error").and_then(Value::as_str), retryable);
+            let error = daemon_error.or_else(|| Some(describe_missing_error(op, ok_field)));
+            Classified {
+                status: Status::Error,
+                ok: false,
+                committed,
+                retryable,
+                kind,
+                error,
+                answer: Value::Object(answer),
+            }
+        }
+    }
+}
+
+/// Says what was wrong with a failed answer that carries no `error` of its own, so a
+/// log line never reads `error=nil` for a failure.
+fn describe_missing_error(op: OpKind, ok: Option<&Value>) -> String {
+    match ok {
+        None => "daemon answer has no `ok` field".to_owned(),
+        Some(Value::Bool(true)) if op == OpKind::Write => {
+            "daemon answered ok to a write without `committed: true`".to_owned()
+        }
+        Some(Value::Bool(_)) => "daemon answered ok:false without an error message".to_owned(),
+        Some(other) => format!("daemon answer has a non-boolean `ok`: {other}"),
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(op: OpKind, body: &str) -> Classified {
+        classify(op, body.as_bytes()).unwrap()
+    }
+
+    fn flags(r: &Classified) -> (bool, Option<bool>, Option<bool>) {
+        (r.ok, r.committed, r.retryable)
+    }
+
+    // Answers below are copied from transcripts.jsonl (compact, keys sorted as the
+    // daemon sends them).
+
+    #[test]
+    fn write_inserted() {
+        let r = c(
+            OpKind::Write,
+            r#"{"committed":true,"durability":"accepted","idempotent_replay":false,"ok":true,"seq_id":1}"#,
+        );
+        assert_eq!(r.status, Status::CommittedAcked);
+        assert_eq!(flags(&r), (true, Some(true), Some(false)));
+        assert_eq!(r.kind, ErrorKind::None);
+        assert_eq!(r.error, None);
+        assert_eq!(r.answer["seq_id"], 1);
+    }
+
+    #[test]
+    fn write_replayed() {
+        let r = c(
+            OpKind::Write,
+            r#"{"committed":true,"durability":"durable","idempotent_replay":true,"ok":true,"seq_id":1}"#,
+        );
+        assert_eq!(r.status, Status::IdempotentReplay);
+        assert_eq!(flags(&r), (true, Some(true), Some(false)));
+    }
+
+    #[test]
+    fn write_in_memory_ack_with_warning_is_still_committed() {
+        let r = c(
+            OpKind::Write,
+            r#"{"committed":true,"durability":"in_memory","idempotent_replay":false,"ok":true,"seq_id":2,"warning":"durable requested but daemon is ephemeral (no WAL); ack is in_memory, NOT durable"}"#,
+        );
+        assert_eq!(r.status, Status::CommittedAcked);
+    }
+
+    #[test]
+    fn legacy_write_fact_without_idempotent_replay_is_committed() {
+        let r = c(
+            OpKind::Write,
+            r#"{"committed":true,"durability":"accepted","ok":true,"seq_id":17}"#,
+        );
+        assert_eq!(r.status, Status::CommittedAcked);
+    }
+
+    #[test]
+    fn write_conflict() {
+        let r = c(
+            OpKind::Write,
+            r#"{"committed":false,"error":"Duplicate fact id conflict","error_code":"duplicate_fact_id_conflict","existing_key":"order-1","existing_value_hash":"81e6034f5e9809b4713ee7adc1361e4af05ea9a7beb4c90f7fd31a9b65d80d32","ok":false,"retryable":false}"#,
+        );
+        assert_eq!(r.status, Status::DuplicateFactIdConflict);
+        assert_eq!(flags(&r), (false, Some(false), Some(false)));
+        assert_eq!(r.kind, ErrorKind::Conflict);
+        assert_eq!(r.error.as_deref(), Some("Duplicate fact id conflict"));
+        assert_eq!(r.answer["existing_key"], "order-1");
+    }
+
+    #[test]
+    fn conflict_code_ignores_the_daemon_flags() {
+        // The table fixes false/false/false whatever the answer says.
+        let r = c(
+            OpKind::Write,
+            r#"{"error":"Duplicate fact id conflict","error_code":"duplicate_fact_id_conflict","ok":false}"#,
+        );
+        assert_eq!(r.status, Status::DuplicateFactIdConflict);
+        assert_eq!(flags(&r), (false, Some(false), Some(false)));
+    }
+
+    const OVERLOADED: &str = r#"{"committed":false,"error":"TBackend overloaded: max in-flight request limit reached","error_code":"overloaded","max_inflight_requests":2,"ok":false,"retryable":true}"#;
+
+    #[test]
+    fn overload_is_rejected_before_commit_for_every_op() {
+        for op in [OpKind::Write, OpKind::Read, OpKind::Ping, OpKind::Metrics] {
+            let r = c(op, OVERLOADED);
+            assert_eq!(r.status, Status::RejectedBeforeCommit, "{op:?}");
+            assert_eq!(flags(&r), (false, Some(false), Some(true)));
+            assert_eq!(r.kind, ErrorKind::Overloaded);
+            assert_eq!(
+                r.error.as_deref(),
+                Some("TBackend overloaded: max in-flight request limit reached")
+            );
+        }
+    }
+
+    #[test]
+    fn overload_without_committed_false_is_a_plain_error() {
+        let r = c(
+            OpKind::Write,
+            r#"{"error":"TBackend overloaded","error_code":"overloaded","ok":false,"retryable":true}"#,
+        );
+        assert_eq!(r.status, Status::Error);
+        assert_eq!(flags(&r), (false, None, Some(true)));
+        assert_eq!(r.kind, ErrorKind::Overloaded);
+    }
+
+    #[test]
+    fn durable_sync_failure_passes_flags_through_and_is_outcome_unknown() {
+        let r = c(
+            OpKind::Write,
+            r#"{"committed":false,"durability":"accepted","error":"durable sync failed: injected fdatasync fault","idempotent_replay":false,"ok":false,"retryable":true,"seq_id":2}"#,
+        );
+        assert_eq!(r.status, Status::Error);
+        assert_eq!(flags(&r), (false, Some(false), Some(true)));
+        assert_eq!(r.kind, ErrorKind::OutcomeUnknown);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("durable sync failed: injected fdatasync fault")
+        );
+    }
+
+    #[test]
+    fn strict_hash_mismatch() {
+        let r = c(
+            OpKind::Write,
+            r#"{"client_value_hash":"deadbeef","committed":false,"error":"client value_hash does not match server canonical hash","error_code":"value_hash_mismatch","ok":false,"retryable":false,"server_value_hash":"d59b6562d7c9b121bc9760873d787890ef4d429aad33a70b405baa0fa08a1f53"}"#,
+        );
+        assert_eq!(r.status, Status::Error);
+        assert_eq!(flags(&r), (false, Some(false), Some(false)));
+        assert_eq!(r.kind, ErrorKind::HashMismatch);
+    }
+
+    #[test]
+    fn wal_write_failure_is_not_applied() {
+        let r = c(
+            OpKind::Write,
+            r#"{"error":"WAL write failed: No space left on device (os error 28)","ok":false}"#,
+        );
+        assert_eq!(r.status, Status::Error);
+        assert_eq!(flags(&r), (false, None, None));
+        assert_eq!(r.kind, ErrorKind::NotApplied);
+    }
+
+    #[test]
+    fn auth_and_acl_errors() {
+        let cases = [
+            (
+                OpKind::Ping,
+                r#"{"error":"Authentication failed: missing 'token' parameter","ok":false}"#,
+                ErrorKind::Auth,
+            ),
+            (
+                OpKind::Ping,
+                r#"{"error":"Authentication failed: invalid token","ok":false}"#,
+                ErrorKind::Auth,
+            ),
+            (
+                OpKind::Read,
+                r#"{"error":"Access denied: token not authorized for store 'ledger_b'","ok":false}"#,
+                ErrorKind::AccessDenied,
+            ),
+            (
+                OpKind::Write,
+                r#"{"error":"Access denied: role 'read_only' cannot execute operation 'write_fact_once'","ok":false}"#,
+                ErrorKind::AccessDenied,
+            ),
+            (
+                OpKind::Metrics,
+                r#"{"error":"Access denied: role 'read_only' cannot execute operation 'metrics'","ok":false}"#,
+                ErrorKind::AccessDenied,
+            ),
+        ];
+        for (op, body, kind) in cases {
+            let r = c(op, body);
+            assert_eq!(r.status, Status::Error, "{body}");
+            assert_eq!(flags(&r), (false, None, None), "{body}");
+            assert_eq!(r.kind, kind, "{body}");
+            assert!(r.error.unwrap().starts_with(&kind_prefix(kind)));
+        }
+    }
+
+    fn kind_prefix(kind: ErrorKind) -> String {
+        match kind {
+            ErrorKind::Auth => "Authentication failed".into(),
+            ErrorKind::AccessDenied => "Access denied".into(),
+            _ => String::new(),
+        }
+    }
+
+    #[test]
+    fn client_bugs() {
+        for text in [
+            "Invalid fact data: missing field `id`",
+            "Invalid fact data: invalid type: string \"abc\", expected struct FactData",
+            "Invalid store name",
+            "Missing 'fact' parameter",
+            "Missing 'store' parameter",
+            "Missing 'key' parameter",
+            "Invalid JSON request: EOF while parsing a value at line 1 column 0",
+            "Unknown operation: ",
+            "Unknown operation: nope",
+        ] {
+            let body = serde_json::json!({"error": text, "ok": false}).to_string();
+            for op in [OpKind::Write, OpKind::Read] {
+                let r = c(op, &body);
+                assert_eq!(r.status, Status::Error);
+                assert_eq!(r.kind, ErrorKind::ClientBug, "{text}");
+                assert_eq!(r.error.as_deref(), Some(text));
+            }
+        }
+    }
+
+    #[test]
+    fn other_errors() {
+        let r = c(
+            OpKind::Read,
+            r#"{"error":"Cannot delete the last remaining admin token (Lockout Prevention)","ok":false}"#,
+        );
+        assert_eq!((r.status, r.kind), (Status::Error, ErrorKind::Other));
+        let r = c(
+            OpKind::Read,
+            r#"{"compaction_enabled":false,"error":"compaction disabled; start daemon with --enable-compaction true for safe manual compaction","error_code":"compaction_disabled","ok":false}"#,
+        );
+        assert_eq!((r.status, r.kind), (Status::Error, ErrorKind::Other));
+    }
+
+    #[test]
+    fn unknown_retryable_error_without_code_is_outcome_unknown() {
+        let r = c(
+            OpKind::Write,
+            r#"{"error":"something new","ok":false,"retryable":true}"#,
+        );
+        assert_eq!(r.kind, ErrorKind::OutcomeUnknown);
+        assert_eq!(flags(&r), (false, None, Some(true)));
+    }
+
+    #[test]
+    fn non_bool_flags_become_none() {
+        let r = c(
+            OpKind::Write,
+            r#"{"committed":"no","error":"x","ok":false,"retryable":1}"#,
+        );
+        assert_eq!(flags(&r), (false, None, None));
+    }
+
+    #[test]
+    fn ping_and_reads() {
+        let r = c(OpKind::Ping, r#"{"ok":true,"pong":true}"#);
+        assert_eq!(r.status, Status::Ok);
+        assert_eq!(flags(&r), (true, None, Some(false)));
+        let r = c(
+            OpKind::Read,
+            r#"{"fact":{"causation":null,"derivation":null,"id":"a:1","key":"k","origin_node":null,"producer":null,"schema_version":1,"seq_id":1,"store":"ledger_a","transaction_time":1780387000.0,"valid_time":null,"value":{"v":1},"value_hash":"a122c9c1c4a049739faab492b1836cad8d709d1215698427ba3592174b01743f"},"ok":true}"#,
+        );
+        assert_eq!(r.status, Status::Ok);
+        assert_eq!(r.answer["fact"]["value"]["v"], 1);
+        let r = c(OpKind::Read, r#"{"fact":null,"ok":true}"#);
+        assert_eq!(r.status, Status::Ok);
+        let r = c(OpKind::Read, r#"{"facts":[],"ok":true}"#);
+        assert_eq!(r.status, Status::Ok);
+    }
+
+    #[test]
+    fn a_write_answer_for_a_read_is_still_ok() {
+        // Reads look at `ok` only.
+        let r = c(
+            OpKind::Read,
+            r#"{"committed":true,"idempotent_replay":true,"ok":true}"#,
+        );
+        assert_eq!(r.status, Status::Ok);
+        assert_eq!(flags(&r), (true, None, Some(false)));
+    }
+
+    #[test]
+    fn a_read_answer_for_a_write_is_an_error() {
+        let r = c(OpKind::Write, r#"{"ok":true,"pong":true}"#);
+        assert_eq!(r.status, Status::Error);
+        assert_eq!(flags(&r), (false, None, None));
+        assert_eq!(
+            r.error.as_deref(),
+            Some("daemon answered ok to a write without `committed: true`")
+        );
+    }
+
+    #[test]
+    fn metrics_without_ok_is_success() {
+        let r = c(
+            OpKind::Metrics,
+            r#"{"active_connections":1,"average_latency_us":178.5681818181818,"bytes_read":15702,"bytes_written":43775,"errors_encountered":48,"ops":{"facts_for":7,"latest_for":12,"metrics":2,"ping":17,"query_scope":5,"size":6,"write_fact":5,"write_fact_once":51},"overload_rejections":0,"total_latency_us":23571,"total_requests":132}"#,
+        );
+        assert_eq!(r.status, Status::Ok);
+        assert_eq!(flags(&r), (true, None, Some(false)));
+        assert_eq!(r.answer["ops"]["ping"], 17);
+    }
+
+    #[test]
+    fn answers_without_ok_fail_except_for_metrics() {
+        // What the daemon echoes for a request with a top-level `error` key.
+        let echo = r#"{"error":"x","op":"ping","token":"secret"}"#;
+        for op in [OpKind::Write, OpKind::Read, OpKind::Ping] {
+            let r = c(op, echo);
+            assert_eq!(r.status, Status::Error);
+            assert_eq!(flags(&r), (false, None, None));
+            assert_eq!(r.error.as_deref(), Some("x"));
+        }
+        let r = c(OpKind::Ping, r#"{"pong":true}"#);
+        assert_eq!(r.status, Status::Error);
+        assert_eq!(r.error.as_deref(), Some("daemon answer has no `ok` field"));
+        let r = c(OpKind::Read, r#"{"ok":"true"}"#);
+        assert_eq!(r.status, Status::Error);
+        assert_eq!(
+            r.error.as_deref(),
+            Some(r#"daemon answer has a non-boolean `ok`: "true""#)
+        );
+    }
+
+    #[test]
+    fn non_string_error_is_rendered_as_json() {
+        let r = c(
+            OpKind::Read,
+            r#"{"error":1,"op":"facts_for","store":"ledger_a"}"#,
+        );
+        assert_eq!(r.error.as_deref(), Some("1"));
+        assert_eq!(r.kind, ErrorKind::Other);
+    }
+
+    #[test]
+    fn ok_false_without_error_text() {
+        let r = c(OpKind::Read, r#"{"ok":false}"#);
+        assert_eq!(r.status, Status::Error);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("daemon answered ok:false without an error message")
+        );
+    }
+
+    #[test]
+    fn unreadable_answers() {
+        assert!(matches!(
+            classify(OpKind::Ping, b""),
+            Err(AnswerError::NotJson(_))
+        ));
+        assert!(matches!(
+            classify(OpKind::Ping, b"hello"),
+            Err(AnswerError::NotJson(_))
+        ));
+        assert!(matches!(
+            classify(OpKind::Ping, br#"{"ok":true} xyz"#),
+            Err(AnswerError::NotJson(_))
+        ));
+        assert!(matches!(
+            classify(OpKind::Ping, b"{\"ok\":true,\"x\":\"\xff\"}"),
+            Err(AnswerError::NotJson(_))
+        ));
+        assert_eq!(
+            classify(OpKind::Ping, b"[1,2]"),
+            Err(AnswerError::NotObject("array"))
+        );
+        assert_eq!(
+            classify(OpKind::Metrics, b"\"ping\""),
+            Err(AnswerError::NotObject("string"))
+        );
+        assert_eq!(
+            classify(OpKind::Read, b"null"),
+            Err(AnswerError::NotObject("null"))
+        );
+        let r = classify_or_unknown(OpKind::Write, b"[1,2]");
+        assert_eq!(r.status, Status::TimeoutUnknown);
+        assert_eq!(flags(&r), (false, None, None));
+        assert_eq!(r.kind, ErrorKind::OutcomeUnknown);
+        assert_eq!(
+            r.error.as_deref(),
+            Some("daemon answer is a JSON array, not an object")
+        );
+        assert_eq!(r.answer, Value::Null);
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_fine() {
+        let r = c(OpKind::Ping, "\n {\"ok\":true,\"pong\":true}\n");
+        assert_eq!(r.status, Status::Ok);
+    }
+
+    #[test]
+    fn the_table() {
+        let expect = [
+            ("idempotent_replay", true, Some(true), Some(false)),
+            ("committed_acked", true, Some(true), Some(false)),
+            ("rejected_before_commit", false, Some(false), Some(true)),
+            (
+                "duplicate_fact_id_conflict",
+                false,
+                Some(false),
+                Some(false),
+            ),
+            ("error", false, None, None),
+            ("ok", true, None, Some(false)),
+            ("unavailable", false, None, Some(true)),
+            ("timeout_unknown", false, None, None),
+            ("circuit_open", false, None, Some(true)),
+            ("disabled", true, None, Some(false)),
+        ];
+        for (status, (name, ok, committed, retryable)) in Status::ALL.into_iter().zip(expect) {
+            assert_eq!(status.as_str(), name);
+            assert_eq!(status.to_string(), name);
+            assert_eq!(name.parse::<Status>(), Ok(status));
+            assert_eq!(
+                status.defaults(),
+                Flags {
+                    ok,
+                    committed,
+                    retryable
+                },
+                "{name}"
+            );
+            let t = Classified::transport(status, None);
+            assert_eq!((t.ok, t.committed, t.retryable), (ok, committed, retryable));
+            assert_eq!(t.answer, Value::Null);
+        }
+        assert!("Committed_Acked".parse::<Status>().is_err());
+        assert_eq!(Status::ALL.iter().filter(|s| s.is_transport()).count(), 4);
+    }
+
+    #[test]
+    fn transport_kinds() {
+        let t = Classified::transport(
+            Status::Unavailable,
+            Some("Errno::ECONNREFUSED: refused".into()),
+        );
+        assert_eq!(t.kind, ErrorKind::NotApplied);
+        assert_eq!(t.error.as_deref(), Some("Errno::ECONNREFUSED: refused"));
+        assert_eq!(
+            Classified::transport(Status::CircuitOpen, None).kind,
+            ErrorKind::NotApplied
+        );
+        assert_eq!(
+            Classified::transport(Status::TimeoutUnknown, None).kind,
+            ErrorKind::OutcomeUnknown
+        );
+        assert_eq!(
+            Classified::transport(Status::Disabled, None).kind,
+            ErrorKind::None
+        );
+    }
+
+    #[test]
+    fn classified_statuses_agree_with_the_table() {
+        // Whatever classify returns for a fixed row must be that row's defaults.
+        let bodies = [
+            (
+                OpKind::Write,
+                r#"{"committed":true,"idempotent_replay":true,"ok":true}"#,
+            ),
+            (OpKind::Write, r#"{"committed":true,"ok":true}"#),
+            (OpKind::Read, OVERLOADED),
+            (
+                OpKind::Write,
+                r#"{"committed":true,"error_code":"duplicate_fact_id_conflict","ok":false,"retryable":true}"#,
+            ),
+            (OpKind::Ping, r#"{"ok":true}"#),
+        ];
+        for (op, body) in bodies {
+            let r = c(op, body);
+            assert_ne!(r.status, Status::Error);
+            assert_eq!(
+                Flags {
+                    ok: r.ok,
+                    committed: r.committed,
+                    retryable: r.retryable
+                },
+                r.status.defaults(),
+                "{body}"
+            );
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Request bodies (PROTOCOL.md §3), written straight to bytes.
+//!
+//! The daemon is lax in ways that hurt: a top-level `"error"` key makes it echo the
+//! request back unexecuted and unauthenticated, and a top-level `store` on a write is
+//! what its store ACL checks instead of `fact.store`. [`RequestBuilder`] refuses both,
+//! and refuses duplicate keys, whose meaning would depend on the daemon's parser.
+
+use crate::fact::json;
+use thiserror::Error;
+
+/// Why a request could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RequestError {
+    /// The key is never safe to send at the top level.
+    #[error("refusing to send a top-level {key:?} key in a {op:?} request: {reason}")]
+    ForbiddenKey {
+        /// The operation being built.
+        op: String,
+        /// The refused key.
+        key: String,
+        /// What the daemon would do with it.
+        reason: &'static str,
+    },
+    /// The key was already set (`op` and `token` are set by [`RequestBuilder::new`]).
+    #[error("duplicate top-level key {0:?} in request")]
+    DuplicateKey(String),
+    /// The value is not a valid JSON value (raw JSON) or not representable (NaN, ±Infinity).
+    #[error("invalid value for {key:?}: {detail}")]
+    InvalidValue {
+        /// The key whose value was refused.
+        key: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+/// Whether `op` writes facts: such requests may not carry a top-level `store`.
+pub fn is_write_op(op: &str) -> bool {
+    matches!(op, "write_fact_once" | "write_fact")
+}
+
+/// Writes one request object, `{"op":…,"token":…,…}`, key by key.
+///
+/// ```
+/// use tbackend_core::protocol::request::RequestBuilder;
+/// let mut req = RequestBuilder::new("latest_for", Some("t0k"));
+/// req.str("store", "orders")?.str("key", "orders:42")?;
+/// assert_eq!(
+///     req.finish(),
+///     br#"{"op":"latest_for","token":"t0k","store":"orders","key":"orders:42"}"#
+/// );
+/// # Ok::<(), tbackend_core::protocol::request::RequestError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct RequestBuilder {
+    op: String,
+    out: Vec<u8>,
+    keys: Vec<String>,
+}
+
+impl RequestBuilder {
+    /// Starts a request for `op`, with the bearer `token` when there is one (the daemon
+    /// wants it at the top level of every op once auth is on).
+    pub fn new(op: &str, token: Option<&str>) -> Self {
+        let mut builder = RequestBuilder {
+            op: op.to_owned(),
+            out: Vec::with_capacity(64),
+            keys: vec!["op".to_owned()],
+        };
+        builder.out.extend_from_slice(b"{\"op\":");
+        json::write_str(&mut builder.out, op);
+        if let Some(token) = token {
+            builder.keys.push("token".to_owned());
+            builder.out.extend_from_slice(b",\"token\":");
+            json::write_str(&mut builder.out, token);
+        }
+        builder
+    }
+
+    fn key(&mut self, key: &str) -> Result<(), RequestError> {
+        let forbidden = match key {
+            "error" => {
+                Some("the daemon echoes such a request back without running or authenticating it")
+            }
+            "store" if is_write_op(&self.op) => {
+                Some("the store ACL would check it instead of fact.store; the fact names its store")
+            }
+            _ => None,
+        };
+        if let Some(reason) = forbidden {
+            return Err(RequestError::ForbiddenKey {
+                op: self.op.clone(),
+                key: key.to_owned(),
+                reason,
+            });
+        }
+        if self.keys.iter().any(|k| k == key) {
+            return Err(RequestError::DuplicateKey(key.to_owned()));
+        }
+        self.keys.push(key.to_owned());
+        self.out.push(b',');
+        json::write_str(&mut self.out, key);
+        self.out.push(b':');
+        Ok(())
+    }
+
+    /// Adds a string parameter.
+    pub fn str(&mut self, key: &str, value: &str) -> Result<&mut Self, RequestError> {
+        self.key(key)?;
+        json::write_str(&mut self.out, value);
+        Ok(self)
+    }
+
+    /// Adds a float parameter (times are floats on the wire). NaN and ±Infinity are
+    /// refused: JSON cannot carry them.
+    pub fn f64(&mut self, key: &str, value: f64) -> Result<&mut Self, RequestError> {
+        if let Err(e) = json::check_f64(value) {
+            return Err(RequestError::InvalidValue {
+                key: key.to_owned(),
+                detail: e.to_string(),
+            });
+        }
+        self.key(key)?;
+        json::write_f64(&mut self.out, value).expect("checked finite above");
+        Ok(self)
+    }
+
+    /// Adds a signed integer parameter.
+    pub fn i64(&mut self, key: &str, value: i64) -> Result<&mut Self, RequestError> {
+        self.key(key)?;
+        json::write_i64(&mut self.out, value);
+        Ok(self)
+    }
+
+    /// Adds an unsigned integer parameter (`after_seq`, `until_seq`).
+    pub fn u64(&mut self, key: &str, value: u64) -> Result<&mut Self, RequestError> {
+        self.key(key)?;
+        json::write_u64(&mut self.out, value);
+        Ok(self)
+    }
+
+    /// Adds a boolean parameter (`strict_hash`).
+    pub fn bool(&mut self, key: &str, value: bool) -> Result<&mut Self, RequestError> {
+        self.key(key)?;
+        self.out
+            .extend_from_slice(if value { b"true" } else { b"false" });
+        Ok(self)
+    }
+
+    /// Adds a parameter from a `serde_json::Value` (keys in the map's order).
+    pub fn value(
+        &mut self,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<&mut Self, RequestError> {
+        self.key(key)?;
+        serde_json::to_writer(&mut self.out, value).expect("writing to a Vec cannot fail");
+        Ok(self)
+    }
+
+    /// Adds a parameter already serialised as JSON (a fact the binding wrote with
+    /// [`crate::fact::json`]). It is checked to be exactly one JSON value, so a bug
+    /// upstream cannot splice extra keys into the envelope.
+    pub fn raw(&mut self, key: &str, json_value: &[u8]) -> Result<&mut Self, RequestError> {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(json_value) {
+            return Err(RequestError::InvalidValue {
+                key: key.to_owned(),
+                detail: format!("not one JSON value: {e}"),
+            });
+        }
+        self.key(key)?;
+        self.out.extend_from_slice(json_value);
+        Ok(self)
+    }
+
+    /// The finished body, ready for [`crate::protocol::frame::encode`].
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out.push(b'}');
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parsed(body: &[u8]) -> Value {
+        serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn ping_without_token_is_the_protocol_example() {
+        assert_eq!(
+            RequestBuilder::new("ping", None).finish(),
+            br#"{"op":"ping"}"#
+        );
+    }
+
+    #[test]
+    fn write_request() {
+        let fact = br#"{"id":"orders:42:create:0","store":"orders","key":"orders:42","value":{"a":1},"transaction_time":1.5,"schema_version":1}"#;
+        let mut req = RequestBuilder::new("write_fact_once", Some("tok\"en"));
+        req.raw("fact", fact)
+            .unwrap()
+            .str("durability", "durable")
+            .unwrap()
+            .bool("strict_hash", false)
+            .unwrap();
+        let body = req.finish();
+        assert_eq!(
+            parsed(&body),
+            json!({
+                "op": "write_fact_once",
+                "token": "tok\"en",
+                "fact": parsed(fact),
+                "durability": "durable",
+                "strict_hash": false
+            })
+        );
+    }
+
+    #[test]
+    fn read_request_with_numbers() {
+        let mut req = RequestBuilder::new("facts_by_seq", None);
+        req.str("store", "orders")
+            .unwrap()
+            .u64("after_seq", 3)
+            .unwrap()
+            .i64("until_seq", -1)
+            .unwrap()
+            .f64("as_of", 250.0)
+            .unwrap()
+            .value("filters", &json!({"status": "open"}))
+            .unwrap();
+        assert_eq!(
+            req.finish(),
+            br#"{"op":"facts_by_seq","store":"orders","after_seq":3,"until_seq":-1,"as_of":250.0,"filters":{"status":"open"}}"#
+        );
+    }
+
+    #[test]
+    fn refuses_a_top_level_error_key_on_every_op() {
+        for op in ["ping", "latest_for", "write_fact_once", "metrics"] {
+            let mut req = RequestBuilder::new(op, None);
+            let err = req.str("error", "x").unwrap_err();
+            assert!(matches!(err, RequestError::ForbiddenKey { ref key, .. } if key == "error"));
+            assert!(err.to_string().contains("echoes"), "{err}");
+            assert!(req.raw("error", b"1").is_err());
+        }
+    }
+
+    #[test]
+    fn refuses_a_top_level_store_on_writes_only() {
+        for op in ["write_fact_once", "write_fact"] {
+            let mut req = RequestBuilder::new(op, None);
+            let err = req.str("store", "ledger_a").unwrap_err();
+            assert!(err.to_string().contains("ACL"), "{err}");
+        }
+        let mut req = RequestBuilder::new("latest_for", None);
+        assert!(req.str("store", "ledger_a").is_ok());
+    }
+
+    #[test]
+    fn refuses_duplicate_keys() {
+        let mut req = RequestBuilder::new("latest_for", Some("t"));
+        assert_eq!(
+            req.str("op", "size").unwrap_err(),
+            RequestError::DuplicateKey("op".into())
+        );
+        assert_eq!(
+            req.str("token", "u").unwrap_err(),
+            RequestError::DuplicateKey("token".into())
+        );
+        req.str("key", "k").unwrap();
+        assert!(req.str("key", "k").is_err());
+        // A refused key leaves the body as it was.
+        assert_eq!(
+            req.finish(),
+            br#"{"op":"latest_for","token":"t","key":"k"}"#
+        );
+        // Without a token, `token` is free (but nobody should set it by hand).
+        let mut req = RequestBuilder::new("ping", None);
+        assert!(req.str("token", "t").is_ok());
+    }
+
+    #[test]
+    fn refuses_non_finite_floats_and_bad_raw_json() {
+        let mut req = RequestBuilder::new("latest_for", None);
+        assert!(matches!(
+            req.f64("as_of", f64::NAN),
+            Err(RequestError::InvalidValue { .. })
+        ));
+        assert!(req.f64("as_of", f64::INFINITY).is_err());
+        assert!(req.raw("fact", b"{\"a\":1},\"error\":1").is_err());
+        assert!(req.raw("fact", b"").is_err());
+        assert!(
+            req.raw("fact", b"{\"a\":1} ").is_ok(),
+            "whitespace is still one value"
+        );
+        assert_eq!(
+            parsed(&req.finish()),
+            json!({"op": "latest_for", "fact": {"a": 1}})
+        );
+    }
+
+    #[test]
+    fn escapes_op_and_token() {
+        let body = RequestBuilder::new("p\"ing\n", Some("a\\b")).finish();
+        assert_eq!(parsed(&body), json!({"op": "p\"ing\n", "token": "a\\b"}));
+    }
+}
