@@ -7,10 +7,10 @@
 //!
 //! Accepted strings, years `0000`–`9999` only:
 //! - `YYYY-MM-DD`: midnight UTC of that day;
-//! - `YYYY-MM-DD` `T`|`t`|space `HH:MM`[`:SS`[`.`fraction]] followed by an offset, `Z`,
-//!   `z`, `±HH:MM`, `±HHMM` or `±HH` (hours `00`–`23`, minutes `00`–`59`, as Ruby
-//!   allows). The fraction has any number of digits; digits past the ninth
-//!   (nanoseconds) are dropped.
+//! - `YYYY-MM-DD`, then `T`, `t` or a space, then `HH:MM`, `HH:MM:SS` or
+//!   `HH:MM:SS.fraction`, then an offset: `Z`, `z`, `±HH:MM`, `±HHMM` or `±HH`
+//!   (hours `00`–`23`, minutes `00`–`59`, as Ruby allows). The fraction has any
+//!   number of digits; digits past the ninth (nanoseconds) are dropped.
 //!
 //! A date-time without an offset is refused: its instant would depend on the zone of
 //! the machine that happens to run the code. So are `24:00`, leap seconds (`:60`),
@@ -349,22 +349,46 @@ mod tests {
         assert_eq!(ok("2026-06-02T07:59:34.1Z"), 1_780_387_174.1);
     }
 
+    /// Whether `r` is the double nearest to `total_nanos / 1e9`, decided in exact
+    /// integer arithmetic: `r = m * 2^k`, and `m` must beat `m ± 1` at the same `k`.
+    fn is_nearest(r: f64, total_nanos: i128) -> bool {
+        let bits = r.to_bits();
+        let exponent = ((bits >> 52) & 0x7ff) as i32;
+        let fraction = i128::from(bits & ((1 << 52) - 1));
+        let (mut m, k) = if exponent == 0 {
+            (fraction, -1074)
+        } else {
+            (fraction | (1 << 52), exponent - 1075)
+        };
+        if bits >> 63 == 1 {
+            m = -m;
+        }
+        assert!((-100..=0).contains(&k), "test only covers |r| < 2^52: {r}");
+        // |c * 2^k - N / 1e9| scaled by 1e9 * 2^-k.
+        let target = total_nanos << -k;
+        let distance = |c: i128| (c * 1_000_000_000 - target).abs();
+        distance(m) <= distance(m - 1) && distance(m) <= distance(m + 1)
+    }
+
     #[test]
     fn conversion_rounds_once() {
-        // 0.1 + 0.2 style double rounding would miss these; the decimal route cannot.
         for (secs, nanos) in [
             (1_780_387_174i64, 123_456_789u32),
             (-2, 500_000_001),
             (0, 7),
+            (0, 1),
             (253_402_300_799, 999_999_999),
+            (-62_167_219_200, 1),
         ] {
-            let expected: f64 = format!("{}", i128::from(secs) * 1_000_000_000 + i128::from(nanos))
-                .parse::<f64>()
-                .unwrap()
-                / 1e9;
-            let got = to_f64(secs, nanos);
-            assert!((got - expected).abs() <= expected.abs() * f64::EPSILON);
+            let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+            assert!(is_nearest(to_f64(secs, nanos), total), "{secs}.{nanos:09}");
         }
+        let r = to_f64(1_780_387_174, 123_456_789);
+        let one_ulp_off = f64::from_bits(r.to_bits() + 1);
+        assert!(
+            !is_nearest(one_ulp_off, 1_780_387_174_123_456_789),
+            "the check can fail"
+        );
         assert_eq!(to_f64(-2, 500_000_000), -1.5);
         assert_eq!(to_f64(-1, 0), -1.0);
     }
@@ -523,6 +547,14 @@ mod tests {
                 + i64::from(hour * 3600 + minute * 60 + second)
                 - i64::from(offset) * 60;
             prop_assert_eq!((secs, ns), (expected, nanos));
+        }
+
+        #[test]
+        fn conversion_is_the_nearest_double(
+            secs in -62_167_219_200i64..253_402_300_800, nanos in 0u32..1_000_000_000,
+        ) {
+            let total = i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+            prop_assert!(is_nearest(to_f64(secs, nanos), total));
         }
 
         #[test]
