@@ -14,8 +14,19 @@ use thiserror::Error;
 pub enum JsonError {
     /// NaN or ±Infinity: JSON has no such numbers, and the old gem raised deep inside
     /// its encoder on them.
-    #[error("{0} cannot be written as JSON: only finite numbers can")]
+    #[error("{} cannot be written as JSON: only finite numbers can", ruby_name(*.0))]
     NonFinite(f64),
+}
+
+/// The name Ruby (and the app developer reading the error) gives a non-finite float.
+fn ruby_name(f: f64) -> &'static str {
+    if f.is_nan() {
+        "NaN"
+    } else if f > 0.0 {
+        "Infinity"
+    } else {
+        "-Infinity"
+    }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -189,7 +200,7 @@ mod tests {
         assert!(out.is_empty(), "nothing is written on error");
         assert_eq!(
             JsonError::NonFinite(f64::NEG_INFINITY).to_string(),
-            "-inf cannot be written as JSON: only finite numbers can"
+            "-Infinity cannot be written as JSON: only finite numbers can"
         );
     }
 

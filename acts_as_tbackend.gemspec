@@ -1,0 +1,27 @@
+# frozen_string_literal: true
+
+require_relative "lib/acts_as_tbackend/version"
+
+Gem::Specification.new do |spec|
+  spec.name = "acts_as_tbackend"
+  spec.version = ActsAsTbackend::VERSION
+  spec.summary = "Rails connector for the TBackend temporal ledger, with a Rust core"
+  spec.description = <<~TEXT
+    Mirrors ActiveRecord changes and domain events into TBackend, a temporal-ledger daemon,
+    through a native (Rust) client: pipelined connections shared by all threads, deadlines,
+    a circuit breaker, safe retries and deterministic fact ids. Drop-in for acts-as-tbackend 0.2.
+  TEXT
+  spec.authors = ["acts_as_tbackend developers"]
+  spec.license = "MIT"
+  spec.required_ruby_version = ">= 3.1"
+
+  spec.files = Dir.chdir(__dir__) do
+    Dir[
+      "lib/**/*.rb", "ext/**/extconf.rb", "src/**/*.rs", "crates/*/Cargo.toml", "crates/*/src/**/*.rs",
+      "Cargo.toml", "Cargo.lock", "README.md", "CHANGELOG.md", "LICENSE"
+    ].select { |path| File.file?(path) }
+  end
+  spec.require_paths = ["lib"]
+  spec.extensions = ["ext/acts_as_tbackend/extconf.rb"]
+  spec.metadata["rubygems_mfa_required"] = "true"
+end

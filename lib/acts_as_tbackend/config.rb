@@ -1,0 +1,150 @@
+# frozen_string_literal: true
+
+module ActsAsTbackend
+  # Every setting, its default and its ENV variable, in one table. ENV is read once, when
+  # the config is built. A malformed ENV value never crashes `require`: it is recorded in
+  # `errors` (the default stays in force) and surfaces as a `config_error`.
+  class Config
+    FAILURE_POLICIES = %w[ignore warn raise_in_test enqueue_retry].freeze
+    ID_FORMATS = %w[legacy digest].freeze
+    TRUE_WORDS = %w[1 true yes on].freeze
+    FALSE_WORDS = %w[0 false no off].freeze
+
+    # name => [default, ENV variable, type]
+    SETTINGS = {
+      enabled: [true, "TBACKEND_ENABLED", :boolean],
+      host: ["127.0.0.1", "TBACKEND_HOST", :string],
+      port: [7401, "TBACKEND_PORT", :port],
+      token: [nil, "TBACKEND_TOKEN", :secret],
+      connect_timeout: [1.0, "TBACKEND_CONNECT_TIMEOUT", :seconds],
+      request_timeout: [2.0, "TBACKEND_REQUEST_TIMEOUT", :seconds],
+      pool_size: [5, "TBACKEND_POOL_SIZE", :positive_integer],
+      pool_checkout_timeout: [1.0, "TBACKEND_POOL_CHECKOUT_TIMEOUT", :seconds],
+      durability_default: ["accepted", "TBACKEND_DURABILITY", :durability],
+      strict: [false, "TBACKEND_STRICT", :boolean],
+      breaker_threshold: [5, "TBACKEND_BREAKER_THRESHOLD", :positive_integer],
+      breaker_cooldown: [5.0, "TBACKEND_BREAKER_COOLDOWN", :seconds],
+      producer: ["acts-as-tbackend", "TBACKEND_PRODUCER", :string],
+      failure_policy: ["ignore", "TBACKEND_FAILURE_POLICY", :failure_policy],
+      id_format: ["legacy", "TBACKEND_ID_FORMAT", :id_format]
+    }.freeze
+
+    attr_reader(*SETTINGS.keys, :errors)
+
+    def self.from_env(env = ENV)
+      new(env)
+    end
+
+    def initialize(env = {})
+      @errors = []
+      SETTINGS.each { |name, (default, _var, _type)| instance_variable_set(:"@#{name}", default) }
+      load_env(env)
+    end
+
+    SETTINGS.each do |name, (_default, _var, type)|
+      define_method(:"#{name}=") { |value| instance_variable_set(:"@#{name}", coerce!(name, type, value)) }
+    end
+
+    def enabled?
+      enabled ? true : false
+    end
+
+    def valid?
+      errors.empty?
+    end
+
+    # Never shows the token.
+    def inspect
+      shown = SETTINGS.keys.map { |name| "#{name}=#{name == :token ? redacted_token : public_send(name).inspect}" }
+      "#<#{self.class.name} #{shown.join(' ')}>"
+    end
+    alias to_s inspect
+
+    private
+
+    def redacted_token
+      token.nil? ? "nil" : "[REDACTED]"
+    end
+
+    def load_env(env)
+      SETTINGS.each do |name, (_default, var, type)|
+        next unless env.key?(var)
+
+        begin
+          instance_variable_set(:"@#{name}", coerce!(name, type, env[var], from_env: true))
+        rescue ConfigurationError => e
+          @errors << "#{var}: #{e.message}"
+        end
+      end
+      load_token_file(env["TBACKEND_TOKEN_FILE"]) if env["TBACKEND_TOKEN_FILE"] && !env["TBACKEND_TOKEN_FILE"].empty?
+    end
+
+    def load_token_file(path)
+      @token = File.read(path).strip
+      @token = nil if @token.empty?
+    rescue SystemCallError => e
+      @errors << "TBACKEND_TOKEN_FILE: cannot read the token file (#{e.class.name})"
+    end
+
+    def coerce!(name, type, value, from_env: false)
+      case type
+      when :boolean then coerce_boolean(value, from_env)
+      when :string then coerce_string(name, value)
+      when :secret then value.nil? || value.to_s.empty? ? nil : value.to_s
+      when :port then coerce_integer(value, 1..65_535, "a port (1-65535)")
+      when :positive_integer then coerce_integer(value, 1.., "a positive integer")
+      when :seconds then coerce_seconds(value)
+      when :durability then coerce_choice(value, %w[accepted durable], "durability")
+      when :failure_policy then coerce_choice(value, FAILURE_POLICIES, "failure_policy")
+      when :id_format then coerce_choice(value, ID_FORMATS, "id_format")
+      end
+    end
+
+    def coerce_boolean(value, from_env)
+      return value if [true, false].include?(value)
+      return false if value.nil? && !from_env
+
+      word = value.to_s.strip.downcase
+      return true if TRUE_WORDS.include?(word)
+      return false if FALSE_WORDS.include?(word)
+
+      raise ConfigurationError, "expected one of #{(TRUE_WORDS + FALSE_WORDS).join('/')}, got #{value.inspect}"
+    end
+
+    def coerce_string(name, value)
+      text = value.to_s
+      raise ConfigurationError, "#{name} must not be empty" if text.strip.empty?
+
+      text
+    end
+
+    # Decimal only: the 0.2 gem's Integer() read "07401" as octal.
+    def coerce_integer(value, range, what)
+      number = value.is_a?(Integer) ? value : Integer(value.to_s.strip, 10)
+      raise ConfigurationError, "expected #{what}, got #{value.inspect}" unless range.cover?(number)
+
+      number
+    rescue ArgumentError, TypeError
+      raise ConfigurationError, "expected #{what}, got #{value.inspect}"
+    end
+
+    def coerce_seconds(value)
+      seconds = value.is_a?(Numeric) ? value.to_f : Float(value.to_s.strip)
+      unless seconds.finite? && seconds.positive?
+        raise ConfigurationError,
+              "expected a positive number of seconds, got #{value.inspect}"
+      end
+
+      seconds
+    rescue ArgumentError, TypeError
+      raise ConfigurationError, "expected a positive number of seconds, got #{value.inspect}"
+    end
+
+    def coerce_choice(value, choices, what)
+      text = value.to_s.strip
+      return text if choices.include?(text)
+
+      raise ConfigurationError, "#{what} must be one of #{choices.join(', ')}, got #{value.inspect}"
+    end
+  end
+end

@@ -1,0 +1,41 @@
+# frozen_string_literal: true
+
+module ActsAsTbackend
+  # Deterministic fact ids and fact hashes. The work happens in the native core
+  # (src/fact.rs over crates/tbackend-core/src/fact); this module only names the
+  # keyword arguments the 0.2 gem's callers already use.
+  module Fact
+    class << self
+      # The id a retry must reproduce byte-for-byte. `format:` defaults to
+      # `ActsAsTbackend.config.id_format` (`:legacy`, the 0.2 join, unless configured).
+      def derive_id(store:, record_id:, event_type:, source_version:, format: nil)
+        Native.derive_id(store, record_id, event_type, source_version, id_format(format))
+      end
+
+      # A String-keyed fact Hash as the 0.2 gem built it, with times normalised to float
+      # epoch seconds and the store name checked before anything is sent.
+      def build(id:, store:, key:, value:, valid_time: nil, transaction_time: nil, causation: nil, schema_version: 1,
+                producer: nil)
+        Native.build_fact(id, store, key, value, valid_time, transaction_time, causation, schema_version, producer)
+      end
+
+      # The JSON the client sends for `value` (a fact or any value), encoded by the native
+      # core exactly as the daemon will hash it. Raises InvalidFact for NaN, Infinity,
+      # invalid UTF-8, cycles and values over `max_bytes`.
+      def to_json(value, max_bytes: Native::DEFAULT_MAX_REQUEST_BYTES)
+        Native.encode_json(value, max_bytes)
+      end
+
+      # Raises InvalidFact unless the daemon would accept and persist a store of this name.
+      def validate_store_name!(store)
+        Native.validate_store_name(store)
+      end
+
+      private
+
+      def id_format(format)
+        (format || ActsAsTbackend.config.id_format).to_s
+      end
+    end
+  end
+end

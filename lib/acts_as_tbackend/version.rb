@@ -1,0 +1,5 @@
+# frozen_string_literal: true
+
+module ActsAsTbackend
+  VERSION = "0.3.0"
+end

@@ -1,0 +1,194 @@
+//! `ActsAsTbackend::Fact`: ids and fact hashes. Ruby values are reduced to plain Rust
+//! data here; the rules themselves live in `tbackend_core::fact`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use magnus::{
+    prelude::*, value::ReprValue, Error, Float, Integer, RArray, RClass, RHash, RString, Ruby,
+    Symbol, Value,
+};
+use tbackend_core::fact::{id, store, time};
+
+use crate::errors::{configuration, invalid_fact};
+
+/// Days between the Julian Day epoch and 1970-01-01.
+const UNIX_EPOCH_JD: i64 = 2_440_588;
+
+pub fn derive_id(
+    ruby: &Ruby,
+    store: Value,
+    record_id: Value,
+    event_type: Value,
+    source_version: Value,
+    format: String,
+) -> Result<String, Error> {
+    let format: id::IdFormat = format.parse().map_err(|_| {
+        configuration(
+            ruby,
+            format!("unknown id format {format:?}: expected \"legacy\" or \"digest\""),
+        )
+    })?;
+    let record = match (format, RArray::from_value(record_id)) {
+        (id::IdFormat::Digest, Some(parts)) => {
+            id::RecordId::Composite(parts.into_iter().map(to_s).collect::<Result<_, _>>()?)
+        }
+        _ => id::RecordId::One(to_s(record_id)?),
+    };
+    let version = version_token(source_version)?;
+    Ok(id::derive_id(
+        format,
+        &to_s(store)?,
+        &record,
+        &to_s(event_type)?,
+        &version,
+    ))
+}
+
+/// The 0.2 gem's version token: integer microseconds for anything time-like (it has
+/// `usec` and `to_i`: Time, TimeWithZone, DateTime with ActiveSupport), else `to_s`.
+fn version_token(value: Value) -> Result<id::VersionToken, Error> {
+    if value.respond_to("usec", false)? && value.respond_to("to_i", false)? {
+        let seconds: i128 = value.funcall::<_, _, Integer>("to_i", ())?.to_i128()?;
+        let usec: i128 = value.funcall::<_, _, Integer>("usec", ())?.to_i128()?;
+        let micros = seconds * 1_000_000 + usec;
+        if let Ok(micros) = i64::try_from(micros) {
+            return Ok(id::VersionToken::Micros(micros));
+        }
+    }
+    Ok(id::VersionToken::Text(to_s(value)?))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn build_fact(
+    ruby: &Ruby,
+    fact_id: Value,
+    store_name: Value,
+    key: Value,
+    value: Value,
+    valid_time: Value,
+    transaction_time: Value,
+    causation: Value,
+    schema_version: Value,
+    producer: Value,
+) -> Result<RHash, Error> {
+    let store_name = to_s(store_name)?;
+    check_store(ruby, &store_name)?;
+    let fact_id = if let Some(s) = RString::from_value(fact_id) {
+        s
+    } else if let Some(sym) = Symbol::from_value(fact_id) {
+        ruby.str_new(&sym.name()?)
+    } else {
+        return Err(invalid_fact(
+            ruby,
+            format!("id must be a String, got {}", class_name(fact_id)),
+        ));
+    };
+    let schema_version = Integer::from_value(schema_version)
+        .and_then(|i| i.to_u32().ok())
+        .ok_or_else(|| {
+            invalid_fact(
+                ruby,
+                format!(
+                    "schema_version must be an Integer in 0..4294967295, got {}",
+                    inspect(schema_version)
+                ),
+            )
+        })?;
+    let transaction_time = if transaction_time.is_nil() {
+        now_seconds()
+    } else {
+        epoch_seconds(ruby, "transaction_time", transaction_time)?
+    };
+
+    let fact = ruby.hash_new();
+    fact.aset("id", fact_id)?;
+    fact.aset("store", store_name)?;
+    fact.aset("key", to_s(key)?)?;
+    fact.aset("value", value)?;
+    fact.aset("transaction_time", transaction_time)?;
+    fact.aset("schema_version", schema_version)?;
+    if !valid_time.is_nil() {
+        fact.aset("valid_time", epoch_seconds(ruby, "valid_time", valid_time)?)?;
+    }
+    if !causation.is_nil() {
+        fact.aset("causation", to_s(causation)?)?;
+    }
+    if !producer.is_nil() {
+        fact.aset("producer", to_s(producer)?)?;
+    }
+    Ok(fact)
+}
+
+pub fn validate_store_name(ruby: &Ruby, name: Value) -> Result<bool, Error> {
+    check_store(ruby, &to_s(name)?)?;
+    Ok(true)
+}
+
+fn check_store(ruby: &Ruby, name: &str) -> Result<(), Error> {
+    store::validate_store_name(name).map_err(|e| invalid_fact(ruby, e.to_string()))
+}
+
+pub fn epoch_seconds_for(ruby: &Ruby, value: Value) -> Result<f64, Error> {
+    epoch_seconds(ruby, "time", value)
+}
+
+/// Float epoch seconds for a time given as Time/TimeWithZone, DateTime, Date (UTC
+/// midnight: a date has no zone, and the machine's must not leak in), Numeric or an
+/// ISO-8601 String. The 0.2 gem called `to_f` on whatever it got: a String became
+/// garbage and a Date raised.
+fn epoch_seconds(ruby: &Ruby, field: &str, value: Value) -> Result<f64, Error> {
+    let bad = |detail: String| invalid_fact(ruby, format!("{field}: {detail}"));
+    let seconds = if let Some(f) = Float::from_value(value) {
+        f.to_f64()
+    } else if let Some(s) = RString::from_value(value) {
+        return time::parse_iso8601(&s.to_string()?).map_err(|e| bad(e.to_string()));
+    } else if is_a(ruby, value, "Numeric") {
+        value.funcall::<_, _, f64>("to_f", ())?
+    } else if is_a(ruby, value, "DateTime") {
+        value
+            .funcall::<_, _, Value>("to_time", ())?
+            .funcall::<_, _, f64>("to_f", ())?
+    } else if is_a(ruby, value, "Date") {
+        let jd: i64 = value.funcall("jd", ())?;
+        ((jd - UNIX_EPOCH_JD) * 86_400) as f64
+    } else if value.respond_to("to_time", false)? {
+        value
+            .funcall::<_, _, Value>("to_time", ())?
+            .funcall::<_, _, f64>("to_f", ())?
+    } else {
+        return Err(bad(format!(
+            "expected a Time, DateTime, Date, Numeric or ISO-8601 String, got {}",
+            class_name(value)
+        )));
+    };
+    time::check_finite(seconds).map_err(|e| bad(e.to_string()))
+}
+
+fn now_seconds() -> f64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    now.as_secs_f64()
+}
+
+fn is_a(ruby: &Ruby, value: Value, class: &str) -> bool {
+    ruby.class_object()
+        .const_get::<_, RClass>(class)
+        .map(|c| value.is_kind_of(c))
+        .unwrap_or(false)
+}
+
+fn to_s(value: Value) -> Result<String, Error> {
+    if let Some(s) = RString::from_value(value) {
+        return s.to_string();
+    }
+    value.funcall::<_, _, RString>("to_s", ())?.to_string()
+}
+
+pub fn class_name(value: Value) -> String {
+    unsafe { value.classname() }.into_owned()
+}
+
+fn inspect(value: Value) -> String {
+    value.inspect()
+}
