@@ -188,6 +188,48 @@ fn err(msg: impl Into<String>) -> Value {
     json!({"error": msg.into(), "ok": false})
 }
 
+/// serde_json's message for a body that does not parse, as the real daemon's serde_json
+/// words it.
+///
+/// One difference between serde_json versions shows on the wire: for invalid UTF-8
+/// inside a string, the daemon's version reports the column just past the string's
+/// closing quote (transcript invalid_utf8: `{"op":"ping","x":"<ff>"}` → column 20),
+/// newer ones the column of the first bad byte (19). We translate back.
+fn json_error_text(body: &[u8], e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    if !msg.starts_with("invalid unicode code point at line ") {
+        return msg;
+    }
+    let line_start = if e.line() <= 1 {
+        0
+    } else {
+        match body
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(e.line() - 2)
+        {
+            Some((i, _)) => i + 1,
+            None => return msg,
+        }
+    };
+    let mut i = line_start + e.column().saturating_sub(1);
+    while i < body.len() {
+        match body[i] {
+            b'\\' => i += 2,
+            b'"' => {
+                return format!(
+                    "invalid unicode code point at line {} column {}",
+                    e.line(),
+                    i + 1 - line_start
+                )
+            }
+            _ => i += 1,
+        }
+    }
+    msg
+}
+
 /// `^[A-Za-z0-9_-]+$`; no length check (PROTOCOL.md §6).
 pub fn valid_store_name(name: &str) -> bool {
     !name.is_empty()
@@ -267,7 +309,12 @@ impl Engine {
     fn answer(&self, body: &[u8]) -> Value {
         let req: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
-            Err(e) => return err(format!("Invalid JSON request: {e}")),
+            Err(e) => {
+                return err(format!(
+                    "Invalid JSON request: {}",
+                    json_error_text(body, &e)
+                ))
+            }
         };
         let op = req.get("op").and_then(Value::as_str).map(str::to_owned);
         // Quirk: a request with a top-level "error" key is echoed verbatim, neither
@@ -615,10 +662,14 @@ impl Engine {
         let facts: Vec<Value> = keys
             .into_iter()
             .filter_map(|k| store.latest(k, as_of))
+            // Only object values have fields: a null or scalar value never matches,
+            // not even empty filters (transcript query_scope_empty_filter_all_latest).
             .filter(|f| {
-                filters
-                    .iter()
-                    .all(|(field, want)| f.value.get(field) == Some(want))
+                f.value.as_object().is_some_and(|value| {
+                    filters
+                        .iter()
+                        .all(|(field, want)| value.get(field) == Some(want))
+                })
             })
             .map(Fact::to_json)
             .collect();

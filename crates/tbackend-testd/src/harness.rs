@@ -301,12 +301,17 @@ impl TestDaemon {
 
     /// SIGTERM, then wait for the exit.
     pub fn terminate(&mut self) -> io::Result<ExitStatus> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGINT`), then waits for the exit.
+    pub fn stop_with(&mut self, signal: i32) -> io::Result<ExitStatus> {
         let mut child = self
             .child
             .take()
             .ok_or_else(|| io::Error::other("daemon not running"))?;
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        // SAFETY: plain kill(2) on our own child's pid, not yet reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
         child.wait()
     }
 
