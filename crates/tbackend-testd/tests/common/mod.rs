@@ -71,7 +71,10 @@ pub fn assert_json(case: &str, expected: &Value, actual: &Value, ignore: &[&str]
     let cut = |v: &Value| {
         let s = v.to_string();
         if s.len() > 1500 {
-            let cut = (0..=1500).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+            let cut = (0..=1500)
+                .rev()
+                .find(|i| s.is_char_boundary(*i))
+                .unwrap_or(0);
             format!("{}…", &s[..cut])
         } else {
             s
