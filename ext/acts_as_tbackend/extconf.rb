@@ -17,7 +17,7 @@ abort "acts_as_tbackend: `#{cargo}` not found; install Rust (cargo) to build thi
 
 # A user-supplied target dir is theirs to keep; our own (inside the gem) is 200+ MiB
 # of intermediates and is removed after `make install`.
-user_target = ENV.fetch("CARGO_TARGET_DIR", nil)
+user_target = ENV.fetch("CARGO_TARGET_DIR", nil) unless ENV["CARGO_TARGET_DIR"].to_s.empty?
 target_dir = user_target || File.join(crate_dir, "target")
 cleanup = user_target ? "" : "\trm -rf #{target_dir.shellescape}"
 

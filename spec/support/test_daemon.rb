@@ -18,7 +18,8 @@ module TbackendSpec
     class << self
       def binary
         ENV.fetch("TBACKEND_TESTD_BIN") do
-          File.join(ENV.fetch("CARGO_TARGET_DIR", File.join(ROOT, "target")), "release", "tbackend-testd")
+          target = ENV["CARGO_TARGET_DIR"].to_s.empty? ? File.join(ROOT, "target") : ENV.fetch("CARGO_TARGET_DIR", nil)
+          File.join(target, "release", "tbackend-testd")
         end
       end
 
