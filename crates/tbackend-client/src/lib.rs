@@ -1,0 +1,1 @@
+//! The native TBackend client (work in progress).
