@@ -157,6 +157,22 @@ impl ControlClient {
         self.set(json!({"fail_durable_sync": fail})).map(drop)
     }
 
+    /// Seq order ≠ visibility order: a fact whose seq is a multiple of `every` (in
+    /// `store`, or in all stores) stays invisible to every read for `lag_ms` after its
+    /// insert, while later seqs are visible at once.
+    pub fn visibility_lag(&self, every: u64, lag_ms: u64, store: Option<&str>) -> io::Result<()> {
+        self.set(json!({"visibility_lag": {"every": every, "lag_ms": lag_ms, "store": store}}))
+            .map(drop)
+    }
+
+    /// Every `every`-th insert (in `store`, or in all stores) burns one seq number first,
+    /// which is never stored: a gap that never fills. `count` strikes, then the knob
+    /// turns itself off (0 = no limit).
+    pub fn skip_seq(&self, every: u64, count: u64, store: Option<&str>) -> io::Result<()> {
+        self.set(json!({"skip_seq": {"every": every, "count": count, "store": store}}))
+            .map(drop)
+    }
+
     /// Cuts every open data connection (shutdown both ways); returns how many.
     pub fn drop_connections(&self) -> io::Result<u64> {
         let a = self.call(json!({"op": "drop_connections"}))?;

@@ -2,7 +2,7 @@
 //! metrics. No sockets here (see [`crate::server`]); [`Engine::handle`] maps one frame
 //! body to one answer body.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::io;
 use std::path::PathBuf;
@@ -123,6 +123,9 @@ impl Metrics {
 
 /// One store: its facts in arrival order (which is seq order: seq assignment, log
 /// append and insert happen under the store's write lock) and two indexes.
+///
+/// Facts hidden by the `visibility_lag` fault are stored (writes see them: replays,
+/// conflicts) but every read op skips them until their time has come.
 #[derive(Debug, Default)]
 pub struct Store {
     facts: Vec<Fact>,
@@ -133,6 +136,21 @@ pub struct Store {
     by_id: HashMap<String, u32>,
     last_seq: u64,
     wal: Option<Arc<Wal>>,
+    /// `visibility_lag`: (index in `facts`, visible from), in insertion order. Empty
+    /// unless the fault was used; expired entries are dropped from the front on insert.
+    hidden: VecDeque<(u32, Instant)>,
+    /// The latest deadline in `hidden`: from then on nothing is hidden.
+    hidden_until: Option<Instant>,
+}
+
+/// Indexes of the facts of one store that reads must skip right now (sorted).
+#[derive(Debug, Default)]
+struct Hidden(Vec<u32>);
+
+impl Hidden {
+    fn contains(&self, idx: usize) -> bool {
+        !self.0.is_empty() && self.0.binary_search(&(idx as u32)).is_ok()
+    }
 }
 
 impl Store {
@@ -152,12 +170,55 @@ impl Store {
         self.facts.is_empty()
     }
 
-    /// Greatest `transaction_time` ≤ `as_of`; ties go to the later arrival.
-    fn latest(&self, key: &str, as_of: Option<f64>) -> Option<&Fact> {
+    /// Marks the fact just inserted invisible to reads until `until`.
+    fn hide_last(&mut self, until: Instant) {
+        self.hidden.push_back((self.facts.len() as u32 - 1, until));
+        self.hidden_until = self.hidden_until.max(Some(until));
+    }
+
+    /// Drops expired `hidden` entries from the front (deadlines are in insertion order
+    /// unless `lag_ms` changed; an expired entry left behind is filtered by time).
+    fn prune_hidden(&mut self, now: Instant) {
+        if self.hidden_until.is_some_and(|t| t <= now) {
+            self.hidden.clear();
+            self.hidden_until = None;
+        }
+        while self.hidden.front().is_some_and(|&(_, t)| t <= now) {
+            self.hidden.pop_front();
+        }
+    }
+
+    /// The facts reads must skip now: nothing (no allocation, no clock read) unless
+    /// the `visibility_lag` fault hid some. Sorted, as `hidden` is in index order.
+    fn hidden_now(&self) -> Hidden {
+        let Some(until) = self.hidden_until else {
+            return Hidden::default();
+        };
+        let now = Instant::now();
+        if until <= now {
+            return Hidden::default();
+        }
+        Hidden(
+            self.hidden
+                .iter()
+                .filter(|&&(_, t)| t > now)
+                .map(|&(i, _)| i)
+                .collect(),
+        )
+    }
+
+    /// Facts visible to reads.
+    fn visible_len(&self) -> usize {
+        self.len() - self.hidden_now().0.len()
+    }
+
+    /// Greatest `transaction_time` ≤ `as_of` among visible facts; ties go to the later
+    /// arrival.
+    fn latest(&self, key: &str, as_of: Option<f64>, hidden: &Hidden) -> Option<&Fact> {
         let mut best: Option<&Fact> = None;
         for &i in self.by_key.get(key)? {
             let f = &self.facts[i as usize];
-            if as_of.is_some_and(|a| f.transaction_time > a) {
+            if as_of.is_some_and(|a| f.transaction_time > a) || hidden.contains(i as usize) {
                 continue;
             }
             if best.is_none_or(|b| f.transaction_time >= b.transaction_time) {
@@ -527,8 +588,11 @@ impl Engine {
                     })
                 }
                 None => {
+                    // Faults: `skip_seq` burns seqs first, `visibility_lag` hides the
+                    // fact from reads for a while.
+                    let plan = self.faults.plan_insert(&data.store, store.last_seq);
                     // A failed append still uses its seq up: gaps are possible.
-                    store.last_seq += 1;
+                    store.last_seq += 1 + plan.burn;
                     let seq = store.last_seq;
                     let fact = Fact::from_data(data, seq, hash);
                     if let Some(wal) = &store.wal {
@@ -537,6 +601,13 @@ impl Engine {
                         }
                     }
                     store.insert(fact);
+                    if store.hidden_until.is_some() {
+                        store.prune_hidden(Instant::now());
+                    }
+                    if let Some(lag) = plan.hide_for {
+                        store.hide_last(Instant::now() + lag);
+                        self.faults.note_hidden();
+                    }
                     (seq, false, store.wal.clone())
                 }
             }
@@ -585,7 +656,10 @@ impl Engine {
         };
         let as_of = req.get("as_of").and_then(Value::as_f64);
         let store = cell.read().unwrap();
-        let fact = store.latest(key, as_of).map_or(Value::Null, Fact::to_json);
+        let hidden = store.hidden_now();
+        let fact = store
+            .latest(key, as_of, &hidden)
+            .map_or(Value::Null, Fact::to_json);
         json!({"fact": fact, "ok": true})
     }
 
@@ -598,7 +672,8 @@ impl Engine {
         let since = req.get("since").and_then(Value::as_f64);
         let as_of = req.get("as_of").and_then(Value::as_f64);
         let store = cell.read().unwrap();
-        let in_window = |f: &&Fact| {
+        let hidden = store.hidden_now();
+        let in_window = |f: &Fact| {
             since.is_none_or(|s| f.transaction_time >= s)
                 && as_of.is_none_or(|a| f.transaction_time <= a)
         };
@@ -608,12 +683,19 @@ impl Engine {
                 .get(key)
                 .map(|idx| {
                     idx.iter()
+                        .filter(|&&i| !hidden.contains(i as usize))
                         .map(|&i| &store.facts[i as usize])
-                        .filter(in_window)
+                        .filter(|f| in_window(f))
                         .collect()
                 })
                 .unwrap_or_default(),
-            None => store.facts.iter().filter(in_window).collect(),
+            None => store
+                .facts
+                .iter()
+                .enumerate()
+                .filter(|&(i, f)| !hidden.contains(i) && in_window(f))
+                .map(|(_, f)| f)
+                .collect(),
         };
         // Stable: equal times keep arrival order.
         facts.sort_by(|a, b| a.transaction_time.total_cmp(&b.transaction_time));
@@ -630,10 +712,15 @@ impl Engine {
         let after = req.get("after_seq").and_then(Value::as_u64).unwrap_or(0);
         let until = req.get("until_seq").and_then(Value::as_u64);
         let store = cell.read().unwrap();
+        let hidden = store.hidden_now();
         let mut facts: Vec<&Fact> = store
             .facts
             .iter()
-            .filter(|f| f.seq_id > after && until.is_none_or(|u| f.seq_id <= u))
+            .enumerate()
+            .filter(|&(i, f)| {
+                f.seq_id > after && until.is_none_or(|u| f.seq_id <= u) && !hidden.contains(i)
+            })
+            .map(|(_, f)| f)
             .collect();
         facts.sort_by_key(|f| f.seq_id);
         let facts: Vec<Value> = facts.into_iter().map(Fact::to_json).collect();
@@ -655,13 +742,14 @@ impl Engine {
         };
         let as_of = req.get("as_of").and_then(Value::as_f64);
         let store = cell.read().unwrap();
+        let hidden = store.hidden_now();
         let mut keys: Vec<&String> = store.by_key.keys().collect();
         keys.sort();
         // The latest fact per key first, then the filter: a key whose latest fact
         // does not match is absent even if an older one would.
         let facts: Vec<Value> = keys
             .into_iter()
-            .filter_map(|k| store.latest(k, as_of))
+            .filter_map(|k| store.latest(k, as_of, &hidden))
             // Only object values have fields: a null or scalar value never matches,
             // not even empty filters (transcript query_scope_empty_filter_all_latest).
             .filter(|f| {
@@ -679,15 +767,16 @@ impl Engine {
     fn size(&self, req: &Map<String, Value>) -> Value {
         let size = match req.get("store").and_then(Value::as_str) {
             Some(name) if !valid_store_name(name) => return err("Invalid store name"),
-            Some(name) => self.store(name).read().unwrap().len(),
+            Some(name) => self.store(name).read().unwrap().visible_len(),
             None => self.total_facts(),
         };
         json!({"ok": true, "size": size})
     }
 
+    /// Facts visible to reads, across stores (`size` without store, the summary).
     fn total_facts(&self) -> usize {
         let cells: Vec<StoreCell> = self.stores.read().unwrap().values().cloned().collect();
-        cells.iter().map(|c| c.read().unwrap().len()).sum()
+        cells.iter().map(|c| c.read().unwrap().visible_len()).sum()
     }
 
     fn diagnostics_summary(&self) -> Value {
@@ -775,11 +864,14 @@ impl Engine {
             }
             let cell = self.store(name);
             let store = cell.read().unwrap();
+            let hidden = store.hidden_now();
             let per_key: Map<String, Value> = keys
                 .iter()
                 .filter_map(Value::as_str)
                 .map(|k| {
-                    let fact = store.latest(k, as_of).map_or(Value::Null, Fact::to_json);
+                    let fact = store
+                        .latest(k, as_of, &hidden)
+                        .map_or(Value::Null, Fact::to_json);
                     (k.to_owned(), fact)
                 })
                 .collect();

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
@@ -87,6 +88,61 @@ pub struct Strike {
     pub garbage: Vec<u8>,
 }
 
+/// `visibility_lag`: a fact whose seq is a multiple of `every` (in `store`, or in any
+/// store) is acknowledged normally but stays invisible to reads for `lag_ms` after its
+/// insert, while later seqs are visible at once: seq order is not visibility order
+/// (PROTOCOL.md §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisibilityLag {
+    pub every: u64,
+    pub lag_ms: u64,
+    pub store: Option<String>,
+}
+
+impl VisibilityLag {
+    fn to_json(&self) -> Value {
+        json!({"every": self.every, "lag_ms": self.lag_ms, "store": self.store})
+    }
+}
+
+/// `skip_seq`: every `every`-th insert (in `store`, or in any store) first burns one seq
+/// number without storing anything, like a failed log append of another writer, then
+/// is stored at the next one: the burned seq is a gap that never fills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkipSeq {
+    pub every: u64,
+    /// Strikes left; `None`: unlimited. The knob turns itself off at 0.
+    pub count: Option<u64>,
+    pub store: Option<String>,
+    /// Matching inserts since the knob was set.
+    seen: u64,
+}
+
+impl SkipSeq {
+    fn to_json(&self) -> Value {
+        json!({"every": self.every, "count": self.count.unwrap_or(0), "store": self.store})
+    }
+}
+
+fn applies(filter: &Option<String>, store: &str) -> bool {
+    filter.as_deref().is_none_or(|f| f == store)
+}
+
+#[derive(Debug, Default)]
+struct SeqFaults {
+    lag: Option<VisibilityLag>,
+    skip: Option<SkipSeq>,
+}
+
+/// What the seq faults do to one insert.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct InsertPlan {
+    /// Seq numbers burned before the fact's own.
+    pub burn: u64,
+    /// How long the fact stays invisible to reads after its insert.
+    pub hide_for: Option<Duration>,
+}
+
 /// All faults; the hot path reads atomics only.
 #[derive(Debug)]
 pub struct Faults {
@@ -98,6 +154,11 @@ pub struct Faults {
     answer_armed: AtomicBool,
     answer: Mutex<Option<AnswerFault>>,
     strikes: AtomicU64,
+    /// `visibility_lag` or `skip_seq` set: inserts must consult `seq`.
+    seq_armed: AtomicBool,
+    seq: Mutex<SeqFaults>,
+    facts_hidden: AtomicU64,
+    seqs_skipped: AtomicU64,
 }
 
 impl Default for Faults {
@@ -111,6 +172,10 @@ impl Default for Faults {
             answer_armed: AtomicBool::new(false),
             answer: Mutex::new(None),
             strikes: AtomicU64::new(0),
+            seq_armed: AtomicBool::new(false),
+            seq: Mutex::new(SeqFaults::default()),
+            facts_hidden: AtomicU64::new(0),
+            seqs_skipped: AtomicU64::new(0),
         }
     }
 }
@@ -172,6 +237,46 @@ impl Faults {
         Some(strike)
     }
 
+    /// Called under the store's write lock for each insert (not for replays or
+    /// conflicts), whose seq would be `last_seq + 1` without faults. One atomic load
+    /// when neither `visibility_lag` nor `skip_seq` is set.
+    pub fn plan_insert(&self, store: &str, last_seq: u64) -> InsertPlan {
+        let mut plan = InsertPlan::default();
+        if !self.seq_armed.load(Ordering::Acquire) {
+            return plan;
+        }
+        let mut faults = self.seq.lock().unwrap();
+        if let Some(skip) = faults.skip.as_mut().filter(|k| applies(&k.store, store)) {
+            skip.seen += 1;
+            if skip.seen.is_multiple_of(skip.every) {
+                plan.burn = 1;
+                if let Some(left) = skip.count.as_mut() {
+                    *left -= 1;
+                    if *left == 0 {
+                        faults.skip = None;
+                    }
+                }
+            }
+        }
+        let seq = last_seq + 1 + plan.burn;
+        if let Some(lag) = faults.lag.as_ref().filter(|l| applies(&l.store, store)) {
+            if seq.is_multiple_of(lag.every) {
+                plan.hide_for = Some(Duration::from_millis(lag.lag_ms));
+            }
+        }
+        self.seq_armed.store(
+            faults.lag.is_some() || faults.skip.is_some(),
+            Ordering::Release,
+        );
+        self.seqs_skipped.fetch_add(plan.burn, Ordering::Relaxed);
+        plan
+    }
+
+    /// Counts a fact stored hidden by `visibility_lag`.
+    pub fn note_hidden(&self) {
+        self.facts_hidden.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Clears every fault.
     pub fn clear(&self) {
         self.delay_ms.store(0, Ordering::SeqCst);
@@ -181,6 +286,8 @@ impl Faults {
         self.refuse_connections.store(false, Ordering::SeqCst);
         *self.answer.lock().unwrap() = None;
         self.answer_armed.store(false, Ordering::SeqCst);
+        *self.seq.lock().unwrap() = SeqFaults::default();
+        self.seq_armed.store(false, Ordering::SeqCst);
     }
 
     /// Applies the fields of a control `set` request; all are validated first, so a
@@ -192,6 +299,8 @@ impl Faults {
         let mut fail_sync = None;
         let mut refuse = None;
         let mut answer = None;
+        let mut lag = None;
+        let mut skip = None;
         for (name, v) in fields {
             match name.as_str() {
                 "op" => {}
@@ -211,6 +320,8 @@ impl Faults {
                 "fail_durable_sync" => fail_sync = Some(as_bool(name, v)?),
                 "refuse_connections" => refuse = Some(as_bool(name, v)?),
                 "answer_fault" => answer = Some(parse_answer_fault(v)?),
+                "visibility_lag" => lag = Some(parse_visibility_lag(v)?),
+                "skip_seq" => skip = Some(parse_skip_seq(v)?),
                 other => return Err(format!("unknown fault field '{other}'")),
             }
         }
@@ -239,6 +350,19 @@ impl Faults {
             *self.answer.lock().unwrap() = v;
             self.answer_armed.store(armed, Ordering::Release);
         }
+        if lag.is_some() || skip.is_some() {
+            let mut faults = self.seq.lock().unwrap();
+            if let Some(v) = lag {
+                faults.lag = v;
+            }
+            if let Some(v) = skip {
+                faults.skip = v;
+            }
+            self.seq_armed.store(
+                faults.lag.is_some() || faults.skip.is_some(),
+                Ordering::Release,
+            );
+        }
         Ok(())
     }
 
@@ -253,6 +377,13 @@ impl Faults {
                 "hex": hex(&f.garbage),
             })
         });
+        let (lag, skip) = {
+            let faults = self.seq.lock().unwrap();
+            (
+                faults.lag.as_ref().map(VisibilityLag::to_json),
+                faults.skip.as_ref().map(SkipSeq::to_json),
+            )
+        };
         json!({
             "delay_ms": self.delay_ms(),
             "exec_delay_ms": self.exec_delay_ms(),
@@ -261,6 +392,10 @@ impl Faults {
             "refuse_connections": self.refuse_connections(),
             "answer_fault": answer,
             "answer_faults_applied": self.strikes(),
+            "visibility_lag": lag,
+            "facts_hidden": self.facts_hidden.load(Ordering::Relaxed),
+            "skip_seq": skip,
+            "seqs_skipped": self.seqs_skipped.load(Ordering::Relaxed),
         })
     }
 }
@@ -313,6 +448,76 @@ fn parse_answer_fault(v: &Value) -> Result<Option<AnswerFault>, String> {
         }
     }
     Ok(Some(fault))
+}
+
+/// The optional `store` of a seq fault: absent or `null` means every store.
+fn parse_store(field: &str, v: Option<&Value>) -> Result<Option<String>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if crate::engine::valid_store_name(s) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("'{field}' must be a store name or null")),
+    }
+}
+
+fn parse_visibility_lag(v: &Value) -> Result<Option<VisibilityLag>, String> {
+    let obj = match v {
+        Value::Null => return Ok(None),
+        Value::Object(o) => o,
+        _ => return Err("'visibility_lag' must be an object or null".into()),
+    };
+    let mut lag = VisibilityLag {
+        every: 1,
+        lag_ms: 0,
+        store: parse_store("visibility_lag.store", obj.get("store"))?,
+    };
+    let mut has_lag = false;
+    for (name, v) in obj {
+        match name.as_str() {
+            "store" => {}
+            "every" => lag.every = as_u64("visibility_lag.every", v)?,
+            "lag_ms" => {
+                lag.lag_ms = as_u64("visibility_lag.lag_ms", v)?;
+                has_lag = true;
+            }
+            other => return Err(format!("unknown visibility_lag field '{other}'")),
+        }
+    }
+    if !has_lag {
+        return Err("'visibility_lag.lag_ms' is required".into());
+    }
+    if lag.every == 0 {
+        return Err("'visibility_lag.every' must be at least 1".into());
+    }
+    Ok(Some(lag))
+}
+
+fn parse_skip_seq(v: &Value) -> Result<Option<SkipSeq>, String> {
+    let obj = match v {
+        Value::Null => return Ok(None),
+        Value::Object(o) => o,
+        _ => return Err("'skip_seq' must be an object or null".into()),
+    };
+    let mut skip = SkipSeq {
+        every: 1,
+        count: None,
+        store: parse_store("skip_seq.store", obj.get("store"))?,
+        seen: 0,
+    };
+    for (name, v) in obj {
+        match name.as_str() {
+            "store" => {}
+            "every" => skip.every = as_u64("skip_seq.every", v)?,
+            "count" => {
+                let n = as_u64("skip_seq.count", v)?;
+                skip.count = (n > 0).then_some(n);
+            }
+            other => return Err(format!("unknown skip_seq field '{other}'")),
+        }
+    }
+    if skip.every == 0 {
+        return Err("'skip_seq.every' must be at least 1".into());
+    }
+    Ok(Some(skip))
 }
 
 /// Lowercase hex of `bytes`.
@@ -372,5 +577,108 @@ mod tests {
         set(&f, json!({"stall": "after_exec", "delay_ms": 5})).unwrap();
         assert_eq!(f.stall(), Stall::AfterExec);
         assert_eq!(f.delay_ms(), 5);
+        for bad in [
+            json!({"visibility_lag": {"every": 2}}),
+            json!({"visibility_lag": {"every": 0, "lag_ms": 5}}),
+            json!({"visibility_lag": {"lag_ms": -1}}),
+            json!({"visibility_lag": {"lag_ms": 5, "store": "no/slash"}}),
+            json!({"visibility_lag": {"lag_ms": 5, "jitter": 1}}),
+            json!({"visibility_lag": 5}),
+            json!({"skip_seq": {"every": 0}}),
+            json!({"skip_seq": {"count": "1"}}),
+            json!({"skip_seq": {"every": 2, "gap": 3}}),
+            json!({"skip_seq": {"every": 2}, "delay_ms": "x"}),
+        ] {
+            assert!(set(&f, bad.clone()).is_err(), "{bad}");
+        }
+        assert_eq!(f.to_json()["visibility_lag"], Value::Null);
+        assert_eq!(f.to_json()["skip_seq"], Value::Null);
+        assert!(!f.seq_armed.load(Ordering::SeqCst));
+    }
+
+    fn plans(f: &Faults, store: &str, inserts: usize) -> Vec<(u64, bool)> {
+        let mut last = 0;
+        (0..inserts)
+            .map(|_| {
+                let p = f.plan_insert(store, last);
+                last += 1 + p.burn;
+                (last, p.hide_for.is_some())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn off_plans_plain_inserts() {
+        let f = Faults::default();
+        assert_eq!(f.plan_insert("s", 41), InsertPlan::default());
+    }
+
+    #[test]
+    fn visibility_lag_hides_multiples_of_every() {
+        let f = Faults::default();
+        set(
+            &f,
+            json!({"visibility_lag": {"every": 3, "lag_ms": 250, "store": "s"}}),
+        )
+        .unwrap();
+        let got = plans(&f, "s", 7);
+        let hidden: Vec<u64> = got.iter().filter(|p| p.1).map(|p| p.0).collect();
+        assert_eq!(hidden, [3, 6]);
+        assert_eq!(
+            f.plan_insert("s", 8).hide_for,
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(f.plan_insert("other", 8), InsertPlan::default());
+        assert_eq!(
+            f.to_json()["visibility_lag"],
+            json!({"every": 3, "lag_ms": 250, "store": "s"})
+        );
+        set(&f, json!({"visibility_lag": null})).unwrap();
+        assert_eq!(f.plan_insert("s", 8), InsertPlan::default());
+        assert!(!f.seq_armed.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn skip_seq_every_and_count() {
+        let f = Faults::default();
+        set(&f, json!({"skip_seq": {"every": 2}})).unwrap();
+        let seqs: Vec<u64> = plans(&f, "s", 5).into_iter().map(|p| p.0).collect();
+        assert_eq!(seqs, [1, 3, 4, 6, 7]);
+        // Counted over all stores when no store is named: the 6th insert burns.
+        assert_eq!(f.plan_insert("t", 0).burn, 1);
+        assert_eq!(f.plan_insert("u", 0).burn, 0);
+        assert_eq!(f.to_json()["seqs_skipped"], 3);
+        // One-shot: the next insert burns one, then the knob is off.
+        set(&f, json!({"skip_seq": {"count": 1}})).unwrap();
+        let seqs: Vec<u64> = plans(&f, "s", 3).into_iter().map(|p| p.0).collect();
+        assert_eq!(seqs, [2, 3, 4]);
+        assert_eq!(f.to_json()["skip_seq"], Value::Null);
+        assert!(!f.seq_armed.load(Ordering::SeqCst));
+        // Both at once: a hidden seq is computed after the burn.
+        set(
+            &f,
+            json!({"skip_seq": {"every": 3, "count": 2, "store": "s"},
+                   "visibility_lag": {"every": 4, "lag_ms": 1}}),
+        )
+        .unwrap();
+        assert_eq!(
+            f.to_json()["skip_seq"],
+            json!({"every": 3, "count": 2, "store": "s"})
+        );
+        assert_eq!(
+            plans(&f, "s", 8),
+            [
+                (1, false),
+                (2, false),
+                (4, true),
+                (5, false),
+                (6, false),
+                (8, true),
+                (9, false),
+                (10, false)
+            ]
+        );
+        f.clear();
+        assert_eq!(f.plan_insert("s", 3), InsertPlan::default());
     }
 }

@@ -164,8 +164,12 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         if shared.faults.refuse_connections() {
             // Closing the listening socket is what makes connects fail with
-            // ECONNREFUSED, as during a real daemon's restart.
-            if listener.take().is_some() {
+            // ECONNREFUSED, as during a real daemon's restart. Connections whose
+            // handshake completed are open for their clients: accept them first, or
+            // closing the listener would reset them.
+            if let Some(l) = listener.take() {
+                accept_pending(&shared, &l);
+                drop(l); // closed before the control answer goes out
                 set_listening(&shared, false);
             }
             thread::sleep(Duration::from_millis(5));
@@ -191,17 +195,22 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         };
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut pfd, 1, 20) };
-        loop {
-            match l.accept() {
-                Ok((stream, _)) => enqueue(&shared, stream),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: back off, the real daemon keeps going too.
-                    eprintln!("tbackend-testd: accept: {e}");
-                    thread::sleep(Duration::from_millis(10));
-                    break;
-                }
+        accept_pending(&shared, l);
+    }
+}
+
+/// Accepts every connection waiting in the backlog (the listener is non-blocking).
+fn accept_pending(shared: &Shared, l: &TcpListener) {
+    loop {
+        match l.accept() {
+            Ok((stream, _)) => enqueue(shared, stream),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // EMFILE and friends: back off, the real daemon keeps going too.
+                eprintln!("tbackend-testd: accept: {e}");
+                thread::sleep(Duration::from_millis(10));
+                break;
             }
         }
     }

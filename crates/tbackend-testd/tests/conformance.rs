@@ -228,8 +228,9 @@ const SKIPPED: &[Skip] = &[
     Skip {
         op_case: "facts_by_seq_tail_race",
         send: false,
-        why: "a race measurement; the test daemon makes a fact visible in seq order, so \
-              a tailing reader sees no gaps (clients must still handle them)",
+        why: "a race measurement; by default the test daemon makes a fact visible in seq \
+              order, the control knobs visibility_lag and skip_seq reproduce the gaps \
+              (tests/faults.rs)",
     },
     Skip {
         op_case: "read_cost_on_153k_fact_store",
