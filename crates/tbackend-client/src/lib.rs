@@ -1,1 +1,33 @@
-//! The native TBackend client (work in progress).
+//! The native TBackend client: the network half of `acts_as_tbackend`, in pure Rust
+//! (no Ruby, no async runtime, no thread of its own).
+//!
+//! - [`Client`]: a few persistent **lanes** per endpoint, each one TCP connection that
+//!   pipelines the requests of every calling thread (leader/follower, see [`lane`]
+//!   internals in the source), with deadlines, a shared circuit breaker, reconnect
+//!   backoff, idle-cut avoidance and fork safety ([`Client::forget_after_fork`]).
+//! - [`Cancel`]: cancels a waiting call from another thread or a signal handler
+//!   (async-signal-safe), the hook Ruby's unblocking functions need.
+//! - [`tail::Cursor`]: a gap-safe cursor over `facts_by_seq`.
+//!
+//! Every call returns an [`Outcome`] whose `classified` part comes from core's status
+//! table (CONNECTOR-CONTRACT.md §3): `unavailable` when nothing was sent,
+//! `timeout_unknown` when the request may have run, `circuit_open` when the breaker
+//! refused it.
+#![warn(missing_docs)]
+
+mod breaker;
+mod cancel;
+mod client;
+mod config;
+mod error;
+mod lane;
+mod sys;
+pub mod tail;
+
+pub use breaker::BreakerState;
+pub use cancel::Cancel;
+pub use client::{Attempt, BreakerStats, Client, Outcome, Request, RetryPolicy, Stats};
+pub use config::Config;
+pub use error::{Endpoint, TimeoutPhase, TransportError};
+pub use lane::LaneStats;
+pub use tbackend_core::{Classified, ErrorKind, OpKind, Status};

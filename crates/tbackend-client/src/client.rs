@@ -1,0 +1,747 @@
+//! [`Client`]: the lanes of one endpoint, its breaker, and the calls.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
+use tbackend_core::protocol::answer::classify;
+use tbackend_core::protocol::frame;
+use tbackend_core::protocol::request::RequestBuilder;
+use tbackend_core::{Classified, ErrorKind, OpKind, Status};
+
+use crate::breaker::{Admission, Breaker, BreakerState, Verdict};
+use crate::cancel::Cancel;
+use crate::config::Config;
+use crate::error::TransportError;
+use crate::lane::{self, Failure, Lane, LaneStats, Mode, Shared, Slot, SubmitError};
+use crate::sys;
+use crate::tail::Cursor;
+
+/// One request: its kind (which the status table depends on) and its body, one complete
+/// JSON object built by the caller (with core's `RequestBuilder`, token included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The kind of op the body names.
+    pub op: OpKind,
+    /// The request object, as sent.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A request of kind `op` with this body.
+    pub fn new(op: OpKind, body: Vec<u8>) -> Request {
+        Request { op, body }
+    }
+
+    /// A `ping`, with the token when auth is on.
+    pub fn ping(token: Option<&str>) -> Request {
+        Request::new(OpKind::Ping, RequestBuilder::new("ping", token).finish())
+    }
+}
+
+/// What a call returns: the soft result, plus what only the transport knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Status, flags, error text and the daemon's answer, per the contract's table.
+    pub classified: Classified,
+    /// Why no valid answer came back, when none did.
+    pub transport: Option<TransportError>,
+    /// The lane that carried the request (`None` when no lane was touched: breaker
+    /// open, refused request, shut down).
+    pub lane: Option<usize>,
+}
+
+impl Outcome {
+    fn client_side(status: Status, error: TransportError) -> Outcome {
+        Outcome {
+            classified: Classified::transport(status, Some(error.to_string())),
+            transport: Some(error),
+            lane: None,
+        }
+    }
+
+    /// A request refused before sending because it is wrong: retrying cannot help.
+    fn refused(reason: String) -> Outcome {
+        Outcome {
+            classified: Classified {
+                status: Status::Error,
+                ok: false,
+                committed: Some(false),
+                retryable: Some(false),
+                kind: ErrorKind::ClientBug,
+                error: Some(reason),
+                answer: Value::Null,
+            },
+            transport: None,
+            lane: None,
+        }
+    }
+}
+
+/// How [`Client::call_with_retries`] retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (0 counts as 1).
+    pub attempts: u32,
+    /// Backoff before the second attempt; doubles after each, with full jitter.
+    pub base_backoff: Duration,
+    /// Cap of one backoff.
+    pub max_backoff: Duration,
+    /// Budget of all attempts and sleeps together (`None`: each attempt gets the
+    /// request timeout).
+    pub deadline: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    /// The old gem's `write_fact_once_safe` defaults: 2 attempts, 50 ms.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 2,
+            base_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(1),
+            deadline: None,
+        }
+    }
+}
+
+/// One attempt of a retried call, as the contract's `attempts:` array shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// The attempt's status.
+    pub status: Status,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Whether the fact is stored, when known.
+    pub committed: Option<bool>,
+    /// Whether retrying could help, when known.
+    pub retryable: Option<bool>,
+}
+
+impl Attempt {
+    fn of(c: &Classified) -> Attempt {
+        Attempt {
+            status: c.status,
+            ok: c.ok,
+            committed: c.committed,
+            retryable: c.retryable,
+        }
+    }
+}
+
+/// The breaker's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerStats {
+    /// Closed, open or half-open.
+    pub state: BreakerState,
+    /// Consecutive `unavailable` / `timeout_unknown` outcomes.
+    pub consecutive_failures: u32,
+    /// Times it opened.
+    pub opens: u64,
+}
+
+/// A snapshot of a client's lanes and breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Per lane, in lane order.
+    pub lanes: Vec<LaneStats>,
+    /// The endpoint's breaker.
+    pub breaker: BreakerStats,
+    /// Connections opened since the client was built, all lanes.
+    pub connections_opened: u64,
+}
+
+struct Inner {
+    shared: Shared,
+    breaker: Breaker,
+    /// Never dropped after `forget_after_fork`: a forked child must not run the
+    /// destructors of state another thread of the parent may have been using.
+    lanes: ManuallyDrop<Box<[Lane]>>,
+    rng: AtomicU64,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.shared.state.load(Ordering::Acquire) != lane::FORGOTTEN {
+            // SAFETY: dropped exactly once, here, and never touched again.
+            unsafe { ManuallyDrop::drop(&mut self.lanes) };
+        }
+    }
+}
+
+/// The native TBackend client of one endpoint: `Send + Sync`, cheap to clone, shared
+/// by every thread of the process.
+///
+/// It holds `config.lanes` persistent connections, opened lazily, each pipelining the
+/// requests of any number of threads, so the daemon sees the same few connections
+/// however many threads call (its fixed worker pool starves connections beyond its
+/// size). No call ever panics or blocks past its deadline; every failure is an
+/// [`Outcome`] with the contract's status.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.inner.shared.endpoint)
+            .field("lanes", &self.inner.lanes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client for `config`; connects lazily, on the first call of each lane.
+    pub fn new(config: Config) -> Client {
+        let epoch = Instant::now();
+        let lanes: Box<[Lane]> = (0..config.lanes.max(1))
+            .map(|i| Lane::new(i, epoch))
+            .collect();
+        let breaker = Breaker::new(config.breaker_threshold, config.breaker_cooldown, epoch);
+        let seed = epoch.elapsed().as_nanos() as u64 ^ (u64::from(std::process::id()) << 17) | 1;
+        Client {
+            inner: Arc::new(Inner {
+                shared: Shared {
+                    endpoint: Arc::from(config.endpoint()),
+                    config,
+                    epoch,
+                    connections_opened: AtomicU64::new(0),
+                    state: AtomicU8::new(lane::OPEN),
+                },
+                breaker,
+                lanes: ManuallyDrop::new(lanes),
+                rng: AtomicU64::new(seed),
+            }),
+        }
+    }
+
+    /// The configuration this client was built with.
+    pub fn config(&self) -> &Config {
+        &self.inner.shared.config
+    }
+
+    /// Sends one request and waits for its answer, at most `timeout` (default: the
+    /// config's `request_timeout`), or until `cancel` is cancelled.
+    pub fn call(&self, req: &Request, timeout: Option<Duration>, cancel: &Cancel) -> Outcome {
+        let inner = &*self.inner;
+        let frame = match inner.admit(req) {
+            Ok(f) => f,
+            Err(outcome) => return outcome,
+        };
+        let (frame, admission) = frame;
+        let budget = timeout.unwrap_or(inner.shared.config.request_timeout);
+        let ix = inner.pick_lane();
+        let result = inner.lanes[ix].exchange(&inner.shared, &frame, budget, cancel);
+        inner.finish(req.op, ix, result, admission)
+    }
+
+    /// Sends every request pipelined across the lanes from this one thread and returns
+    /// one outcome per request, in input order: the way to backfill at full daemon speed.
+    ///
+    /// `timeout` (default `request_timeout`) bounds each request from the moment it is
+    /// written, not the whole batch. A cancel ends the batch promptly: requests not yet
+    /// written come back `unavailable`, written ones `timeout_unknown`.
+    pub fn call_batch(
+        &self,
+        reqs: &[Request],
+        timeout: Option<Duration>,
+        cancel: &Cancel,
+    ) -> Vec<Outcome> {
+        struct Pending {
+            index: usize,
+            lane: usize,
+            slot: Arc<Slot>,
+            deadline: Instant,
+            admission: Admission,
+        }
+        let inner = &*self.inner;
+        let sh = &inner.shared;
+        let budget = timeout.unwrap_or(sh.config.request_timeout);
+        let window = budget.max(sh.config.request_timeout);
+        let wake = sys::thread_wake_fd();
+        let mut out: Vec<Option<Outcome>> = vec![None; reqs.len()];
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let wait = |p: Pending, out: &mut Vec<Option<Outcome>>| {
+            let result = inner.lanes[p.lane].wait_detached(sh, &p.slot, p.deadline, budget, cancel);
+            out[p.index] = Some(inner.finish(reqs[p.index].op, p.lane, result, p.admission));
+        };
+        for (index, req) in reqs.iter().enumerate() {
+            let (frame, admission) = match inner.admit(req) {
+                Ok(f) => f,
+                Err(outcome) => {
+                    out[index] = Some(outcome);
+                    continue;
+                }
+            };
+            let ix = inner.pick_lane();
+            let lane = &inner.lanes[ix];
+            let slot = Slot::new();
+            loop {
+                // With own requests queued on the lane, a full pipeline is drained by
+                // reading them here; otherwise other threads' readers make room.
+                let own = pending.iter().position(|p| p.lane == ix);
+                let deadline = Instant::now() + budget;
+                let mode = Mode::Detached {
+                    park_on_full: own.is_none(),
+                };
+                let submitted = {
+                    let _armed = cancel.arm(&slot.word, wake);
+                    lane.submit(
+                        sh, &slot, &frame, deadline, budget, window, cancel, wake, mode,
+                    )
+                };
+                match submitted {
+                    Ok(_) => {
+                        pending.push_back(Pending {
+                            index,
+                            lane: ix,
+                            slot,
+                            deadline,
+                            admission,
+                        });
+                        break;
+                    }
+                    Err(SubmitError::Full) => {
+                        let oldest =
+                            pending.remove(own.expect("Full only with own requests queued"));
+                        wait(oldest.expect("position is valid"), &mut out);
+                    }
+                    Err(SubmitError::Failed(f)) => {
+                        out[index] = Some(inner.finish(req.op, ix, Err(f), admission));
+                        break;
+                    }
+                }
+            }
+        }
+        for p in pending {
+            wait(p, &mut out);
+        }
+        out.into_iter()
+            .map(|o| o.expect("every request has an outcome"))
+            .collect()
+    }
+
+    /// [`Client::call`], retried on `unavailable`, `timeout_unknown` and
+    /// `rejected_before_commit` with exponential backoff and full jitter, within
+    /// `policy.deadline`. Sleeps hold no lane and end early on `cancel`. Returns the last
+    /// outcome and every attempt.
+    ///
+    /// Retrying `timeout_unknown` is only safe for idempotent requests: reads and
+    /// `write_fact_once` (a retry lands as a replay), never the legacy `write_fact`.
+    pub fn call_with_retries(
+        &self,
+        req: &Request,
+        policy: &RetryPolicy,
+        cancel: &Cancel,
+    ) -> (Outcome, Vec<Attempt>) {
+        let start = Instant::now();
+        let deadline = policy.deadline.map(|d| start + d);
+        let request_timeout = self.inner.shared.config.request_timeout;
+        let attempts_allowed = policy.attempts.max(1);
+        let mut attempts = Vec::new();
+        loop {
+            let budget = match deadline {
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(request_timeout),
+                None => request_timeout,
+            };
+            let outcome = self.call(req, Some(budget), cancel);
+            attempts.push(Attempt::of(&outcome.classified));
+            let n = attempts.len() as u32;
+            if n >= attempts_allowed || !worth_retrying(&outcome) || cancel.is_cancelled() {
+                return (outcome, attempts);
+            }
+            let exp = policy
+                .base_backoff
+                .saturating_mul(1u32 << (n - 1).min(20))
+                .min(policy.max_backoff);
+            let sleep = self.jitter(exp);
+            let now = Instant::now();
+            // A retry needs time for the sleep and at least a little for the attempt.
+            if deadline.is_some_and(|d| now + sleep + Duration::from_millis(1) >= d) {
+                return (outcome, attempts);
+            }
+            if !sleep_unless_cancelled(sleep, cancel) {
+                return (outcome, attempts);
+            }
+        }
+    }
+
+    /// One poll of a gap-safe tail over `facts_by_seq` (PROTOCOL.md §8): asks for the
+    /// facts after `cursor.after_seq()` and returns, with the outcome, the facts the
+    /// cursor releases — only over an unbroken run of seqs, never one twice. The
+    /// answer's `facts` array is moved into the returned facts (and the held ones).
+    pub fn tail_poll(
+        &self,
+        store: &str,
+        cursor: &mut Cursor<Value>,
+        timeout: Option<Duration>,
+        cancel: &Cancel,
+    ) -> (Outcome, Vec<(u64, Value)>) {
+        let mut body =
+            RequestBuilder::new("facts_by_seq", self.inner.shared.config.token.as_deref());
+        if let Err(e) = body
+            .str("store", store)
+            .and_then(|b| b.u64("after_seq", cursor.after_seq()))
+        {
+            return (Outcome::refused(e.to_string()), Vec::new());
+        }
+        let req = Request::new(OpKind::Read, body.finish());
+        let polled_at = Instant::now();
+        let mut outcome = self.call(&req, timeout, cancel);
+        if !outcome.classified.ok {
+            return (outcome, Vec::new());
+        }
+        let facts = match outcome.classified.answer.get_mut("facts").map(Value::take) {
+            Some(Value::Array(facts)) => facts,
+            _ => Vec::new(),
+        };
+        let items = facts.into_iter().filter_map(|f| {
+            let seq = f.get("seq_id")?.as_u64()?;
+            Some((seq, f))
+        });
+        let released = cursor.feed(items, polled_at);
+        (outcome, released)
+    }
+
+    /// Lanes, breaker and connection counters.
+    pub fn stats(&self) -> Stats {
+        let inner = &*self.inner;
+        Stats {
+            lanes: inner.lanes.iter().map(Lane::stats).collect(),
+            breaker: BreakerStats {
+                state: inner.breaker.state(),
+                consecutive_failures: inner.breaker.consecutive_failures(),
+                opens: inner.breaker.opens(),
+            },
+            connections_opened: inner.shared.connections_opened.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes every lane. Calls in flight end (`timeout_unknown` if their request was
+    /// written); later calls get `unavailable` ("client is shut down") at once.
+    pub fn shutdown(&self) {
+        let inner = &*self.inner;
+        let _ = inner.shared.state.compare_exchange(
+            lane::OPEN,
+            lane::SHUT_DOWN,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        for lane in inner.lanes.iter() {
+            lane.shut_down(&inner.shared);
+        }
+    }
+
+    /// For a forked child: gives up this client without disturbing the parent.
+    ///
+    /// Locks nothing (another thread may have held a lane mutex at fork time and does
+    /// not exist in the child), closes the inherited sockets with close(2) only (a
+    /// shutdown(2) would cut the parent's connections, which share them), and leaks the
+    /// rest. Clones still held in the child answer `unavailable` from then on.
+    pub fn forget_after_fork(self) {
+        let inner = &*self.inner;
+        inner.shared.state.store(lane::FORGOTTEN, Ordering::Release);
+        for lane in inner.lanes.iter() {
+            let fd = lane.fd.swap(-1, Ordering::AcqRel);
+            if fd >= 0 {
+                sys::close_inherited(fd);
+            }
+        }
+        std::mem::forget(self);
+    }
+
+    fn jitter(&self, cap: Duration) -> Duration {
+        let cap = cap.as_nanos() as u64;
+        if cap == 0 {
+            return Duration::ZERO;
+        }
+        let mut state = self.inner.rng.load(Ordering::Relaxed);
+        let r = lane::next_rand(&mut state);
+        self.inner.rng.store(state, Ordering::Relaxed);
+        Duration::from_nanos(r % (cap + 1))
+    }
+}
+
+impl Inner {
+    /// Everything a call checks before touching a lane: client state, the request
+    /// itself, the breaker. Returns the frame to send and the breaker's admission.
+    fn admit(&self, req: &Request) -> Result<(Vec<u8>, Admission), Outcome> {
+        let sh = &self.shared;
+        if let Some(e) = sh.closed_error() {
+            return Err(Outcome::client_side(Status::Unavailable, e));
+        }
+        let Some(admission) = self.breaker.admit() else {
+            let e = TransportError::CircuitOpen {
+                endpoint: sh.endpoint.clone(),
+            };
+            return Err(Outcome::client_side(Status::CircuitOpen, e));
+        };
+        let checked = check_body(req.op, &req.body).and_then(|()| {
+            frame::encode(&req.body, sh.config.max_request_bytes)
+                .map_err(|e| format!("request refused: {e}"))
+        });
+        match checked {
+            Ok(frame) => Ok((frame, admission)),
+            Err(reason) => {
+                self.breaker.record(admission, Verdict::Neutral);
+                Err(Outcome::refused(reason))
+            }
+        }
+    }
+
+    /// Least requests in flight wins, so a slow request on one lane does not hold up
+    /// calls another lane can serve; lanes backing off from a failed connect come last.
+    fn pick_lane(&self) -> usize {
+        if self.lanes.len() == 1 {
+            return 0;
+        }
+        let now = Instant::now();
+        let mut best = 0;
+        let mut best_score = (true, usize::MAX, true);
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let score = (
+                lane.backing_off(&self.shared, now),
+                lane.in_flight.load(Ordering::Relaxed),
+                !lane.is_connected(),
+            );
+            if score < best_score {
+                best = i;
+                best_score = score;
+            }
+        }
+        best
+    }
+
+    fn finish(
+        &self,
+        op: OpKind,
+        lane: usize,
+        result: Result<Vec<u8>, Failure>,
+        admission: Admission,
+    ) -> Outcome {
+        let outcome = match result {
+            Ok(body) => match classify(op, &body) {
+                Ok(classified) => Outcome {
+                    classified,
+                    transport: None,
+                    lane: Some(lane),
+                },
+                Err(e) => {
+                    let error = TransportError::Malformed {
+                        endpoint: self.shared.endpoint.clone(),
+                        detail: e.to_string(),
+                    };
+                    Outcome {
+                        lane: Some(lane),
+                        ..Outcome::client_side(Status::TimeoutUnknown, error)
+                    }
+                }
+            },
+            Err(Failure { error, sent }) => {
+                let status = if sent {
+                    Status::TimeoutUnknown
+                } else {
+                    Status::Unavailable
+                };
+                Outcome {
+                    lane: Some(lane),
+                    ..Outcome::client_side(status, error)
+                }
+            }
+        };
+        let verdict = match &outcome.transport {
+            None => Verdict::Answered,
+            Some(TransportError::Cancelled { .. } | TransportError::ShutDown { .. }) => {
+                Verdict::Neutral
+            }
+            Some(_) => Verdict::Failed,
+        };
+        self.breaker.record(admission, verdict);
+        outcome
+    }
+}
+
+fn worth_retrying(o: &Outcome) -> bool {
+    let status_retryable = matches!(
+        o.classified.status,
+        Status::Unavailable | Status::TimeoutUnknown | Status::RejectedBeforeCommit
+    );
+    status_retryable
+        && !matches!(
+            o.transport,
+            Some(TransportError::Cancelled { .. } | TransportError::ShutDown { .. })
+        )
+}
+
+/// Sleeps `d` unless `cancel` fires first; `false` if it did.
+fn sleep_unless_cancelled(d: Duration, cancel: &Cancel) -> bool {
+    let word = AtomicU32::new(0);
+    let _armed = cancel.arm(&word, None);
+    let until = Instant::now() + d;
+    loop {
+        if cancel.is_cancelled() {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        sys::futex_wait(&word, word.load(Ordering::Acquire), Some(until - now));
+    }
+}
+
+/// The daemon is lax about two top-level keys (PROTOCOL.md §3): `"error"` makes it echo
+/// the request back unexecuted and unauthenticated, and `"store"` on a write is what its
+/// ACL checks instead of `fact.store`. Core's builder refuses both; this re-check is one
+/// pass over the body, so a body built any other way cannot slip them through.
+fn check_body(op: OpKind, body: &[u8]) -> Result<(), String> {
+    let keys: TopKeys = serde_json::from_slice(body)
+        .map_err(|e| format!("request refused: the body is not one JSON object: {e}"))?;
+    if keys.error {
+        return Err("request refused: a top-level \"error\" key makes the daemon echo the request unexecuted".into());
+    }
+    if keys.store && op == OpKind::Write {
+        return Err(
+            "request refused: a top-level \"store\" on a write would be checked by the store ACL instead of fact.store"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct TopKeys {
+    error: bool,
+    store: bool,
+}
+
+impl<'de> Deserialize<'de> for TopKeys {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TopKeys;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopKeys, A::Error> {
+                let mut keys = TopKeys::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    match key {
+                        Key::Error => keys.error = true,
+                        Key::Store => keys.store = true,
+                        Key::Other => {}
+                    }
+                }
+                Ok(keys)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+enum Key {
+    Error,
+    Store,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "error" => Key::Error,
+                    "store" => Key::Store,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_checks() {
+        assert!(check_body(
+            OpKind::Read,
+            br#"{"op":"latest_for","store":"s","key":"k"}"#
+        )
+        .is_ok());
+        assert!(check_body(
+            OpKind::Write,
+            br#"{"op":"write_fact_once","fact":{"store":"s"}}"#
+        )
+        .is_ok());
+        let e = check_body(
+            OpKind::Write,
+            br#"{"op":"write_fact_once","store":"s","fact":{}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("ACL"), "{e}");
+        let e = check_body(OpKind::Ping, br#"{"op":"ping","error":"x"}"#).unwrap_err();
+        assert!(e.contains("echo"), "{e}");
+        assert!(
+            check_body(OpKind::Ping, br#"{"op":"ping","err\u006fr":1}"#).is_err(),
+            "escaped key"
+        );
+        assert!(check_body(OpKind::Ping, b"[1]").is_err());
+        assert!(check_body(OpKind::Ping, br#"{"op":"ping"} {}"#).is_err());
+        assert!(check_body(OpKind::Ping, b"").is_err());
+    }
+
+    #[test]
+    fn refused_requests_never_touch_a_socket() {
+        // Port 9 on loopback: nothing listens; a connect would be refused.
+        let client = Client::new(Config::new("127.0.0.1", 9));
+        let o = client.call(
+            &Request::new(
+                OpKind::Write,
+                br#"{"op":"write_fact_once","store":"x"}"#.to_vec(),
+            ),
+            None,
+            &Cancel::new(),
+        );
+        assert_eq!(o.classified.status, Status::Error);
+        assert_eq!(o.classified.retryable, Some(false));
+        assert_eq!(o.classified.kind, ErrorKind::ClientBug);
+        assert_eq!(o.lane, None);
+        assert_eq!(client.stats().connections_opened, 0);
+        assert_eq!(client.stats().lanes[0].last_error, None);
+    }
+
+    #[test]
+    fn oversized_request_is_refused() {
+        let client = Client::new(Config {
+            max_request_bytes: 10,
+            ..Config::new("127.0.0.1", 9)
+        });
+        let o = client.call(&Request::ping(Some("a-long-token")), None, &Cancel::new());
+        assert_eq!(o.classified.status, Status::Error);
+        assert!(o.classified.error.unwrap().contains("cap"));
+    }
+
+    #[test]
+    fn client_is_send_sync_and_cheap_to_clone() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Client>();
+        fn assert_sync<T: Send + Sync>() {}
+        assert_sync::<Cancel>();
+    }
+}
