@@ -278,7 +278,9 @@ impl Client {
                     continue;
                 }
             };
-            let ix = inner.pick_lane();
+            // In turn, not by least in flight: answers on a lane this thread is not
+            // reading pile up unread, so their in-flight count says nothing about load.
+            let ix = inner.next_lane(index);
             let lane = &inner.lanes[ix];
             let slot = Slot::new();
             loop {
@@ -517,6 +519,16 @@ impl Inner {
             }
         }
         best
+    }
+
+    /// Round robin from `n`, skipping lanes that back off from a failed connect.
+    fn next_lane(&self, n: usize) -> usize {
+        let count = self.lanes.len();
+        let now = Instant::now();
+        (0..count)
+            .map(|k| (n + k) % count)
+            .find(|&i| !self.lanes[i].backing_off(&self.shared, now))
+            .unwrap_or(n % count)
     }
 
     fn finish(

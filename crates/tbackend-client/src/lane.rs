@@ -406,8 +406,8 @@ impl Lane {
                     }
                 }
             }
-            if now.saturating_duration_since(st.last_sent) >= IDLE_PROBE_AFTER && !has_live(&st) {
-                let idle = now.saturating_duration_since(st.last_sent);
+            let idle = now.saturating_duration_since(st.last_sent);
+            if idle >= IDLE_PROBE_AFTER.min(sh.config.idle_reconnect) && !has_live(&st) {
                 // Abandoned slots only: their answers are worthless, a fresh connection
                 // is cheaper than reasoning about what is still buffered.
                 if idle >= sh.config.idle_reconnect || !st.fifo.is_empty() || peer_gone(&conn) {

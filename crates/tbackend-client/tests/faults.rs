@@ -1,0 +1,239 @@
+//! Deadlines, broken answers, refused and idle connections, against the daemon's fault
+//! knobs. Every wait is bounded.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tbackend_client::{Cancel, Client, Config, Status, TransportError};
+use tbackend_testd::control::AnswerFault;
+
+fn elapsed_ms(t0: Instant) -> u128 {
+    t0.elapsed().as_millis()
+}
+
+/// A call that timed out leaves its slot queued: its late answer is consumed there, and
+/// the next call on the same connection gets its own answer.
+#[test]
+fn per_call_timeout_and_late_answer_never_reaches_another_caller() {
+    let d = start(opts());
+    let c = client(&d);
+    assert_status(
+        &call(&c, &write("late", "w1", "k1", json!(1))),
+        Status::CommittedAcked,
+    );
+    d.control().delay(300).unwrap();
+    let t0 = Instant::now();
+    let o = c.call(
+        &write("late", "w2", "k2", json!(2)),
+        Some(Duration::from_millis(100)),
+        &Cancel::new(),
+    );
+    assert_status(&o, Status::TimeoutUnknown);
+    assert!(
+        matches!(o.transport, Some(TransportError::Timeout { .. })),
+        "{o:?}"
+    );
+    let ms = elapsed_ms(t0);
+    assert!((90..280).contains(&ms), "returned after {ms} ms");
+    d.control().delay(0).unwrap();
+    // The late write answer arrives first on this connection and must be dropped.
+    let o = call(&c, &latest_for("late", "k1"));
+    assert_status(&o, Status::Ok);
+    assert_eq!(o.classified.answer["fact"]["id"], "w1", "{o:?}");
+    assert!(o.classified.answer.get("seq_id").is_none());
+    let stats = c.stats();
+    assert_eq!(
+        stats.connections_opened, 1,
+        "a per-call timeout does not drop the lane"
+    );
+    // The timed-out write did run (the daemon only delayed its answer).
+    let o = call(&c, &write("late", "w2", "k2", json!(2)));
+    assert_status(&o, Status::IdempotentReplay);
+}
+
+/// A stalled daemon: calls return at their deadline, the lane is torn down (its oldest
+/// answer is overdue) and rebuilt by the next call.
+#[test]
+fn stall_returns_within_deadline_and_lane_is_rebuilt() {
+    let d = start(opts());
+    let c = Client::new(Config {
+        request_timeout: Duration::from_millis(300),
+        ..config(&d)
+    });
+    assert_status(&call(&c, &ping()), Status::Ok);
+    d.control().stall(false).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let o = call(&c, &ping());
+                (o, t0.elapsed())
+            })
+        })
+        .collect();
+    for h in handles {
+        let (o, took) = h.join().unwrap();
+        assert_status(&o, Status::TimeoutUnknown);
+        assert!(took < Duration::from_millis(600), "{took:?}");
+    }
+    let stats = c.stats();
+    assert!(!stats.lanes[0].connected, "{stats:?}");
+    assert!(
+        stats.lanes[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("timed out"),
+        "{stats:?}"
+    );
+    d.control().unstall().unwrap();
+    assert_status(&call(&c, &ping()), Status::Ok);
+    let stats = c.stats();
+    assert_eq!(stats.lanes[0].generation, 2);
+    assert_eq!(stats.lanes[0].reconnects, 1);
+}
+
+/// The daemon's only worker is held by another connection: ours is accepted and never
+/// read. Calls end at their deadline instead of hanging.
+#[test]
+fn slot_starvation_never_hangs_past_the_deadline() {
+    let d = start(opts().pool_size(1));
+    let mut hog = d.connect().unwrap();
+    hog.call(&json!({"op": "ping"})).unwrap();
+    let c = Client::new(Config {
+        request_timeout: Duration::from_millis(300),
+        ..config(&d)
+    });
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let o = call(&c, &ping());
+        assert_status(&o, Status::TimeoutUnknown);
+        assert!(
+            t0.elapsed() < Duration::from_millis(800),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+    drop(hog);
+    assert!(
+        wait_until(Duration::from_secs(3), || call(&c, &ping()).classified.ok),
+        "service resumes once the worker is free"
+    );
+}
+
+/// The daemon cuts idle connections silently; no call may fail because of it. Both
+/// paths: reconnect before reuse past `idle_reconnect`, and the peer-close probe of a
+/// lane idle for over a second.
+#[test]
+fn idle_past_the_daemon_cut_never_fails_a_call() {
+    let d = start(opts().idle_timeout(Duration::from_millis(300)));
+    let proactive = Client::new(Config {
+        idle_reconnect: Duration::from_millis(200),
+        ..config(&d)
+    });
+    let probing = Client::new(Config {
+        idle_reconnect: Duration::from_secs(20),
+        ..config(&d)
+    });
+    assert_status(&call(&proactive, &ping()), Status::Ok);
+    assert_status(&call(&probing, &ping()), Status::Ok);
+    std::thread::sleep(Duration::from_millis(600));
+    for i in 0..5 {
+        assert_status(
+            &call(&proactive, &write("idle", &format!("a{i}"), "k", json!(i))),
+            Status::CommittedAcked,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1300));
+    for i in 0..5 {
+        assert_status(
+            &call(&probing, &write("idle", &format!("b{i}"), "k", json!(i))),
+            Status::CommittedAcked,
+        );
+    }
+    assert_eq!(proactive.stats().lanes[0].reconnects, 1);
+    assert_eq!(probing.stats().lanes[0].reconnects, 1);
+}
+
+/// Refused connects answer `unavailable` fast (and back off without touching a socket);
+/// service comes back by itself once the daemon accepts again.
+#[test]
+fn refused_connections_are_unavailable_fast_then_recover() {
+    let d = start(opts());
+    let ctl = d.control();
+    ctl.refuse_connections(true).unwrap();
+    let c = client(&d);
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let o = call(&c, &ping());
+        assert_status(&o, Status::Unavailable);
+        assert!(
+            matches!(o.transport, Some(TransportError::Connect { .. })),
+            "{o:?}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(o
+            .classified
+            .error
+            .as_deref()
+            .unwrap()
+            .contains(&format!("127.0.0.1:{}", d.port())));
+    }
+    assert_eq!(c.stats().connections_opened, 0);
+    ctl.refuse_connections(false).unwrap();
+    assert!(wait_until(Duration::from_secs(2), || call(&c, &ping())
+        .classified
+        .ok));
+    assert_eq!(c.stats().connections_opened, 1);
+}
+
+/// Broken answers: the call gets `timeout_unknown` with the reason, the lane is
+/// dropped, and the next call works on a fresh connection.
+#[test]
+fn broken_answers_are_timeout_unknown_and_the_next_call_works() {
+    let d = start(opts());
+    let c = client(&d);
+    let cases = [
+        (AnswerFault::BadCrc, "BadCrc"),
+        (AnswerFault::Garbage, "TooLarge"),
+        (AnswerFault::CloseMidFrame, "Eof"),
+        (AnswerFault::Close, "Eof"),
+    ];
+    for (i, (fault, expected)) in cases.into_iter().enumerate() {
+        assert_status(&call(&c, &ping()), Status::Ok);
+        d.control().answer_fault(fault, 0, 1, true).unwrap();
+        let t0 = Instant::now();
+        let o = call(&c, &write("broken", &format!("x{i}"), "k", json!(i)));
+        assert_status(&o, Status::TimeoutUnknown);
+        assert_eq!(
+            o.transport.as_ref().map(TransportError::name),
+            Some(expected),
+            "{fault:?}: {o:?}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        let o = call(&c, &write("broken", &format!("x{i}"), "k", json!(i)));
+        assert_status(&o, Status::IdempotentReplay);
+    }
+    // Garbage that is a valid frame but not JSON: the frame is intact, the lane stays.
+    let before = c.stats().connections_opened;
+    d.control()
+        .set(json!({"answer_fault": {"kind": "garbage", "hex": "000000036e6f740805fd75"}}))
+        .unwrap();
+    let o = call(&c, &ping());
+    assert_status(&o, Status::TimeoutUnknown);
+    assert_eq!(
+        o.transport.as_ref().map(TransportError::name),
+        Some("Malformed"),
+        "{o:?}"
+    );
+    assert_status(&call(&c, &ping()), Status::Ok);
+    assert_eq!(c.stats().connections_opened, before);
+}

@@ -1,0 +1,198 @@
+//! Many threads over few connections: every answer reaches its own caller, in order.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use tbackend_client::{Cancel, Client, Config, Status};
+
+const THREADS: usize = 12;
+const PER_THREAD: usize = 150;
+
+/// 12 threads over 1 lane, mixing fresh writes, replays of their own earlier writes and
+/// reads of their own keys. Answers carry no request id, so each check below would
+/// catch an answer delivered to the wrong caller: a write's seq must map back to its id,
+/// a replay must carry the original seq, a read must return the caller's own fact.
+#[test]
+fn twelve_threads_one_lane_every_answer_is_its_own() {
+    let d = start(opts());
+    let c = client(&d);
+    let max_open = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (ctl, max_open, stop) = (d.control(), max_open.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(s) = ctl.status() {
+                    max_open.fetch_max(s.connections_open, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (c, barrier) = (c.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut seqs: Vec<(String, u64)> = Vec::new();
+                for i in 0..PER_THREAD {
+                    let id = format!("t{t}-{i}");
+                    let key = format!("k{t}-{i}");
+                    let o = call(&c, &write("pipe", &id, &key, json!({"t": t, "i": i})));
+                    assert_status(&o, Status::CommittedAcked);
+                    let seq = seq_of(&o);
+                    seqs.push((id.clone(), seq));
+                    if i % 3 == 0 {
+                        let o = call(&c, &latest_for("pipe", &key));
+                        assert_status(&o, Status::Ok);
+                        assert_eq!(o.classified.answer["fact"]["id"], id.as_str(), "{o:?}");
+                    }
+                    if i % 5 == 4 {
+                        let (old_id, old_seq) = &seqs[i / 2];
+                        let j = i / 2;
+                        let o = call(
+                            &c,
+                            &write(
+                                "pipe",
+                                old_id,
+                                &format!("k{t}-{j}"),
+                                json!({"t": t, "i": j}),
+                            ),
+                        );
+                        assert_status(&o, Status::IdempotentReplay);
+                        assert_eq!(seq_of(&o), *old_seq, "replay of {old_id}");
+                    }
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut by_seq: HashMap<u64, String> = HashMap::new();
+    for h in handles {
+        for (id, seq) in h.join().unwrap() {
+            assert!(by_seq.insert(seq, id).is_none(), "seq given twice");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().unwrap();
+    let facts = all_facts(&d, "pipe");
+    assert_eq!(facts.len(), THREADS * PER_THREAD);
+    for f in &facts {
+        let seq = f["seq_id"].as_u64().unwrap();
+        assert_eq!(
+            f["id"].as_str(),
+            by_seq.get(&seq).map(String::as_str),
+            "seq {seq}"
+        );
+    }
+    assert!(
+        max_open.load(Ordering::Relaxed) <= 1,
+        "daemon saw more connections than lanes"
+    );
+    let stats = c.stats();
+    assert_eq!(stats.connections_opened, 1, "{stats:?}");
+    assert_eq!(stats.lanes[0].in_flight, 0);
+}
+
+/// 1,000 writes in one batch over 2 lanes: outcomes come back in input order.
+#[test]
+fn call_batch_of_1000_preserves_order() {
+    let d = start(opts());
+    let c = Client::new(Config {
+        lanes: 2,
+        max_depth: 64,
+        ..config(&d)
+    });
+    let reqs: Vec<_> = (0..1000)
+        .map(|i| {
+            if i % 10 == 9 {
+                latest_for("batch", &format!("k{}", i - 1))
+            } else {
+                write("batch", &format!("b{i}"), &format!("k{i}"), json!(i))
+            }
+        })
+        .collect();
+    let t0 = Instant::now();
+    let outcomes = c.call_batch(&reqs, None, &Cancel::new());
+    let elapsed = t0.elapsed();
+    assert_eq!(outcomes.len(), 1000);
+    let facts = all_facts(&d, "batch");
+    let id_of: HashMap<u64, String> = facts
+        .iter()
+        .map(|f| {
+            (
+                f["seq_id"].as_u64().unwrap(),
+                f["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut lanes_used = [0usize; 2];
+    for (i, o) in outcomes.iter().enumerate() {
+        lanes_used[o.lane.unwrap()] += 1;
+        if i % 10 == 9 {
+            // A read issued right after the write on another lane may run before it:
+            // it answers the fact or nothing, never another request's answer.
+            assert_status(o, Status::Ok);
+            let fact = &o.classified.answer["fact"];
+            assert!(
+                fact.is_null() || fact["id"] == format!("b{}", i - 1),
+                "{o:?}"
+            );
+        } else {
+            assert_status(o, Status::CommittedAcked);
+            assert_eq!(id_of[&seq_of(o)], format!("b{i}"));
+        }
+    }
+    assert!(
+        lanes_used.iter().all(|&n| n > 100),
+        "both lanes carry the batch: {lanes_used:?}"
+    );
+    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+    assert_eq!(c.stats().connections_opened, 2);
+}
+
+/// A request stuck on one lane does not hold up calls another lane can serve.
+#[test]
+fn a_slow_lane_does_not_stall_the_other() {
+    let d = start(opts());
+    let c = Client::new(Config {
+        lanes: 2,
+        ..config(&d)
+    });
+    // Open both lanes.
+    let warm = c.call_batch(&[ping(), ping()], None, &Cancel::new());
+    assert!(warm.iter().all(|o| o.classified.ok));
+    d.control().stall(false).unwrap();
+    let slow = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            c.call(&ping(), Some(Duration::from_millis(1500)), &Cancel::new())
+        })
+    };
+    assert!(wait_until(Duration::from_secs(2), || c
+        .stats()
+        .lanes
+        .iter()
+        .any(|l| l.in_flight == 1)));
+    d.control().unstall().unwrap();
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let o = call(&c, &ping());
+        assert_status(&o, Status::Ok);
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+    let o = slow.join().unwrap();
+    assert_status(&o, Status::TimeoutUnknown);
+    assert_ne!(o.lane, None);
+}
