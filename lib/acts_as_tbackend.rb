@@ -6,10 +6,16 @@ require_relative "acts_as_tbackend/errors"
 require_relative "acts_as_tbackend/config"
 require "acts_as_tbackend/acts_as_tbackend_native"
 require_relative "acts_as_tbackend/fact"
+require_relative "acts_as_tbackend/client"
+require_relative "acts_as_tbackend/connection"
+require_relative "acts_as_tbackend/health"
+require_relative "acts_as_tbackend/tail"
+require_relative "acts_as_tbackend/fork_safety"
 
 # Connects Rails apps to TBackend, a temporal-ledger daemon, through a native core.
 module ActsAsTbackend
   @config_lock = Mutex.new
+  @client_lock = Mutex.new
 
   class << self
     # The one Config, built from ENV on first use.
@@ -30,10 +36,31 @@ module ActsAsTbackend
       config.enabled?
     end
 
-    # Drops the memoised client; the next call builds a fresh one.
+    # The memoised client, kept in `@client` (test helpers swap that ivar). Shared by
+    # every thread; after a fork the native core rebuilds its connections by itself.
+    def client
+      @client || @client_lock.synchronize { @client ||= Client.new(config) }
+    end
+
+    # Drops the connections a forked child inherited (called by the Process._fork hook;
+    # the native client also notices a new pid by itself on its next call).
+    def after_fork!
+      @client.after_fork if @client.respond_to?(:after_fork)
+    end
+
+    # `client.health`: never raises, never shows the token.
+    def health
+      client.health
+    end
+
+    # Drops the memoised client and shuts the old one down; the next call builds a new
+    # one. Calls still running on the old client get soft results, never exceptions.
     def reset!
-      old = @client
-      @client = nil
+      old = @client_lock.synchronize do
+        previous = @client
+        @client = nil
+        previous
+      end
       old.shutdown if old.respond_to?(:shutdown)
       nil
     end

@@ -26,7 +26,9 @@ const MAX_DEPTH: usize = 100;
 
 pub fn encode_json(ruby: &Ruby, value: Value, max_bytes: usize) -> Result<RString, Error> {
     let mut encoder = Encoder::new(ruby, max_bytes);
-    encoder.encode(value).map_err(|e| e.into_ruby(ruby))?;
+    encoder
+        .encode(value)
+        .map_err(|e| e.into_ruby(ruby, "value"))?;
     Ok(ruby.enc_str_new(&encoder.out, ruby.utf8_encoding()))
 }
 
@@ -55,12 +57,13 @@ impl EncodeError {
         self
     }
 
-    pub fn into_ruby(self, ruby: &Ruby) -> Error {
+    /// The Ruby exception, naming the offending part from `root` (`value`, `fact`).
+    pub fn into_ruby(self, ruby: &Ruby, root: &str) -> Error {
         match self {
             EncodeError::Ruby(e) => e,
             EncodeError::Invalid { message, path } => {
                 let location: String = path.iter().rev().map(String::as_str).collect();
-                invalid_fact(ruby, format!("value{location}: {message}"))
+                invalid_fact(ruby, format!("{root}{location}: {message}"))
             }
         }
     }

@@ -1,11 +1,22 @@
 //! The Ruby face of the native core. This crate is the only place that touches Ruby:
 //! everything it calls lives in `tbackend-core`, which `cargo test` covers without one.
 
+mod answer;
+mod client;
 mod errors;
 mod fact;
 mod json;
+mod nogvl;
 
-use magnus::{function, prelude::*, Error, Ruby};
+use magnus::{function, method, prelude::*, Error, Ruby};
+use tbackend_core::protocol::answer::ErrorKind;
+
+use client::{RbClient, RbTailCursor};
+
+/// The contract's error kind of a daemon error text (`"auth"`, `"access_denied"`, …).
+fn error_kind(text: String) -> &'static str {
+    ErrorKind::from_error(None, Some(&text), None).as_str()
+}
 
 #[magnus::init(name = "acts_as_tbackend_native")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
@@ -27,5 +38,33 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     )?;
     native.define_singleton_method("epoch_seconds", function!(fact::epoch_seconds_for, 1))?;
     native.define_singleton_method("encode_json", function!(json::encode_json, 2))?;
+    native.define_singleton_method("error_kind", function!(error_kind, 1))?;
+
+    let client = native.define_class("Client", ruby.class_object())?;
+    client.define_singleton_method("new", function!(RbClient::new, 1))?;
+    client.define_method("write_fact_once", method!(RbClient::write_fact_once, 3))?;
+    client.define_method(
+        "write_fact_once_safe",
+        method!(RbClient::write_fact_once_safe, 5),
+    )?;
+    client.define_method("write_facts_once", method!(RbClient::write_facts_once, 3))?;
+    client.define_method("latest_for", method!(RbClient::latest_for, 4))?;
+    client.define_method("facts_for", method!(RbClient::facts_for, 5))?;
+    client.define_method("facts_by_seq", method!(RbClient::facts_by_seq, 4))?;
+    client.define_method("ping", method!(RbClient::ping, 1))?;
+    client.define_method(
+        "diagnostics_summary",
+        method!(RbClient::diagnostics_summary, 1),
+    )?;
+    client.define_method("stats", method!(RbClient::stats, 0))?;
+    client.define_method("shutdown", method!(RbClient::rb_shutdown, 0))?;
+    client.define_method("after_fork", method!(RbClient::after_fork, 0))?;
+    client.define_method("tail_poll", method!(RbClient::tail_poll, 3))?;
+
+    let cursor = native.define_class("TailCursor", ruby.class_object())?;
+    cursor.define_singleton_method("new", function!(RbTailCursor::new, 2))?;
+    cursor.define_method("after_seq", method!(RbTailCursor::after_seq, 0))?;
+    cursor.define_method("held", method!(RbTailCursor::held, 0))?;
+    cursor.define_method("skipped", method!(RbTailCursor::skipped, 0))?;
     Ok(())
 }

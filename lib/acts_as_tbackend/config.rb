@@ -7,6 +7,8 @@ module ActsAsTbackend
   class Config
     FAILURE_POLICIES = %w[ignore warn raise_in_test enqueue_retry].freeze
     ID_FORMATS = %w[legacy digest].freeze
+    # `breaker_threshold = 0`: the breaker never opens (dedicated Connections use it).
+    BREAKER_DISABLED = 0
     TRUE_WORDS = %w[1 true yes on].freeze
     FALSE_WORDS = %w[0 false no off].freeze
 
@@ -18,11 +20,15 @@ module ActsAsTbackend
       token: [nil, "TBACKEND_TOKEN", :secret],
       connect_timeout: [1.0, "TBACKEND_CONNECT_TIMEOUT", :seconds],
       request_timeout: [2.0, "TBACKEND_REQUEST_TIMEOUT", :seconds],
-      pool_size: [5, "TBACKEND_POOL_SIZE", :positive_integer],
+      # Lanes: persistent pipelined connections shared by all threads (0.2: sockets, one
+      # per thread). One lane reaches the daemon's per-connection ceiling; see README.
+      pool_size: [1, "TBACKEND_POOL_SIZE", :positive_integer],
       pool_checkout_timeout: [1.0, "TBACKEND_POOL_CHECKOUT_TIMEOUT", :seconds],
+      max_in_flight: [256, "TBACKEND_MAX_IN_FLIGHT", :positive_integer],
+      idle_reconnect: [20.0, "TBACKEND_IDLE_RECONNECT", :seconds],
       durability_default: ["accepted", "TBACKEND_DURABILITY", :durability],
       strict: [false, "TBACKEND_STRICT", :boolean],
-      breaker_threshold: [5, "TBACKEND_BREAKER_THRESHOLD", :positive_integer],
+      breaker_threshold: [5, "TBACKEND_BREAKER_THRESHOLD", :non_negative_integer],
       breaker_cooldown: [5.0, "TBACKEND_BREAKER_COOLDOWN", :seconds],
       producer: ["acts-as-tbackend", "TBACKEND_PRODUCER", :string],
       failure_policy: ["ignore", "TBACKEND_FAILURE_POLICY", :failure_policy],
@@ -86,13 +92,14 @@ module ActsAsTbackend
       @errors << "TBACKEND_TOKEN_FILE: cannot read the token file (#{e.class.name})"
     end
 
-    def coerce!(name, type, value, from_env: false)
+    def coerce!(name, type, value, from_env: false) # rubocop:disable Metrics/CyclomaticComplexity
       case type
       when :boolean then coerce_boolean(value, from_env)
       when :string then coerce_string(name, value)
       when :secret then value.nil? || value.to_s.empty? ? nil : value.to_s
       when :port then coerce_integer(value, 1..65_535, "a port (1-65535)")
       when :positive_integer then coerce_integer(value, 1.., "a positive integer")
+      when :non_negative_integer then coerce_integer(value, 0.., "an integer >= 0")
       when :seconds then coerce_seconds(value)
       when :durability then coerce_choice(value, %w[accepted durable], "durability")
       when :failure_policy then coerce_choice(value, FAILURE_POLICIES, "failure_policy")

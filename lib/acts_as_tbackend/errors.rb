@@ -18,3 +18,31 @@ module ActsAsTbackend
   # compatibility with the 0.2 gem, which raised ArgumentError for a bad failure_policy.
   class ConfigurationError < ArgumentError; end
 end
+
+module ActsAsTbackend
+  # A request that got no daemon answer. Raised only in strict mode; otherwise the same
+  # failure is a soft result with the matching status.
+  class TransportError < Error
+    attr_reader :result
+
+    def initialize(message = nil, result: nil)
+      super(message)
+      @result = result
+    end
+
+    # The request can be sent again: fact ids make a repeated write a replay.
+    def retryable?
+      true
+    end
+  end
+
+  # Nothing was sent: refused, unresolvable, connect timeout (status `unavailable`).
+  class ConnectionError < TransportError; end
+
+  # Sent, but no valid answer in time (status `timeout_unknown`): the write may or may
+  # not have happened; retrying the same fact id settles it.
+  class TimeoutError < TransportError; end
+
+  # The circuit breaker is open (status `circuit_open`): nothing was sent.
+  class CircuitOpenError < TransportError; end
+end

@@ -7,12 +7,12 @@ RSpec.describe ActsAsTbackend::Config do
     described_class.from_env(env)
   end
 
-  it "has the 0.2 gem's defaults" do
+  it "has the 0.2 gem's defaults, but one lane instead of five sockets" do
     c = config({})
     expect([c.enabled, c.host, c.port, c.token, c.connect_timeout, c.request_timeout, c.pool_size,
             c.pool_checkout_timeout, c.durability_default, c.strict, c.breaker_threshold, c.breaker_cooldown,
             c.producer, c.failure_policy])
-      .to eq([true, "127.0.0.1", 7401, nil, 1.0, 2.0, 5, 1.0, "accepted", false, 5, 5.0, "acts-as-tbackend", "ignore"])
+      .to eq([true, "127.0.0.1", 7401, nil, 1.0, 2.0, 1, 1.0, "accepted", false, 5, 5.0, "acts-as-tbackend", "ignore"])
     expect(c.id_format).to eq("legacy")
     expect(c).to be_valid
   end

@@ -1,0 +1,149 @@
+# frozen_string_literal: true
+
+module ActsAsTbackend
+  # The app-facing client: one per process and endpoint, shared by every thread. The work
+  # (request encoding, pipelined lanes, deadlines, breaker, retries, answer
+  # classification) happens in the native core with the GVL released; this class turns
+  # configuration into native options and keeps the contract's promises: non-strict,
+  # nothing raises; strict, transport failures raise an ActsAsTbackend::TransportError.
+  class Client
+    TRANSPORT_ERRORS = {
+      "unavailable" => ConnectionError,
+      "timeout_unknown" => TimeoutError,
+      "circuit_open" => CircuitOpenError
+    }.freeze
+
+    attr_reader :config
+
+    def initialize(config = ActsAsTbackend.config)
+      @config = config
+      @native = (Native::Client.new(native_options(config)) if config.valid?)
+    end
+
+    def write_fact_once(fact, durability: nil, timeout: nil)
+      call { |n| n.write_fact_once(fact, durability(durability), timeout) }
+    end
+
+    # Retries unavailable, timeout_unknown and rejected_before_commit with exponential
+    # backoff and full jitter, inside one overall deadline, never holding a lane while it
+    # sleeps. The last result carries `attempt_count:` and `attempts:`.
+    def write_fact_once_safe(fact, durability: nil, timeout: nil, attempts: 2, backoff: 0.05)
+      call { |n| n.write_fact_once_safe(fact, durability(durability), timeout, Integer(attempts), Float(backoff)) }
+    end
+
+    # One soft result per fact, in order, pipelined across lanes: the way to backfill at
+    # full daemon speed from one thread.
+    def write_facts_once(facts, durability: nil, timeout: nil)
+      facts = facts.to_a
+      call(count: facts.size) { |n| n.write_facts_once(facts, durability(durability), timeout) }
+    end
+
+    def latest_for(store:, key:, as_of: nil, timeout: nil)
+      call { |n| n.latest_for(store, key, as_of, timeout) }
+    end
+
+    def facts_for(store:, key: nil, since: nil, as_of: nil, timeout: nil)
+      call { |n| n.facts_for(store, key, since, as_of, timeout) }
+    end
+
+    def facts_by_seq(store:, after_seq: 0, until_seq: nil, timeout: nil)
+      call { |n| n.facts_by_seq(store, after_seq, until_seq, timeout) }
+    end
+
+    def ping(timeout: nil)
+      call { |n| n.ping(timeout) }
+    end
+
+    # A gap-safe tail over facts_by_seq (see Tail).
+    def tail(store:, after_seq: 0, **options)
+      Tail.new(self, store: store, after_seq: after_seq, **options)
+    end
+
+    def health
+      Health.new(self).call
+    end
+
+    # Lanes and breaker as the native core sees them.
+    def stats
+      @native ? @native.stats : {}
+    end
+
+    def shutdown
+      @native&.shutdown
+      nil
+    end
+
+    def after_fork
+      @native&.after_fork
+      nil
+    end
+
+    def inspect
+      "#<#{self.class.name} #{config.host}:#{config.port} lanes=#{config.pool_size}>"
+    end
+    alias to_s inspect
+
+    # @api private: for Health and Tail, which must never raise.
+    def native_call(&)
+      call(strict: false, &)
+    end
+
+    private
+
+    def durability(value)
+      (value || config.durability_default).to_s
+    end
+
+    def call(count: nil, strict: config.strict)
+      return config_error(count) unless @native
+
+      result = yield @native
+      raise_transport!(result, count) if strict
+      result
+    rescue TransportError
+      raise
+    rescue StandardError => e
+      # An invalid value (InvalidFact), or a bug of ours: a soft, non-retryable result
+      # that names it, never an exception on the request path.
+      soft_error(e, count)
+    end
+
+    def raise_transport!(result, count)
+      (count ? result : [result]).each do |one|
+        error = TRANSPORT_ERRORS[one[:status]]
+        raise error.new(one[:error], result: one) if error
+      end
+    end
+
+    def config_error(count)
+      message = "ActsAsTbackend::ConfigurationError: #{config.errors.join('; ')}"
+      one = { ok: false, status: "config_error", committed: nil, retryable: false, response: nil, error: message }
+      count ? Array.new(count) { one.dup } : one
+    end
+
+    def soft_error(exception, count)
+      message = Redact.call("#{exception.class.name}: #{exception.message}", config.token)
+      one = { ok: false, status: "error", committed: false, retryable: false, response: nil, error: message }
+      count ? Array.new(count) { one.dup } : one
+    end
+
+    def native_options(config)
+      {
+        host: config.host, port: config.port, token: config.token,
+        connect_timeout: config.connect_timeout, request_timeout: config.request_timeout,
+        lanes: config.pool_size, max_in_flight: config.max_in_flight,
+        breaker_threshold: config.breaker_threshold, breaker_cooldown: config.breaker_cooldown,
+        idle_reconnect: config.idle_reconnect
+      }
+    end
+  end
+
+  # Removes a token from any text before it is shown.
+  module Redact
+    def self.call(text, token)
+      return text if token.nil? || token.empty?
+
+      text.to_s.gsub(token, "[REDACTED]")
+    end
+  end
+end

@@ -1,0 +1,60 @@
+# frozen_string_literal: true
+
+module ActsAsTbackend
+  # A gap-safe tail over `facts_by_seq`. The daemon assigns a seq before a fact becomes
+  # visible, so a reader that moves to "highest seq seen" misses facts (PROTOCOL.md §8:
+  # 4.7% with 8 writers). This tail advances only over an unbroken run of seqs, re-reads
+  # a gap until `grace` has passed (then accepts it: a failed log append burns a seq for
+  # good), and never yields a seq twice.
+  #
+  #   tail = ActsAsTbackend.client.tail(store: "orders", after_seq: saved_cursor)
+  #   tail.each { |fact| handle(fact); save_cursor(fact[:seq_id]) }   # polls forever
+  #   tail.poll                                                        # one poll
+  class Tail
+    include Enumerable
+
+    attr_reader :store, :last_result
+
+    def initialize(client, store:, after_seq: 0, grace: 2.0, poll_interval: 0.25, timeout: nil)
+      @client = client
+      @store = store.to_s
+      @poll_interval = Float(poll_interval)
+      @timeout = timeout
+      @cursor = Native::TailCursor.new(Integer(after_seq), Float(grace))
+    end
+
+    # Every seq up to here has been yielded or given up: persist it to resume.
+    def after_seq
+      @cursor.after_seq
+    end
+
+    # Seqs accepted as permanently missing.
+    def skipped
+      @cursor.skipped
+    end
+
+    # One poll: the facts it releases, in seq order (Symbol keys). Never raises for a
+    # daemon problem: the facts are then empty and `last_result` tells why.
+    def poll
+      @last_result, facts = @client.native_call { |native| native.tail_poll(@cursor, @store, @timeout) }
+      facts || []
+    end
+
+    # Yields facts as they become safe to process; polls every `poll_interval` when idle.
+    # Runs until the block breaks (or `limit` facts were yielded).
+    def each(limit: nil)
+      return enum_for(:each, limit: limit) unless block_given?
+
+      yielded = 0
+      loop do
+        facts = poll
+        facts.each do |fact|
+          yield fact
+          yielded += 1
+          return self if limit && yielded >= limit
+        end
+        sleep @poll_interval if facts.empty?
+      end
+    end
+  end
+end

@@ -1,0 +1,617 @@
+//! `ActsAsTbackend::Native::Client`: the Ruby face of `tbackend_client::Client`.
+//!
+//! Requests are built here from Ruby values (with the GVL), then the call runs with the
+//! GVL released and an unblocking function that cancels it, so Thread#kill, Timeout and
+//! Ctrl-C interrupt a waiting call at once and leave no answer behind for anyone else.
+//!
+//! Fork safety: the native client is stamped with the pid that built it. A call from
+//! another pid forgets the inherited client without touching its locks or shutting its
+//! sockets down (they are the parent's connections too) and builds a fresh one. The
+//! holder's mutex is only taken with the GVL held, and Ruby forks only with the GVL
+//! held, so it can never be inherited locked.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use magnus::{
+    error::ErrorType, value::ReprValue, Error, RArray, RHash, RString, Ruby, Symbol, TryConvert,
+    Value,
+};
+use tbackend_client::{tail::Cursor, Cancel, Client, Config, Outcome, Request, RetryPolicy};
+use tbackend_core::protocol::answer::{OpKind, Status};
+use tbackend_core::protocol::request::RequestBuilder;
+
+use crate::answer::{attempts_array, result_hash, soft_result};
+use crate::errors::invalid_fact;
+use crate::fact::epoch_seconds_for;
+use crate::json::Encoder;
+use crate::nogvl::{without_gvl, NoGvl};
+
+struct Holder {
+    pid: u32,
+    client: Option<Client>,
+}
+
+#[magnus::wrap(class = "ActsAsTbackend::Native::Client", free_immediately, size)]
+pub struct RbClient {
+    config: Config,
+    holder: Mutex<Holder>,
+}
+
+fn opt<T: TryConvert>(options: RHash, key: &str) -> Result<Option<T>, Error> {
+    let ruby = Ruby::get_with(options);
+    match options.get(ruby.to_symbol(key)) {
+        Some(v) if !v.is_nil() => Ok(Some(T::try_convert(v)?)),
+        _ => Ok(None),
+    }
+}
+
+fn seconds(value: Option<f64>) -> Option<Duration> {
+    value
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+impl RbClient {
+    pub fn new(options: RHash) -> Result<Self, Error> {
+        let mut config = Config::default();
+        if let Some(host) = opt::<String>(options, "host")? {
+            config.host = host;
+        }
+        if let Some(port) = opt::<u16>(options, "port")? {
+            config.port = port;
+        }
+        config.token = opt::<String>(options, "token")?.filter(|t| !t.is_empty());
+        if let Some(d) = seconds(opt(options, "connect_timeout")?) {
+            config.connect_timeout = d;
+        }
+        if let Some(d) = seconds(opt(options, "request_timeout")?) {
+            config.request_timeout = d;
+        }
+        if let Some(n) = opt::<usize>(options, "lanes")? {
+            config.lanes = n.max(1);
+        }
+        if let Some(n) = opt::<usize>(options, "max_in_flight")? {
+            config.max_depth = n.max(1);
+        }
+        if let Some(n) = opt::<u32>(options, "breaker_threshold")? {
+            config.breaker_threshold = n;
+        }
+        if let Some(d) = seconds(opt(options, "breaker_cooldown")?) {
+            config.breaker_cooldown = d;
+        }
+        if let Some(d) = seconds(opt(options, "idle_reconnect")?) {
+            config.idle_reconnect = d;
+        }
+        let client = Client::new(config.clone());
+        Ok(RbClient {
+            config,
+            holder: Mutex::new(Holder {
+                pid: std::process::id(),
+                client: Some(client),
+            }),
+        })
+    }
+
+    fn holder(&self) -> MutexGuard<'_, Holder> {
+        self.holder
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The client for this process: rebuilt after a fork, `None` after shutdown.
+    fn current(&self) -> Option<Client> {
+        let mut holder = self.holder();
+        let pid = std::process::id();
+        if holder.pid != pid {
+            if let Some(inherited) = holder.client.take() {
+                inherited.forget_after_fork();
+            }
+            holder.pid = pid;
+            holder.client = Some(Client::new(self.config.clone()));
+        }
+        holder.client.clone()
+    }
+
+    /// Drops the inherited connections in a forked child right away (Process._fork hook).
+    pub fn after_fork(&self) {
+        drop(self.current());
+    }
+
+    pub fn shutdown(&self) {
+        let client = self.holder().client.take();
+        if let Some(client) = client {
+            client.shutdown();
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        self.config.endpoint()
+    }
+
+    fn builder(&self, op: &str) -> RequestBuilder {
+        RequestBuilder::new(op, self.config.token.as_deref())
+    }
+
+    /// Runs `work` on the current client without the GVL.
+    fn run<R: Send>(
+        &self,
+        ruby: &Ruby,
+        work: impl FnOnce(&Client, &Cancel) -> R + Send,
+    ) -> Result<Result<R, Status>, Error> {
+        let Some(client) = self.current() else {
+            return Ok(Err(Status::Unavailable));
+        };
+        let cancel = Cancel::new();
+        let outcome = without_gvl(|| work(&client, &cancel), &|| cancel.cancel());
+        match outcome {
+            NoGvl::Done(r) => {
+                ruby.thread_check_ints()?;
+                Ok(Ok(r))
+            }
+            NoGvl::NotStarted => {
+                ruby.thread_check_ints()?;
+                Ok(Err(Status::Unavailable))
+            }
+            NoGvl::Panicked(message) => Err(Error::new(
+                ruby.exception_runtime_error(),
+                format!("acts_as_tbackend native client bug (please report): {message}"),
+            )),
+        }
+    }
+
+    fn shut_down_result(&self, ruby: &Ruby) -> Result<RHash, Error> {
+        let error = format!(
+            "ActsAsTbackend::ConnectionError: client is shut down ({})",
+            self.endpoint()
+        );
+        result_hash(
+            ruby,
+            Status::Unavailable,
+            Status::Unavailable.defaults(),
+            ruby.qnil().as_value(),
+            Some(error),
+        )
+    }
+
+    fn one(&self, ruby: &Ruby, request: Request, timeout: Option<f64>) -> Result<RHash, Error> {
+        let timeout = seconds(timeout);
+        match self.run(ruby, |client, cancel| {
+            client.call(&request, timeout, cancel)
+        })? {
+            Ok(outcome) => soft_result(ruby, &outcome),
+            Err(_) => self.shut_down_result(ruby),
+        }
+    }
+
+    fn write_request(
+        &self,
+        ruby: &Ruby,
+        fact: Value,
+        durability: Option<String>,
+    ) -> Result<Request, Error> {
+        check_fact_store(ruby, fact)?;
+        let mut encoder = Encoder::new(ruby, self.config.max_request_bytes);
+        encoder
+            .encode(fact)
+            .map_err(|e| e.into_ruby(ruby, "fact"))?;
+        let mut builder = self.builder("write_fact_once");
+        if let Some(d) = durability {
+            builder
+                .str("durability", &d)
+                .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        }
+        builder
+            .raw("fact", &encoder.out)
+            .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        Ok(Request {
+            op: OpKind::Write,
+            body: builder.finish(),
+        })
+    }
+
+    pub fn write_fact_once(
+        ruby: &Ruby,
+        rb_self: &Self,
+        fact: Value,
+        durability: Option<String>,
+        timeout: Option<f64>,
+    ) -> Result<RHash, Error> {
+        let request = rb_self.write_request(ruby, fact, durability)?;
+        rb_self.one(ruby, request, timeout)
+    }
+
+    pub fn write_fact_once_safe(
+        ruby: &Ruby,
+        rb_self: &Self,
+        fact: Value,
+        durability: Option<String>,
+        timeout: Option<f64>,
+        attempts: u32,
+        backoff: f64,
+    ) -> Result<RHash, Error> {
+        let request = rb_self.write_request(ruby, fact, durability)?;
+        let attempts = attempts.max(1);
+        let per_attempt = seconds(timeout).unwrap_or(rb_self.config.request_timeout);
+        let base = seconds(Some(backoff)).unwrap_or(Duration::from_millis(50));
+        let policy = RetryPolicy {
+            attempts,
+            base_backoff: base,
+            max_backoff: base.saturating_mul(16).min(Duration::from_secs(5)),
+            // Every attempt gets its full budget, plus room for the backoffs between them.
+            deadline: Some(
+                per_attempt.saturating_mul(attempts)
+                    + base.saturating_mul(16).saturating_mul(attempts),
+            ),
+        };
+        match rb_self.run(ruby, |client, cancel| {
+            client.call_with_retries(&request, &policy, cancel)
+        })? {
+            Ok((outcome, tried)) => {
+                let result = soft_result(ruby, &outcome)?;
+                result.aset(ruby.to_symbol("attempt_count"), tried.len())?;
+                result.aset(ruby.to_symbol("attempts"), attempts_array(ruby, &tried)?)?;
+                Ok(result)
+            }
+            Err(_) => rb_self.shut_down_result(ruby),
+        }
+    }
+
+    /// One result per fact, in order. An invalid fact gets its own soft error; the
+    /// others are still sent, pipelined.
+    pub fn write_facts_once(
+        ruby: &Ruby,
+        rb_self: &Self,
+        facts: RArray,
+        durability: Option<String>,
+        timeout: Option<f64>,
+    ) -> Result<RArray, Error> {
+        let mut requests = Vec::with_capacity(facts.len());
+        let mut slots: Vec<Result<usize, Error>> = Vec::with_capacity(facts.len());
+        for fact in facts.into_iter() {
+            match rb_self.write_request(ruby, fact, durability.clone()) {
+                Ok(request) => {
+                    slots.push(Ok(requests.len()));
+                    requests.push(request);
+                }
+                Err(e) => slots.push(Err(e)),
+            }
+        }
+        let timeout = seconds(timeout);
+        let outcomes: Option<Vec<Outcome>> = rb_self
+            .run(ruby, |client, cancel| {
+                client.call_batch(&requests, timeout, cancel)
+            })?
+            .ok();
+        let results = ruby.ary_new_capa(slots.len());
+        for slot in slots {
+            let result = match (slot, &outcomes) {
+                (Ok(i), Some(outcomes)) => soft_result(ruby, &outcomes[i])?,
+                (Ok(_), None) => rb_self.shut_down_result(ruby)?,
+                (Err(e), _) => invalid_result(ruby, e)?,
+            };
+            results.push(result)?;
+        }
+        Ok(results)
+    }
+
+    fn read_builder(&self, ruby: &Ruby, op: &str, store: Value) -> Result<RequestBuilder, Error> {
+        let store = ruby_to_s(store)?;
+        tbackend_core::fact::store::validate_store_name(&store)
+            .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        let mut builder = self.builder(op);
+        builder
+            .str("store", &store)
+            .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        Ok(builder)
+    }
+
+    fn time_param(
+        ruby: &Ruby,
+        builder: &mut RequestBuilder,
+        key: &str,
+        value: Value,
+    ) -> Result<(), Error> {
+        if !value.is_nil() {
+            let seconds = epoch_seconds_for(ruby, value)?;
+            builder
+                .f64(key, seconds)
+                .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    pub fn latest_for(
+        ruby: &Ruby,
+        rb_self: &Self,
+        store: Value,
+        key: Value,
+        as_of: Value,
+        timeout: Option<f64>,
+    ) -> Result<RHash, Error> {
+        let mut b = rb_self.read_builder(ruby, "latest_for", store)?;
+        b.str("key", &ruby_to_s(key)?)
+            .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        Self::time_param(ruby, &mut b, "as_of", as_of)?;
+        rb_self.one(
+            ruby,
+            Request {
+                op: OpKind::Read,
+                body: b.finish(),
+            },
+            timeout,
+        )
+    }
+
+    pub fn facts_for(
+        ruby: &Ruby,
+        rb_self: &Self,
+        store: Value,
+        key: Value,
+        since: Value,
+        as_of: Value,
+        timeout: Option<f64>,
+    ) -> Result<RHash, Error> {
+        let mut b = rb_self.read_builder(ruby, "facts_for", store)?;
+        if !key.is_nil() {
+            b.str("key", &ruby_to_s(key)?)
+                .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        }
+        Self::time_param(ruby, &mut b, "since", since)?;
+        Self::time_param(ruby, &mut b, "as_of", as_of)?;
+        rb_self.one(
+            ruby,
+            Request {
+                op: OpKind::Read,
+                body: b.finish(),
+            },
+            timeout,
+        )
+    }
+
+    pub fn facts_by_seq(
+        ruby: &Ruby,
+        rb_self: &Self,
+        store: Value,
+        after_seq: Option<u64>,
+        until_seq: Option<u64>,
+        timeout: Option<f64>,
+    ) -> Result<RHash, Error> {
+        let mut b = rb_self.read_builder(ruby, "facts_by_seq", store)?;
+        b.u64("after_seq", after_seq.unwrap_or(0))
+            .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        if let Some(until) = until_seq {
+            b.u64("until_seq", until)
+                .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        }
+        rb_self.one(
+            ruby,
+            Request {
+                op: OpKind::Read,
+                body: b.finish(),
+            },
+            timeout,
+        )
+    }
+
+    pub fn ping(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<RHash, Error> {
+        let body = rb_self.builder("ping").finish();
+        rb_self.one(
+            ruby,
+            Request {
+                op: OpKind::Ping,
+                body,
+            },
+            timeout,
+        )
+    }
+
+    pub fn diagnostics_summary(
+        ruby: &Ruby,
+        rb_self: &Self,
+        timeout: Option<f64>,
+    ) -> Result<RHash, Error> {
+        let body = rb_self.builder("diagnostics_summary").finish();
+        rb_self.one(
+            ruby,
+            Request {
+                op: OpKind::Read,
+                body,
+            },
+            timeout,
+        )
+    }
+
+    pub fn stats(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+        let hash = ruby.hash_new();
+        let Some(client) = rb_self.current() else {
+            hash.aset(ruby.to_symbol("shut_down"), true)?;
+            return Ok(hash);
+        };
+        let stats = client.stats();
+        let lanes = ruby.ary_new_capa(stats.lanes.len());
+        for lane in &stats.lanes {
+            let h = ruby.hash_new();
+            h.aset(ruby.to_symbol("connected"), lane.connected)?;
+            h.aset(ruby.to_symbol("in_flight"), lane.in_flight)?;
+            h.aset(ruby.to_symbol("reconnects"), lane.reconnects)?;
+            h.aset(ruby.to_symbol("generation"), lane.generation)?;
+            h.aset(ruby.to_symbol("last_error"), lane.last_error.clone())?;
+            lanes.push(h)?;
+        }
+        let breaker = ruby.hash_new();
+        let state = match stats.breaker.state {
+            tbackend_client::BreakerState::Closed => "closed",
+            tbackend_client::BreakerState::Open => "open",
+            tbackend_client::BreakerState::HalfOpen => "half_open",
+        };
+        breaker.aset(ruby.to_symbol("state"), state)?;
+        breaker.aset(
+            ruby.to_symbol("consecutive_failures"),
+            stats.breaker.consecutive_failures,
+        )?;
+        breaker.aset(ruby.to_symbol("opens"), stats.breaker.opens)?;
+        hash.aset(ruby.to_symbol("lanes"), lanes)?;
+        hash.aset(ruby.to_symbol("breaker"), breaker)?;
+        hash.aset(
+            ruby.to_symbol("connections_opened"),
+            stats.connections_opened,
+        )?;
+        Ok(hash)
+    }
+
+    /// One poll of a gap-safe tail: `[soft result, facts released in seq order]`.
+    pub fn tail_poll(
+        ruby: &Ruby,
+        rb_self: &Self,
+        cursor: &RbTailCursor,
+        store: Value,
+        timeout: Option<f64>,
+    ) -> Result<RArray, Error> {
+        let store = ruby_to_s(store)?;
+        tbackend_core::fact::store::validate_store_name(&store)
+            .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        let timeout = seconds(timeout);
+        // The cursor travels into the GVL-free section by value and comes back with it.
+        let mut state = cursor.take();
+        let polled = rb_self.run(ruby, |client, cancel| {
+            let (outcome, released) = client.tail_poll(&store, &mut state, timeout, cancel);
+            (outcome, released, state)
+        });
+        let pair = ruby.ary_new_capa(2);
+        match polled {
+            Ok(Ok((outcome, released, state))) => {
+                cursor.put(state);
+                pair.push(soft_result(ruby, &outcome)?)?;
+                let facts = ruby.ary_new_capa(released.len());
+                for (_, fact) in &released {
+                    facts.push(crate::answer::to_ruby(ruby, fact)?)?;
+                }
+                pair.push(facts)?;
+            }
+            Ok(Err(_)) => {
+                pair.push(rb_self.shut_down_result(ruby)?)?;
+                pair.push(ruby.ary_new())?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(pair)
+    }
+
+    pub fn rb_shutdown(&self) {
+        self.shutdown();
+    }
+}
+
+/// A write whose fact names a store the daemon would refuse or lose fails here.
+fn check_fact_store(ruby: &Ruby, fact: Value) -> Result<(), Error> {
+    let Some(hash) = RHash::from_value(fact) else {
+        return Err(invalid_fact(ruby, "fact must be a Hash"));
+    };
+    let store = hash
+        .get("store")
+        .or_else(|| hash.get(ruby.to_symbol("store")));
+    match store {
+        Some(store) => {
+            let name = ruby_to_s(store)?;
+            tbackend_core::fact::store::validate_store_name(&name)
+                .map_err(|e| invalid_fact(ruby, e.to_string()))
+        }
+        None => Err(invalid_fact(ruby, "fact has no store")),
+    }
+}
+
+fn ruby_to_s(value: Value) -> Result<String, Error> {
+    if let Some(s) = RString::from_value(value) {
+        return s.to_string();
+    }
+    if let Some(sym) = Symbol::from_value(value) {
+        return Ok(sym.name()?.into_owned());
+    }
+    value.funcall::<_, _, RString>("to_s", ())?.to_string()
+}
+
+/// A fact that could not be encoded, as the soft, non-retryable result of its write.
+/// Anything that is not an error (a `throw`, `break`) propagates.
+fn invalid_result(ruby: &Ruby, error: Error) -> Result<RHash, Error> {
+    let text = match error.error_type() {
+        ErrorType::Error(class, message) => format!("{class}: {message}"),
+        ErrorType::Exception(exception) => {
+            let class = unsafe { exception.classname() }.into_owned();
+            format!(
+                "{class}: {}",
+                exception.funcall::<_, _, String>("message", ())?
+            )
+        }
+        ErrorType::Jump(_) => return Err(error),
+    };
+    let flags = tbackend_core::protocol::answer::Flags {
+        ok: false,
+        committed: Some(false),
+        retryable: Some(false),
+    };
+    result_hash(
+        ruby,
+        Status::Error,
+        flags,
+        ruby.qnil().as_value(),
+        Some(text),
+    )
+}
+
+/// `ActsAsTbackend::Native::TailCursor`: where a gap-safe tail stands.
+#[magnus::wrap(class = "ActsAsTbackend::Native::TailCursor", free_immediately, size)]
+pub struct RbTailCursor {
+    cursor: Mutex<Option<Cursor<serde_json::Value>>>,
+    after_seq: std::sync::atomic::AtomicU64,
+    grace: Duration,
+}
+
+impl RbTailCursor {
+    pub fn new(after_seq: u64, grace: f64) -> Self {
+        let grace = seconds(Some(grace)).unwrap_or_default();
+        RbTailCursor {
+            cursor: Mutex::new(Some(Cursor::new(after_seq, grace))),
+            after_seq: std::sync::atomic::AtomicU64::new(after_seq),
+            grace,
+        }
+    }
+
+    /// The cursor; a fresh one at the last settled seq if a poll was interrupted
+    /// while holding it (what it held is simply read again).
+    fn take(&self) -> Cursor<serde_json::Value> {
+        let taken = self.cursor.lock().unwrap_or_else(|p| p.into_inner()).take();
+        taken.unwrap_or_else(|| {
+            Cursor::new(
+                self.after_seq.load(std::sync::atomic::Ordering::Acquire),
+                self.grace,
+            )
+        })
+    }
+
+    fn put(&self, cursor: Cursor<serde_json::Value>) {
+        self.after_seq
+            .store(cursor.after_seq(), std::sync::atomic::Ordering::Release);
+        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = Some(cursor);
+    }
+
+    pub fn after_seq(&self) -> u64 {
+        self.after_seq.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub fn held(&self) -> usize {
+        self.cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |c| c.held())
+    }
+
+    pub fn skipped(&self) -> u64 {
+        self.cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |c| c.skipped())
+    }
+}

@@ -1,0 +1,85 @@
+//! Running blocking work with the GVL released.
+//!
+//! magnus has no wrapper, so this calls `rb_nogvl` directly. Two measured traps shape it
+//! (NATIVE-RECIPE.md): plain `rb_thread_call_without_gvl` can longjmp across Rust frames
+//! when an interrupt is pending, and when the caller is the process's only Ruby thread,
+//! Ruby 3.1 spawns a helper thread for every release unless the unblocking function is
+//! declared async-signal-safe. Ours only flips atomics, wakes a futex and writes to an
+//! eventfd (see `tbackend_client::Cancel`), so it qualifies.
+
+use std::any::Any;
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// What `without_gvl` hands back.
+pub enum NoGvl<R> {
+    /// The work ran to the end (possibly cut short by `cancel`, which it must observe).
+    Done(R),
+    /// An interrupt was already pending: the work never started.
+    NotStarted,
+    /// The work panicked: a bug, reported as a Ruby exception instead of killing the process.
+    Panicked(String),
+}
+
+struct Call<F, R> {
+    work: Option<F>,
+    result: Option<Result<R, Box<dyn Any + Send>>>,
+}
+
+unsafe extern "C" fn trampoline<F, R>(data: *mut c_void) -> *mut c_void
+where
+    F: FnOnce() -> R,
+{
+    // SAFETY: `data` is the `Call` that `without_gvl` keeps alive across rb_nogvl.
+    let call = unsafe { &mut *(data as *mut Call<F, R>) };
+    if let Some(work) = call.work.take() {
+        call.result = Some(catch_unwind(AssertUnwindSafe(work)));
+    }
+    std::ptr::null_mut()
+}
+
+unsafe extern "C" fn unblock<C: Fn()>(data: *mut c_void) {
+    // SAFETY: `data` points at the `cancel` closure borrowed for the whole rb_nogvl call.
+    let cancel = unsafe { &*(data as *const C) };
+    cancel();
+}
+
+/// Runs `work` without the GVL. `cancel` is Ruby's unblocking function: it runs when the
+/// thread is interrupted (Thread#kill, Thread#raise, Timeout, Ctrl-C), possibly in signal
+/// context, and must make `work` return promptly without allocating or locking.
+/// `Send` on the work proves no Ruby object crosses into the GVL-free section.
+pub fn without_gvl<F, R, C>(work: F, cancel: &C) -> NoGvl<R>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+    C: Fn() + Sync,
+{
+    let mut call: Call<F, R> = Call {
+        work: Some(work),
+        result: None,
+    };
+    let flags = (rb_sys::RB_NOGVL_UBF_ASYNC_SAFE | rb_sys::RB_NOGVL_INTR_FAIL) as i32;
+    // SAFETY: both pointers outlive the call; the callbacks match their data types.
+    unsafe {
+        rb_sys::rb_nogvl(
+            Some(trampoline::<F, R>),
+            &mut call as *mut Call<F, R> as *mut c_void,
+            Some(unblock::<C>),
+            cancel as *const C as *mut c_void,
+            flags,
+        );
+    }
+    match call.result {
+        Some(Ok(r)) => NoGvl::Done(r),
+        Some(Err(panic)) => NoGvl::Panicked(panic_message(&panic)),
+        None => NoGvl::NotStarted,
+    }
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
