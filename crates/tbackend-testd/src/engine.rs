@@ -406,6 +406,15 @@ impl Engine {
         if exec_delay > 0 {
             std::thread::sleep(Duration::from_millis(exec_delay));
         }
+        let exec_cost = self.faults.exec_cost_us();
+        if exec_cost > 0 {
+            // Busy, not asleep: the real daemon's per-request cost is CPU, and on a small
+            // machine it competes with the client for the same cores.
+            let until = Instant::now() + Duration::from_micros(exec_cost);
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
         let answer = self.execute(req, op.as_deref().unwrap_or(""));
         self.metrics
             .total_latency_us

@@ -148,6 +148,7 @@ pub struct InsertPlan {
 pub struct Faults {
     delay_ms: AtomicU64,
     exec_delay_ms: AtomicU64,
+    exec_cost_us: AtomicU64,
     stall: AtomicU8,
     fail_durable_sync: AtomicBool,
     refuse_connections: AtomicBool,
@@ -166,6 +167,7 @@ impl Default for Faults {
         Faults {
             delay_ms: AtomicU64::new(0),
             exec_delay_ms: AtomicU64::new(0),
+            exec_cost_us: AtomicU64::new(0),
             stall: AtomicU8::new(0),
             fail_durable_sync: AtomicBool::new(false),
             refuse_connections: AtomicBool::new(false),
@@ -187,6 +189,12 @@ impl Faults {
 
     pub fn exec_delay_ms(&self) -> u64 {
         self.exec_delay_ms.load(Ordering::Relaxed)
+    }
+
+    /// CPU to burn per request, in µs: emulates the real daemon's 75–110 µs of work per
+    /// write (PROTOCOL.md §11), so a benchmark sees its ceiling and core contention.
+    pub fn exec_cost_us(&self) -> u64 {
+        self.exec_cost_us.load(Ordering::Relaxed)
     }
 
     pub fn stall(&self) -> Stall {
@@ -281,6 +289,7 @@ impl Faults {
     pub fn clear(&self) {
         self.delay_ms.store(0, Ordering::SeqCst);
         self.exec_delay_ms.store(0, Ordering::SeqCst);
+        self.exec_cost_us.store(0, Ordering::SeqCst);
         self.stall.store(0, Ordering::SeqCst);
         self.fail_durable_sync.store(false, Ordering::SeqCst);
         self.refuse_connections.store(false, Ordering::SeqCst);
@@ -295,6 +304,7 @@ impl Faults {
     pub fn apply(&self, fields: &Map<String, Value>) -> Result<(), String> {
         let mut delay = None;
         let mut exec_delay = None;
+        let mut exec_cost = None;
         let mut stall = None;
         let mut fail_sync = None;
         let mut refuse = None;
@@ -306,6 +316,7 @@ impl Faults {
                 "op" => {}
                 "delay_ms" => delay = Some(as_u64(name, v)?),
                 "exec_delay_ms" => exec_delay = Some(as_u64(name, v)?),
+                "exec_cost_us" => exec_cost = Some(as_u64(name, v)?),
                 "stall" => stall = Some(match v {
                     Value::Bool(false) => Stall::Off,
                     Value::Bool(true) => Stall::BeforeExec,
@@ -330,6 +341,9 @@ impl Faults {
         }
         if let Some(v) = exec_delay {
             self.exec_delay_ms.store(v, Ordering::SeqCst);
+        }
+        if let Some(v) = exec_cost {
+            self.exec_cost_us.store(v, Ordering::SeqCst);
         }
         if let Some(v) = stall {
             let code = match v {
@@ -387,6 +401,7 @@ impl Faults {
         json!({
             "delay_ms": self.delay_ms(),
             "exec_delay_ms": self.exec_delay_ms(),
+            "exec_cost_us": self.exec_cost_us(),
             "stall": self.stall().name(),
             "fail_durable_sync": self.fail_durable_sync(),
             "refuse_connections": self.refuse_connections(),

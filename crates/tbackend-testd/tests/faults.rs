@@ -91,6 +91,29 @@ fn overload_limiter_with_exec_delay() {
 }
 
 #[test]
+fn exec_cost_burns_cpu_per_request() {
+    let d = TestDaemon::start(opts());
+    let mut c = d.connect().unwrap();
+    d.control().set(json!({"exec_cost_us": 20_000})).unwrap();
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        c.call(&ping()).unwrap();
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(100),
+        "5 × 20 ms of work"
+    );
+    assert_eq!(
+        d.control().status().unwrap().raw["faults"]["exec_cost_us"],
+        20_000
+    );
+    d.control().clear().unwrap();
+    let t0 = Instant::now();
+    c.call(&ping()).unwrap();
+    assert!(t0.elapsed() < Duration::from_millis(15), "cleared");
+}
+
+#[test]
 fn stall_before_exec_drops_requests() {
     let d = TestDaemon::start(opts());
     let ctl = d.control();
