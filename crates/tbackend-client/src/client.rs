@@ -229,11 +229,10 @@ impl Client {
     /// config's `request_timeout`), or until `cancel` is cancelled.
     pub fn call(&self, req: &Request, timeout: Option<Duration>, cancel: &Cancel) -> Outcome {
         let inner = &*self.inner;
-        let frame = match inner.admit(req) {
-            Ok(f) => f,
-            Err(outcome) => return outcome,
+        let (frame, admission) = match inner.admit(req) {
+            Admitted::Send(frame, admission) => (frame, admission),
+            Admitted::Answered(outcome) => return outcome,
         };
-        let (frame, admission) = frame;
         let budget = timeout.unwrap_or(inner.shared.config.request_timeout);
         let ix = inner.pick_lane();
         let result = inner.lanes[ix].exchange(&inner.shared, &frame, budget, cancel);
@@ -272,8 +271,8 @@ impl Client {
         };
         for (index, req) in reqs.iter().enumerate() {
             let (frame, admission) = match inner.admit(req) {
-                Ok(f) => f,
-                Err(outcome) => {
+                Admitted::Send(frame, admission) => (frame, admission),
+                Admitted::Answered(outcome) => {
                     out[index] = Some(outcome);
                     continue;
                 }
@@ -471,29 +470,37 @@ impl Client {
     }
 }
 
+/// What [`Inner::admit`] decided.
+enum Admitted {
+    /// Send this frame.
+    Send(Vec<u8>, Admission),
+    /// Answered without touching a lane.
+    Answered(Outcome),
+}
+
 impl Inner {
     /// Everything a call checks before touching a lane: client state, the request
     /// itself, the breaker. Returns the frame to send and the breaker's admission.
-    fn admit(&self, req: &Request) -> Result<(Vec<u8>, Admission), Outcome> {
+    fn admit(&self, req: &Request) -> Admitted {
         let sh = &self.shared;
         if let Some(e) = sh.closed_error() {
-            return Err(Outcome::client_side(Status::Unavailable, e));
+            return Admitted::Answered(Outcome::client_side(Status::Unavailable, e));
         }
         let Some(admission) = self.breaker.admit() else {
             let e = TransportError::CircuitOpen {
                 endpoint: sh.endpoint.clone(),
             };
-            return Err(Outcome::client_side(Status::CircuitOpen, e));
+            return Admitted::Answered(Outcome::client_side(Status::CircuitOpen, e));
         };
         let checked = check_body(req.op, &req.body).and_then(|()| {
             frame::encode(&req.body, sh.config.max_request_bytes)
                 .map_err(|e| format!("request refused: {e}"))
         });
         match checked {
-            Ok(frame) => Ok((frame, admission)),
+            Ok(frame) => Admitted::Send(frame, admission),
             Err(reason) => {
                 self.breaker.record(admission, Verdict::Neutral);
-                Err(Outcome::refused(reason))
+                Admitted::Answered(Outcome::refused(reason))
             }
         }
     }

@@ -170,7 +170,7 @@ mod tests {
             let mut c = Cursor::new(0, grace);
             let mut released = Vec::new();
             let mut now = 0u64;
-            let mut poll = |c: &mut Cursor<u64>, now: u64, released: &mut Vec<u64>| {
+            let poll = |c: &mut Cursor<u64>, now: u64, released: &mut Vec<u64>| {
                 let batch: Vec<(u64, u64)> = visible_at
                     .iter()
                     .enumerate()
