@@ -133,30 +133,37 @@ impl RbClient {
         RequestBuilder::new(op, self.config.token.as_deref())
     }
 
-    /// Runs `work` on the current client without the GVL.
+    /// Runs `work` on the current client without the GVL. `Err` only when the client
+    /// is shut down.
     fn run<R: Send>(
         &self,
         ruby: &Ruby,
         work: impl FnOnce(&Client, &Cancel) -> R + Send,
     ) -> Result<Result<R, Status>, Error> {
-        let Some(client) = self.current() else {
-            return Ok(Err(Status::Unavailable));
-        };
+        let Some(client) = self.current() else { return Ok(Err(Status::Unavailable)) };
         let cancel = Cancel::new();
-        let outcome = without_gvl(|| work(&client, &cancel), &|| cancel.cancel());
-        match outcome {
-            NoGvl::Done(r) => {
-                ruby.thread_check_ints()?;
-                Ok(Ok(r))
+        let mut work = Some(work);
+        loop {
+            let outcome = without_gvl(
+                || (work.take().expect("work runs at most once"))(&client, &cancel),
+                &|| cancel.cancel(),
+            );
+            match outcome {
+                NoGvl::Done(r) => {
+                    ruby.thread_check_ints()?;
+                    return Ok(Ok(r));
+                }
+                // An interrupt was pending before the work started: often only the
+                // timer's request to pass the GVL on. Serve it (a real Thread#raise or
+                // kill raises here), then start the work again.
+                NoGvl::NotStarted => ruby.thread_check_ints()?,
+                NoGvl::Panicked(message) => {
+                    return Err(Error::new(
+                        ruby.exception_runtime_error(),
+                        format!("acts_as_tbackend native client bug (please report): {message}"),
+                    ))
+                }
             }
-            NoGvl::NotStarted => {
-                ruby.thread_check_ints()?;
-                Ok(Err(Status::Unavailable))
-            }
-            NoGvl::Panicked(message) => Err(Error::new(
-                ruby.exception_runtime_error(),
-                format!("acts_as_tbackend native client bug (please report): {message}"),
-            )),
         }
     }
 

@@ -1,0 +1,109 @@
+# frozen_string_literal: true
+
+# Write throughput and latency of the gem against the naive pure-Ruby baseline (the 0.2
+# design) and the native Rust load client (the ceiling), in paired same-round ratios
+# over alternating rounds: absolute rates drift ±25% between runs on a shared 2-core
+# machine, ratios measured side by side do not.
+#
+#   ruby bench/throughput.rb [ROUNDS=5] [SECONDS=1.5]
+#   TBACKEND_BENCH_EXEC_US=80 ruby bench/throughput.rb   # emulate the real daemon's CPU per request
+#
+# Uses TBACKEND_HOST/TBACKEND_PORT when set, else starts tbackend-testd (ephemeral).
+require_relative "support"
+
+ROUNDS = Integer(ARGV[0] || 5)
+SECONDS = Float(ARGV[1] || 1.5)
+
+def start_daemon
+  return [nil, ENV.fetch("TBACKEND_HOST"), Integer(ENV.fetch("TBACKEND_PORT", "7401"), 10)] if ENV["TBACKEND_HOST"]
+
+  daemon = TbackendSpec::TestDaemon.start(pool_size: 64)
+  exec_us = Integer(ENV.fetch("TBACKEND_BENCH_EXEC_US", "0"), 10)
+  daemon.control({ "op" => "set", "exec_cost_us" => exec_us }) if exec_us.positive?
+  [daemon, daemon.host, daemon.port]
+end
+
+def connections_open(daemon)
+  daemon ? daemon.control({ "op" => "status" }).fetch("connections_open") : "?"
+end
+
+def gem_run(daemon, host, port, threads:, lanes:, round:)
+  config = ActsAsTbackend::Config.new
+  config.host = host
+  config.port = port
+  config.pool_size = lanes
+  client = ActsAsTbackend::Client.new(config)
+  client.ping
+  result = Bench.ruby_load("gem#{threads}x#{lanes}", threads: threads, seconds: SECONDS, store: "bench_g#{round}") do |f|
+    client.write_fact_once(f)[:ok]
+  end
+  result.connections = connections_open(daemon)
+  result
+ensure
+  client&.shutdown
+end
+
+def naive_run(daemon, host, port, threads:, round:)
+  client = Bench::NaiveClient.new(host: host, port: port, pool_size: threads)
+  result = Bench.ruby_load("naive#{threads}", threads: threads, seconds: SECONDS, store: "bench_n#{round}") do |f|
+    client.write_fact_once(f)[:ok]
+  end
+  result.connections = connections_open(daemon)
+  result
+ensure
+  client&.close
+end
+
+def rust_run(port, conns:, depth:, round:)
+  result = Bench.rust_load("rust#{conns}x#{depth}", port: port, conns: conns, depth: depth, seconds: SECONDS,
+                                                    store: "bench_r#{round}")
+  result.connections = conns
+  result
+end
+
+PLAN = [
+  [:gem, { threads: 1, lanes: 1 }], [:rust, { conns: 1, depth: 1 }],
+  [:gem, { threads: 4, lanes: 1 }], [:gem, { threads: 12, lanes: 1 }], [:gem, { threads: 12, lanes: 2 }],
+  [:gem, { threads: 32, lanes: 1 }],
+  [:rust, { conns: 1, depth: 12 }], [:rust, { conns: 2, depth: 6 }], [:rust, { conns: 12, depth: 1 }],
+  [:naive, { threads: 1 }], [:naive, { threads: 12 }], [:naive, { threads: 32 }]
+].freeze
+
+daemon, host, port = start_daemon
+rounds = Array.new(ROUNDS) do |round|
+  order = round.even? ? PLAN : PLAN.reverse
+  order.to_h do |kind, opts|
+    result = case kind
+             when :gem then gem_run(daemon, host, port, round: round, **opts)
+             when :naive then naive_run(daemon, host, port, round: round, **opts)
+             when :rust then rust_run(port, round: round, **opts)
+             end
+    [result.label, result]
+  end
+end
+daemon&.stop
+
+puts "rounds=#{ROUNDS} seconds=#{SECONDS} exec_cost_us=#{ENV.fetch('TBACKEND_BENCH_EXEC_US', '0')}"
+puts format("%-12s %10s %9s %9s %6s %6s", "run", "writes/s", "p50 ms", "p99 ms", "errors", "conns")
+rounds.first.each_key do |label|
+  runs = rounds.map { |r| r[label] }
+  puts format("%-12s %10.0f %9.3f %9.3f %6d %6s", label, Bench.median(runs.map(&:rate)),
+              Bench.median(runs.map { |r| r.percentile(50) }), Bench.median(runs.map { |r| r.percentile(99) }),
+              runs.sum(&:errors), runs.first.connections)
+end
+
+RATIOS = [
+  ["gem12x1 / rust1x12 (same connections)", "gem12x1", "rust1x12", 0.9],
+  ["gem12x2 / rust2x6 (same connections)", "gem12x2", "rust2x6", 0.9],
+  ["gem12x1 / rust12x1 (12 connections)", "gem12x1", "rust12x1", 0.6],
+  ["gem12x1 / naive12", "gem12x1", "naive12", 3.0],
+  ["gem32x1 / naive32", "gem32x1", "naive32", 3.0],
+  ["gem1x1 / rust1x1 (one thread)", "gem1x1", "rust1x1", 0.9],
+  ["gem1x1 / naive1", "gem1x1", "naive1", nil]
+].freeze
+puts "\npaired same-round ratios (median over #{ROUNDS} rounds, min..max)"
+RATIOS.each do |name, a, b, target|
+  ratios = rounds.map { |r| r[a].rate / r[b].rate }
+  verdict = target ? (Bench.median(ratios) >= target ? "meets >= #{target}" : "MISSES >= #{target}") : ""
+  puts format("  %-40s %5.2f  (%4.2f..%4.2f) %s", name, Bench.median(ratios), ratios.min, ratios.max, verdict)
+end
