@@ -104,6 +104,7 @@ RATIOS = [
 puts "\npaired same-round ratios (median over #{ROUNDS} rounds, min..max)"
 RATIOS.each do |name, a, b, target|
   ratios = rounds.map { |r| r[a].rate / r[b].rate }
-  verdict = target ? (Bench.median(ratios) >= target ? "meets >= #{target}" : "MISSES >= #{target}") : ""
+  verdict = ""
+  verdict = Bench.median(ratios) >= target ? "meets >= #{target}" : "MISSES >= #{target}" if target
   puts format("  %-40s %5.2f  (%4.2f..%4.2f) %s", name, Bench.median(ratios), ratios.min, ratios.max, verdict)
 end
