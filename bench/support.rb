@@ -38,7 +38,7 @@ module Bench
   end
 
   # `threads` Ruby threads calling `write` (fact) -> truthy-ok for `seconds`.
-  def ruby_load( # rubocop:disable Metrics/MethodLengthlabel, threads:, seconds:, store:)
+  def ruby_load(label, threads:, seconds:, store:) # rubocop:disable Metrics/MethodLength
     stop_at = now + seconds
     counter = 0
     lock = Mutex.new
