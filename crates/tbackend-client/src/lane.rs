@@ -357,12 +357,16 @@ impl Lane {
                 });
             }
             let now = Instant::now();
+            if now >= deadline {
+                let phase = match st.link {
+                    Link::Down => TimeoutPhase::Connect,
+                    _ => TimeoutPhase::Queue,
+                };
+                return fail(timeout(sh, budget, phase));
+            }
             let conn = match &st.link {
                 Link::Up(conn) => conn.clone(),
                 Link::Connecting => {
-                    if now >= deadline {
-                        return fail(timeout(sh, budget, TimeoutPhase::Queue));
-                    }
                     st = self.park(st, slot, deadline);
                     continue;
                 }
@@ -377,16 +381,19 @@ impl Lane {
                             ),
                         });
                     }
-                    if now >= deadline {
-                        return fail(timeout(sh, budget, TimeoutPhase::Connect));
-                    }
                     st.link = Link::Connecting;
                     drop(st);
                     let result = self.connect(sh, deadline, budget, cancel, wake);
                     st = self.lock();
                     match result {
-                        Ok(stream) => {
+                        Ok(stream) if sh.closed_error().is_none() => {
                             self.install(sh, &mut st, stream);
+                            continue;
+                        }
+                        // Shut down while connecting: the new connection is dropped.
+                        Ok(_) => {
+                            st.link = Link::Down;
+                            self.wake_parked(&mut st);
                             continue;
                         }
                         Err((error, counts)) => {
@@ -659,12 +666,15 @@ impl Lane {
 
     /// Closes the connection and completes every queued slot with `error`.
     fn teardown(&self, st: &mut LaneState, error: TransportError, record: bool) {
-        if let Link::Up(conn) = std::mem::replace(&mut st.link, Link::Down) {
+        // Down or Connecting stay as they are: a connecting caller installs (or, after
+        // a shutdown, drops) its own socket.
+        if let Link::Up(conn) = &st.link {
             // shutdown(2) wakes a reader blocked in poll on this socket at once; the fd
             // itself closes when the last holder drops the connection.
             let _ = conn.stream.shutdown(Shutdown::Both);
             self.fd.store(-1, Ordering::Release);
             self.connected.store(false, Ordering::Relaxed);
+            st.link = Link::Down;
         }
         for slot in st.fifo.drain(..) {
             slot.complete(Err(error.clone()));
