@@ -12,8 +12,9 @@ pub type Endpoint = Arc<str>;
 pub enum TimeoutPhase {
     /// Establishing the TCP connection: nothing was sent.
     Connect,
-    /// Waiting for a connection being opened by another thread, or for room in a
-    /// full pipeline: nothing was sent.
+    /// Before anything was written: waiting for a connection opened by another
+    /// thread or for room in a full pipeline, or out of time before sending.
+    /// Nothing was sent.
     Queue,
     /// Waiting for the answer to a written request.
     Answer,

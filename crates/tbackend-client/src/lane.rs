@@ -358,11 +358,7 @@ impl Lane {
             }
             let now = Instant::now();
             if now >= deadline {
-                let phase = match st.link {
-                    Link::Down => TimeoutPhase::Connect,
-                    _ => TimeoutPhase::Queue,
-                };
-                return fail(timeout(sh, budget, phase));
+                return fail(timeout(sh, budget, TimeoutPhase::Queue));
             }
             let conn = match &st.link {
                 Link::Up(conn) => conn.clone(),

@@ -237,3 +237,99 @@ fn broken_answers_are_timeout_unknown_and_the_next_call_works() {
     assert_status(&call(&c, &ping()), Status::Ok);
     assert_eq!(c.stats().connections_opened, before);
 }
+
+/// Callers beyond `max_depth` wait without writing: deadline-bounded (`unavailable`,
+/// nothing sent) and cancellable.
+#[test]
+fn callers_beyond_max_depth_wait_unsent() {
+    let d = start(opts());
+    let c = Client::new(Config {
+        max_depth: 2,
+        request_timeout: Duration::from_millis(400),
+        ..config(&d)
+    });
+    assert_status(&call(&c, &ping()), Status::Ok);
+    let received = d.control().status().unwrap().requests_received;
+    d.control().stall(false).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let c = c.clone();
+            std::thread::spawn(move || call(&c, &ping()))
+        })
+        .collect();
+    let outcomes: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let unknown = outcomes
+        .iter()
+        .filter(|o| o.classified.status == Status::TimeoutUnknown)
+        .count();
+    let unsent = outcomes
+        .iter()
+        .filter(|o| o.classified.status == Status::Unavailable)
+        .count();
+    assert_eq!((unknown, unsent), (2, 2), "{outcomes:#?}");
+    for o in outcomes
+        .iter()
+        .filter(|o| o.classified.status == Status::Unavailable)
+    {
+        assert!(
+            matches!(
+                o.transport,
+                Some(TransportError::Timeout {
+                    phase: tbackend_client::TimeoutPhase::Queue,
+                    ..
+                })
+            ),
+            "{o:?}"
+        );
+    }
+    assert!(wait_until(Duration::from_secs(2), || d
+        .control()
+        .status()
+        .unwrap()
+        .requests_received
+        == received + 2));
+    d.control().unstall().unwrap();
+    assert!(wait_until(Duration::from_secs(3), || call(&c, &ping())
+        .classified
+        .ok));
+}
+
+/// Requests bigger than the socket buffers go out through the lane's pending output
+/// while other threads keep calling; an answer over `max_answer_bytes` is refused by
+/// its header and drops the lane, and the next call works.
+#[test]
+fn large_requests_flow_and_oversized_answers_are_refused() {
+    let d = start(opts());
+    let c = Client::new(Config {
+        max_answer_bytes: 1 << 20,
+        request_timeout: Duration::from_secs(10),
+        ..config(&d)
+    });
+    let big = "x".repeat(6 << 20);
+    let writers: Vec<_> = (0..3)
+        .map(|i| {
+            let (c, big) = (c.clone(), big.clone());
+            std::thread::spawn(move || {
+                call(
+                    &c,
+                    &write("big", &format!("big{i}"), &format!("kb{i}"), json!(big)),
+                )
+            })
+        })
+        .collect();
+    let pinger = {
+        let c = c.clone();
+        std::thread::spawn(move || (0..50).all(|_| call(&c, &ping()).classified.ok))
+    };
+    for w in writers {
+        assert_status(&w.join().unwrap(), Status::CommittedAcked);
+    }
+    assert!(pinger.join().unwrap());
+    let o = call(&c, &latest_for("big", "kb0"));
+    assert_status(&o, Status::TimeoutUnknown);
+    assert!(
+        matches!(o.transport, Some(TransportError::TooLarge { cap, .. }) if cap == 1 << 20),
+        "{o:?}"
+    );
+    assert_status(&call(&c, &latest_for("big", "missing")), Status::Ok);
+}
