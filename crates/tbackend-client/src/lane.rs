@@ -243,10 +243,15 @@ pub(crate) enum Mode {
 }
 
 pub(crate) enum Role {
-    Reader(Arc<Conn>),
+    /// Reads for the lane; with the poll to start with when the caller just wrote (its
+    /// answer cannot be there yet, so a first `read` would only say EAGAIN).
+    Reader(Arc<Conn>, Option<PollUntil>),
     Follower,
     Detached,
 }
+
+/// A poll to make before reading: until when, and whether output is pending.
+pub(crate) type PollUntil = (Instant, bool);
 
 pub(crate) enum SubmitError {
     Failed(Failure),
@@ -322,7 +327,9 @@ impl Lane {
             Err(SubmitError::Full) => unreachable!("Mode::Wait parks on a full pipeline"),
         };
         match role {
-            Role::Reader(conn) => self.read(sh, conn, &slot, deadline, budget, cancel, wake),
+            Role::Reader(conn, first) => {
+                self.read(sh, conn, &slot, deadline, budget, cancel, wake, first)
+            }
             Role::Follower => self.follow(sh, &slot, deadline, budget, cancel, wake),
             Role::Detached => unreachable!(),
         }
@@ -462,7 +469,12 @@ impl Lane {
                 Mode::Wait if !st.reader => {
                     st.reader = true;
                     st.reader_wake = wake;
-                    Role::Reader(conn)
+                    let front = st
+                        .fifo
+                        .front()
+                        .map_or(u64::MAX, |s| s.overdue_ns.load(Ordering::Relaxed));
+                    let until = sh.instant(front).min(deadline);
+                    Role::Reader(conn, Some((until, !st.pending_out.is_empty())))
                 }
                 Mode::Wait => {
                     slot.word.fetch_or(PARKED, Ordering::AcqRel);
@@ -470,7 +482,7 @@ impl Lane {
                 }
                 Mode::Detached { .. } => Role::Detached,
             };
-            if !st.pending_out.is_empty() && !matches!(role, Role::Reader(_)) {
+            if !st.pending_out.is_empty() && !matches!(role, Role::Reader(..)) {
                 // The reader polls for input only: tell it there is output to flush.
                 if let (true, Some(fd)) = (st.reader, st.reader_wake) {
                     sys::eventfd_signal(fd);
@@ -502,7 +514,7 @@ impl Lane {
                 let conn = conn.clone();
                 st.reader = true;
                 st.reader_wake = wake;
-                Some(Role::Reader(conn))
+                Some(Role::Reader(conn, None))
             } else {
                 slot.word.fetch_or(PARKED, Ordering::AcqRel);
                 Some(Role::Follower)
@@ -510,7 +522,9 @@ impl Lane {
         };
         match role {
             None => slot.take_when_done(),
-            Some(Role::Reader(conn)) => self.read(sh, conn, slot, deadline, budget, cancel, wake),
+            Some(Role::Reader(conn, first)) => {
+                self.read(sh, conn, slot, deadline, budget, cancel, wake, first)
+            }
             Some(_) => self.follow(sh, slot, deadline, budget, cancel, wake),
         }
     }
@@ -735,12 +749,19 @@ impl Lane {
         budget: Duration,
         cancel: &Cancel,
         wake: Option<RawFd>,
+        mut poll_first: Option<PollUntil>,
     ) -> Result<Vec<u8>, Failure> {
         let mut side = lock(&conn.read);
         let mut bodies: Vec<Vec<u8>> = Vec::new();
         let mut done: Vec<(Arc<Slot>, Vec<u8>)> = Vec::new();
         let endpoint = || sh.endpoint.clone();
         loop {
+            if let Some((until, want_write)) = poll_first.take() {
+                if !cancel.is_cancelled() {
+                    let timeout = until.saturating_duration_since(Instant::now());
+                    sys::poll_socket(conn.stream.as_raw_fd(), want_write, wake, timeout);
+                }
+            }
             let mut broken: Option<TransportError> = None;
             {
                 let ReadSide { decoder, buf } = &mut *side;
@@ -848,19 +869,10 @@ impl Lane {
                     Err(gave_up(sh, cancel, budget))
                 };
             }
-            let want_write = !st.pending_out.is_empty();
             let until = front_overdue.map_or(deadline, |(_, at)| at.min(deadline));
+            poll_first = Some((until, !st.pending_out.is_empty()));
             drop(st);
             complete_all(&mut done);
-            if cancel.is_cancelled() {
-                continue;
-            }
-            sys::poll_socket(
-                conn.stream.as_raw_fd(),
-                want_write,
-                wake,
-                until.saturating_duration_since(Instant::now()),
-            );
         }
     }
 
@@ -886,7 +898,7 @@ impl Lane {
                 next_check = now + FOLLOWER_CHECK;
                 me.word.fetch_and(!LEAD, Ordering::AcqRel);
                 if let Some(conn) = self.try_lead(me, wake) {
-                    return self.read(sh, conn, me, deadline, budget, cancel, wake);
+                    return self.read(sh, conn, me, deadline, budget, cancel, wake, None);
                 }
                 continue;
             }
