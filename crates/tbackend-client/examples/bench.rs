@@ -45,6 +45,16 @@ struct Result {
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Client CPU (user + system) per write, in µs.
+    cpu_us: f64,
+}
+
+fn cpu_time(who: i32) -> Duration {
+    // SAFETY: getrusage fills the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(who, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 fn main() {
@@ -101,17 +111,24 @@ fn main() {
     for round in 0..rounds {
         for (i, w) in workloads.iter().enumerate() {
             let d = TestDaemon::start(Options::new().binary(&testd));
-            let r = match *w {
+            let cpu0 = (cpu_time(libc::RUSAGE_SELF), cpu_time(libc::RUSAGE_CHILDREN));
+            let mut r = match *w {
                 Workload::Client { threads, lanes } => run_client(&d, threads, lanes, duration),
                 Workload::Batch { lanes, size } => run_batch(&d, lanes, size, duration),
                 Workload::Load { conns, depth } => run_load(&load, &d, conns, depth, duration),
             };
+            let cpu = match w {
+                Workload::Load { .. } => cpu_time(libc::RUSAGE_CHILDREN) - cpu0.1,
+                _ => cpu_time(libc::RUSAGE_SELF) - cpu0.0,
+            };
+            r.cpu_us = cpu.as_secs_f64() * 1e6 / (r.rate * duration.as_secs_f64());
             println!(
-                "round {round} {:<26} {:>8.0} w/s  p50 {:.3} ms  p99 {:.3} ms",
+                "round {round} {:<26} {:>8.0} w/s  p50 {:.3} ms  p99 {:.3} ms  cpu {:.1} µs/w",
                 w.name(),
                 r.rate,
                 r.p50_ms,
-                r.p99_ms
+                r.p99_ms,
+                r.cpu_us
             );
             results[i].push(r);
         }
@@ -120,11 +137,12 @@ fn main() {
     for (w, rs) in workloads.iter().zip(&results) {
         let m = |f: fn(&Result) -> f64| median(rs.iter().map(f).collect());
         println!(
-            "  {:<26} {:>8.0} w/s  p50 {:.3} ms  p99 {:.3} ms",
+            "  {:<26} {:>8.0} w/s  p50 {:.3} ms  p99 {:.3} ms  cpu {:.1} µs/w",
             w.name(),
             m(|r| r.rate),
             m(|r| r.p50_ms),
-            m(|r| r.p99_ms)
+            m(|r| r.p99_ms),
+            m(|r| r.cpu_us)
         );
     }
     let ratio = |a: usize, b: usize| {
@@ -269,6 +287,7 @@ fn run_load(
         rate: field("rate_per_s"),
         p50_ms: field("p50_ms"),
         p99_ms: field("p99_ms"),
+        cpu_us: 0.0,
     }
 }
 
@@ -279,6 +298,7 @@ fn summarize(lat: &mut [u64], elapsed: Duration) -> Result {
         rate: lat.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
+        cpu_us: 0.0,
     }
 }
 

@@ -199,6 +199,8 @@ struct LaneState {
     last_sent: Instant,
     connect_failures: u32,
     retry_at: Option<Instant>,
+    /// Why the last connect failed (the system's reason, without the endpoint).
+    connect_error: String,
     last_error: Option<String>,
     connects: u64,
     rng: u64,
@@ -277,6 +279,7 @@ impl Lane {
                 last_sent: Instant::now(),
                 connect_failures: 0,
                 retry_at: None,
+                connect_error: String::new(),
                 last_error: None,
                 connects: 0,
                 rng: seed | 1,
@@ -378,9 +381,9 @@ impl Lane {
                         return fail(TransportError::Connect {
                             endpoint: endpoint(),
                             detail: format!(
-                                "reconnecting in {} ms (backing off after: {})",
-                                (at - now).as_millis(),
-                                st.last_error.as_deref().unwrap_or("a failed connect")
+                                "{} (backing off, next attempt in {} ms)",
+                                st.connect_error,
+                                (at - now).as_millis()
                             ),
                         });
                     }
@@ -669,6 +672,10 @@ impl Lane {
             let at = Instant::now() + delay;
             st.retry_at = Some(at);
             self.retry_at_ns.store(sh.ns(at).max(1), Ordering::Relaxed);
+            st.connect_error = match error {
+                TransportError::Connect { detail, .. } => detail.clone(),
+                other => other.to_string(),
+            };
             st.last_error = Some(error.to_string());
         }
         self.wake_parked(st);
