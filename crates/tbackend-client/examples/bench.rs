@@ -70,6 +70,7 @@ fn main() {
         }
     }
     let (testd, load) = binaries();
+    println!("open-breaker call: {:.2} µs", open_breaker_call_us());
     let duration = Duration::from_secs_f64(seconds);
     let workloads = [
         Workload::Client {
@@ -289,6 +290,28 @@ fn run_load(
         p99_ms: field("p99_ms"),
         cpu_us: 0.0,
     }
+}
+
+/// The cost of a call the open breaker refuses (no socket touched).
+fn open_breaker_call_us() -> f64 {
+    let d = TestDaemon::start(Options::new().binary(binaries().0));
+    let port = d.port();
+    d.control().refuse_connections(true).unwrap();
+    let c = Client::new(Config {
+        breaker_threshold: 1,
+        breaker_cooldown: Duration::from_secs(600),
+        ..Config::new("127.0.0.1", port)
+    });
+    let cancel = Cancel::new();
+    let req = request("o", 0, 0);
+    assert!(!c.call(&req, None, &cancel).classified.ok);
+    let n = 200_000;
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let o = c.call(&req, None, &cancel);
+        assert_eq!(o.classified.status, tbackend_client::Status::CircuitOpen);
+    }
+    t0.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
 fn summarize(lat: &mut [u64], elapsed: Duration) -> Result {

@@ -333,3 +333,62 @@ fn large_requests_flow_and_oversized_answers_are_refused() {
     );
     assert_status(&call(&c, &latest_for("big", "missing")), Status::Ok);
 }
+
+/// A daemon that does not complete the TCP handshake (its accept queue is full): the
+/// connect timeout gives `unavailable`, and a cancel ends a connect in progress at once.
+#[test]
+fn connect_timeout_and_cancel_while_connecting() {
+    use std::os::fd::AsRawFd;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: re-listens our own socket with a zero backlog.
+    unsafe { libc::listen(listener.as_raw_fd(), 0) };
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+    }
+    let cfg = |connect_ms| Config {
+        connect_timeout: Duration::from_millis(connect_ms),
+        breaker_threshold: 0,
+        ..Config::new("127.0.0.1", addr.port())
+    };
+    let c = Client::new(cfg(200));
+    let t0 = Instant::now();
+    let o = call(&c, &ping());
+    assert_status(&o, Status::Unavailable);
+    assert!(
+        matches!(
+            o.transport,
+            Some(TransportError::Timeout {
+                phase: tbackend_client::TimeoutPhase::Connect,
+                ..
+            })
+        ),
+        "{o:?}"
+    );
+    let ms = elapsed_ms(t0);
+    assert!((150..1000).contains(&ms), "{ms} ms");
+
+    let c = Client::new(cfg(5000));
+    let cancel = std::sync::Arc::new(Cancel::new());
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            cancel.cancel();
+        })
+    };
+    let t0 = Instant::now();
+    let o = c.call(&ping(), None, &cancel);
+    canceller.join().unwrap();
+    assert_status(&o, Status::Unavailable);
+    assert!(
+        matches!(o.transport, Some(TransportError::Cancelled { .. })),
+        "{o:?}"
+    );
+    assert!(elapsed_ms(t0) < 1000, "{} ms", elapsed_ms(t0));
+    drop(fillers);
+}
