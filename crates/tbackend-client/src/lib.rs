@@ -2,8 +2,8 @@
 //! (no Ruby, no async runtime, no thread of its own).
 //!
 //! - [`Client`]: a few persistent **lanes** per endpoint, each one TCP connection that
-//!   pipelines the requests of every calling thread (leader/follower, see [`lane`]
-//!   internals in the source), with deadlines, a shared circuit breaker, reconnect
+//!   pipelines the requests of every calling thread (leader/follower, described in
+//!   `src/lane.rs` and the README), with deadlines, a shared circuit breaker, reconnect
 //!   backoff, idle-cut avoidance and fork safety ([`Client::forget_after_fork`]).
 //! - [`Cancel`]: cancels a waiting call from another thread or a signal handler
 //!   (async-signal-safe), the hook Ruby's unblocking functions need.
