@@ -10,7 +10,7 @@ use crate::sys;
 /// returns at once) without touching any flag.
 pub(crate) const POKE: u32 = 1 << 8;
 
-/// A cancellation handle for one call at a time.
+/// A cancellation handle for one call at a time (not shared by concurrent calls).
 ///
 /// The caller makes one per call (or reuses one for the attempts of a retried call) and
 /// passes `&Cancel`; any thread may call [`Cancel::cancel`] while the call waits. The

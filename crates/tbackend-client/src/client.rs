@@ -446,6 +446,9 @@ impl Client {
     /// not exist in the child), closes the inherited sockets with close(2) only (a
     /// shutdown(2) would cut the parent's connections, which share them), and leaks the
     /// rest. Clones still held in the child answer `unavailable` from then on.
+    ///
+    /// Call it first in the child, before any other method of this client: the others
+    /// may take a lane mutex.
     pub fn forget_after_fork(self) {
         let inner = &*self.inner;
         inner.shared.state.store(lane::FORGOTTEN, Ordering::Release);

@@ -433,11 +433,12 @@ impl Lane {
                 }
             }
             if st.fifo.len() >= sh.config.max_depth.max(1) {
-                if mode
-                    == (Mode::Detached {
-                        park_on_full: false,
-                    })
-                {
+                if matches!(
+                    mode,
+                    Mode::Detached {
+                        park_on_full: false
+                    }
+                ) {
                     return Err(SubmitError::Full);
                 }
                 if now >= deadline {
