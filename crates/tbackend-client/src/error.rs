@@ -24,7 +24,7 @@ impl fmt::Display for TimeoutPhase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             TimeoutPhase::Connect => "connecting",
-            TimeoutPhase::Queue => "waiting for a free pipeline slot",
+            TimeoutPhase::Queue => "before sending (waiting for a connection or pipeline room)",
             TimeoutPhase::Answer => "waiting for the answer",
         })
     }

@@ -196,3 +196,81 @@ fn a_slow_lane_does_not_stall_the_other() {
     assert_status(&o, Status::TimeoutUnknown);
     assert_ne!(o.lane, None);
 }
+
+/// A storm of per-call timeouts around the daemon's answer time: many slots are
+/// abandoned mid-pipeline, yet every answer a caller does get is its own.
+#[test]
+fn timeouts_storm_never_misdelivers() {
+    let d = start(opts());
+    let c = client(&d);
+    // The daemon answers one connection's requests one after another, each 1 ms late,
+    // so an answer takes 1–4 ms here, around the timeouts drawn below. (Callers faster
+    // than the daemon would fill the pipeline with abandoned requests and time out all.)
+    d.control().delay(1).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ (t as u64 + 1);
+                let (mut answered, mut timed_out) = (0, 0);
+                let mut seqs = Vec::new();
+                for i in 0..200 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let timeout = Duration::from_micros(500 + rng % 4000);
+                    let key = format!("s{t}-{}", i / 2);
+                    let id = format!("st{t}-{}", i / 2);
+                    let req = if i % 2 == 0 {
+                        write("storm", &id, &key, json!(i / 2))
+                    } else {
+                        latest_for("storm", &key)
+                    };
+                    let o = c.call(&req, Some(timeout), &Cancel::new());
+                    match o.classified.status {
+                        // Unsent: the deadline passed while another thread connected.
+                        Status::TimeoutUnknown | Status::Unavailable => timed_out += 1,
+                        Status::CommittedAcked | Status::IdempotentReplay => {
+                            answered += 1;
+                            seqs.push((id, seq_of(&o)));
+                        }
+                        Status::Ok => {
+                            answered += 1;
+                            let fact = &o.classified.answer["fact"];
+                            assert!(fact.is_null() || fact["id"] == id.as_str(), "{o:?}");
+                            assert!(o.classified.answer.get("seq_id").is_none(), "{o:?}");
+                        }
+                        other => panic!("{other:?}: {o:?}"),
+                    }
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+                (answered, timed_out, seqs)
+            })
+        })
+        .collect();
+    let (mut answered, mut timed_out) = (0, 0);
+    let mut seqs = Vec::new();
+    for h in handles {
+        let (a, t, s) = h.join().unwrap();
+        answered += a;
+        timed_out += t;
+        seqs.extend(s);
+    }
+    assert!(
+        answered > 50 && timed_out > 50,
+        "answered {answered}, timed out {timed_out}"
+    );
+    d.control().delay(0).unwrap();
+    let id_of: HashMap<u64, String> = all_facts(&d, "storm")
+        .iter()
+        .map(|f| {
+            (
+                f["seq_id"].as_u64().unwrap(),
+                f["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (id, seq) in seqs {
+        assert_eq!(id_of.get(&seq), Some(&id));
+    }
+}
