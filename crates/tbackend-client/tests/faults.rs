@@ -251,43 +251,44 @@ fn callers_beyond_max_depth_wait_unsent() {
     assert_status(&call(&c, &ping()), Status::Ok);
     let received = d.control().status().unwrap().requests_received;
     d.control().stall(false).unwrap();
-    let handles: Vec<_> = (0..4)
+    let written: Vec<_> = (0..2)
         .map(|_| {
             let c = c.clone();
             std::thread::spawn(move || call(&c, &ping()))
         })
         .collect();
-    let outcomes: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let unknown = outcomes
-        .iter()
-        .filter(|o| o.classified.status == Status::TimeoutUnknown)
-        .count();
-    let unsent = outcomes
-        .iter()
-        .filter(|o| o.classified.status == Status::Unavailable)
-        .count();
-    assert_eq!((unknown, unsent), (2, 2), "{outcomes:#?}");
-    for o in outcomes
-        .iter()
-        .filter(|o| o.classified.status == Status::Unavailable)
-    {
-        assert!(
-            matches!(
-                o.transport,
-                Some(TransportError::Timeout {
-                    phase: tbackend_client::TimeoutPhase::Queue,
-                    ..
-                })
-            ),
-            "{o:?}"
+    assert!(wait_until(Duration::from_secs(2), || c.stats().lanes[0]
+        .in_flight
+        == 2));
+    // The pipeline is full until the two above time out (400 ms): these wait unsent.
+    let parked: Vec<_> = (0..2)
+        .map(|_| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let o = c.call(&ping(), Some(Duration::from_millis(150)), &Cancel::new());
+                (o, t0.elapsed())
+            })
+        })
+        .collect();
+    for h in parked {
+        let (o, took) = h.join().unwrap();
+        assert_status(&o, Status::Unavailable);
+        let queued = matches!(
+            o.transport,
+            Some(TransportError::Timeout {
+                phase: tbackend_client::TimeoutPhase::Queue,
+                ..
+            })
         );
+        assert!(queued, "{o:?}");
+        assert!(took < Duration::from_millis(350), "{took:?}");
     }
-    assert!(wait_until(Duration::from_secs(2), || d
-        .control()
-        .status()
-        .unwrap()
-        .requests_received
-        == received + 2));
+    for h in written {
+        assert_status(&h.join().unwrap(), Status::TimeoutUnknown);
+    }
+    let status = d.control().status().unwrap();
+    assert_eq!(status.requests_received, received + 2);
     d.control().unstall().unwrap();
     assert!(wait_until(Duration::from_secs(3), || call(&c, &ping())
         .classified
