@@ -50,8 +50,10 @@ const PARKED: u32 = 8;
 
 /// A lane whose last request went out longer ago than this is checked for a peer close
 /// (non-blocking `MSG_PEEK`) before it is written to: the daemon cuts idle connections
-/// silently, and a request written to a cut connection would be lost as `timeout_unknown`.
-const IDLE_PROBE_AFTER: Duration = Duration::from_secs(1);
+/// silently (and a restarted daemon leaves closed ones behind), and a request written to a
+/// cut connection would be lost as `timeout_unknown`. Short, so any pause is covered; a
+/// caller in a tight loop (or with requests in flight) never pays for the probe.
+const IDLE_PROBE_AFTER: Duration = Duration::from_millis(10);
 /// How often a follower checks that someone is reading, in case a hand-off went to a
 /// caller that was leaving.
 const FOLLOWER_CHECK: Duration = Duration::from_millis(20);
