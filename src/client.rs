@@ -140,7 +140,9 @@ impl RbClient {
         ruby: &Ruby,
         work: impl FnOnce(&Client, &Cancel) -> R + Send,
     ) -> Result<Result<R, Status>, Error> {
-        let Some(client) = self.current() else { return Ok(Err(Status::Unavailable)) };
+        let Some(client) = self.current() else {
+            return Ok(Err(Status::Unavailable));
+        };
         let cancel = Cancel::new();
         let mut work = Some(work);
         loop {
@@ -158,8 +160,8 @@ impl RbClient {
                 // kill raises here), then start the work again.
                 NoGvl::NotStarted => ruby.thread_check_ints()?,
                 NoGvl::Panicked(message) => {
-                    return Err(Error::new(
-                        ruby.exception_runtime_error(),
+                    return Err(crate::errors::internal(
+                        ruby,
                         format!("acts_as_tbackend native client bug (please report): {message}"),
                     ))
                 }
@@ -250,6 +252,7 @@ impl RbClient {
                 per_attempt.saturating_mul(attempts)
                     + base.saturating_mul(16).saturating_mul(attempts),
             ),
+            attempt_timeout: Some(per_attempt),
         };
         match rb_self.run(ruby, |client, cancel| {
             client.call_with_retries(&request, &policy, cancel)

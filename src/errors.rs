@@ -19,3 +19,8 @@ pub fn invalid_fact(ruby: &Ruby, message: impl Into<String>) -> Error {
 pub fn configuration(ruby: &Ruby, message: impl Into<String>) -> Error {
     Error::new(class(ruby, "ConfigurationError"), message.into())
 }
+
+/// An `ActsAsTbackend::InternalError`: a bug of ours, reported instead of crashing.
+pub fn internal(ruby: &Ruby, message: impl Into<String>) -> Error {
+    Error::new(class(ruby, "InternalError"), message.into())
+}

@@ -94,18 +94,26 @@ module ActsAsTbackend
       (value || config.durability_default).to_s
     end
 
+    # What a call turns into a soft result instead of raising: an invalid value or
+    # argument, or a bug of ours. Anything else — above all an exception raised into the
+    # waiting thread (Thread#raise, Timeout, Rack::Timeout) — passes through untouched.
+    SOFT_ERRORS = [InvalidFact, ConfigurationError, InternalError, TypeError, RangeError, EncodingError].freeze
+
     def call(count: nil, strict: config.strict)
       return config_error(count) unless @native
 
       result = yield @native
+      redact_errors!(count ? result : [result])
       raise_transport!(result, count) if strict
       result
-    rescue TransportError
-      raise
-    rescue StandardError => e
-      # An invalid value (InvalidFact), or a bug of ours: a soft, non-retryable result
-      # that names it, never an exception on the request path.
+    rescue *SOFT_ERRORS => e
       soft_error(e, count)
+    end
+
+    def redact_errors!(results)
+      return if config.token.nil?
+
+      results.each { |one| one[:error] = Redact.call(one[:error], config.token) if one[:error] }
     end
 
     def raise_transport!(result, count)

@@ -20,6 +20,9 @@ module ActsAsTbackend
 end
 
 module ActsAsTbackend
+  # A bug in this gem (a native panic, caught before it could take the process down).
+  class InternalError < Error; end
+
   # A request that got no daemon answer. Raised only in strict mode; otherwise the same
   # failure is a soft result with the matching status.
   class TransportError < Error

@@ -21,11 +21,13 @@ module ActsAsTbackend
       @poll_interval = Float(poll_interval)
       @timeout = timeout
       @cursor = Native::TailCursor.new(Integer(after_seq), Float(grace))
+      # Released by the cursor but not yet handed out (each(limit:) stopped mid-poll).
+      @pending = []
     end
 
     # Every seq up to here has been yielded or given up: persist it to resume.
     def after_seq
-      @cursor.after_seq
+      @pending.empty? ? @cursor.after_seq : @pending.first[:seq_id] - 1
     end
 
     # Seqs accepted as permanently missing.
@@ -36,6 +38,11 @@ module ActsAsTbackend
     # One poll: the facts it releases, in seq order (Symbol keys). Never raises for a
     # daemon problem: the facts are then empty and `last_result` tells why.
     def poll
+      unless @pending.empty?
+        facts = @pending
+        @pending = []
+        return facts
+      end
       @last_result, facts = @client.native_call { |native| native.tail_poll(@cursor, @store, @timeout) }
       facts || []
     end
@@ -47,13 +54,16 @@ module ActsAsTbackend
 
       yielded = 0
       loop do
-        facts = poll
-        facts.each do |fact|
-          yield fact
+        @pending = poll if @pending.empty?
+        sleep @poll_interval if @pending.empty?
+        until @pending.empty?
+          # Dropped only once the block is done with it: a fact whose handler raised is
+          # yielded again by the next each, and after_seq never covers it.
+          yield @pending.first
+          @pending.shift
           yielded += 1
           return self if limit && yielded >= limit
         end
-        sleep @poll_interval if facts.empty?
       end
     end
   end

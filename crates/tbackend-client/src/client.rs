@@ -92,9 +92,11 @@ pub struct RetryPolicy {
     pub base_backoff: Duration,
     /// Cap of one backoff.
     pub max_backoff: Duration,
-    /// Budget of all attempts and sleeps together (`None`: each attempt gets the
-    /// request timeout).
+    /// Budget of all attempts and sleeps together (`None`: each attempt gets its
+    /// attempt timeout).
     pub deadline: Option<Duration>,
+    /// Budget of one attempt (`None`: the client's request timeout).
+    pub attempt_timeout: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
@@ -105,6 +107,7 @@ impl Default for RetryPolicy {
             base_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
             deadline: None,
+            attempt_timeout: None,
         }
     }
 }
@@ -342,7 +345,9 @@ impl Client {
     ) -> (Outcome, Vec<Attempt>) {
         let start = Instant::now();
         let deadline = policy.deadline.map(|d| start + d);
-        let request_timeout = self.inner.shared.config.request_timeout;
+        let request_timeout = policy
+            .attempt_timeout
+            .unwrap_or(self.inner.shared.config.request_timeout);
         let attempts_allowed = policy.attempts.max(1);
         let mut attempts = Vec::new();
         loop {

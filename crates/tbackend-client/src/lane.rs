@@ -54,6 +54,9 @@ const PARKED: u32 = 8;
 /// cut connection would be lost as `timeout_unknown`. Short, so any pause is covered; a
 /// caller in a tight loop (or with requests in flight) never pays for the probe.
 const IDLE_PROBE_AFTER: Duration = Duration::from_millis(10);
+/// A lane holding only abandoned requests (timed out or cancelled) this long after its
+/// last write is replaced rather than drained.
+const ABANDONED_REPLACE_AFTER: Duration = Duration::from_secs(1);
 /// How often a follower checks that someone is reading, in case a hand-off went to a
 /// caller that was leaving.
 const FOLLOWER_CHECK: Duration = Duration::from_millis(20);
@@ -423,9 +426,13 @@ impl Lane {
             }
             let idle = now.saturating_duration_since(st.last_sent);
             if idle >= IDLE_PROBE_AFTER.min(sh.config.idle_reconnect) && !has_live(&st) {
-                // Abandoned slots only: their answers are worthless, a fresh connection
-                // is cheaper than reasoning about what is still buffered.
-                if idle >= sh.config.idle_reconnect || !st.fifo.is_empty() || peer_gone(&conn) {
+                // Abandoned slots only, for a while: their answers are worthless, and a
+                // fresh connection is cheaper than reasoning about what is still
+                // buffered. (Sooner, their answers may still be on the way: the probe
+                // would mistake them for a close.)
+                let stale = idle >= sh.config.idle_reconnect
+                    || (!st.fifo.is_empty() && idle >= ABANDONED_REPLACE_AFTER);
+                if stale || (st.fifo.is_empty() && peer_gone(&conn)) {
                     let error = TransportError::Io {
                         endpoint: endpoint(),
                         detail: format!("idle connection replaced after {} ms", idle.as_millis()),

@@ -383,6 +383,7 @@ fn daemon_killed_and_restarted_mid_load() {
         base_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
         deadline: Some(Duration::from_secs(3)),
+        attempt_timeout: None,
     };
     let reqs: Vec<_> = (0..THREADS)
         .flat_map(|t| {
@@ -423,6 +424,7 @@ fn retries_record_attempts_and_sleep_cancellably() {
         base_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(20),
         deadline: Some(Duration::from_secs(2)),
+        attempt_timeout: None,
     };
     let (o, attempts) = c.call_with_retries(&ping(), &policy, &Cancel::new());
     assert_status(&o, Status::Unavailable);
@@ -437,6 +439,7 @@ fn retries_record_attempts_and_sleep_cancellably() {
         base_backoff: Duration::from_secs(5),
         max_backoff: Duration::from_secs(5),
         deadline: None,
+        attempt_timeout: None,
     };
     let cancel = Arc::new(Cancel::new());
     let canceller = {
