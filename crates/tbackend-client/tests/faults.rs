@@ -40,15 +40,20 @@ fn per_call_timeout_and_late_answer_never_reaches_another_caller() {
     assert!((90..280).contains(&ms), "returned after {ms} ms");
     d.control().delay(0).unwrap();
     // The late write answer arrives first on this connection and must be dropped.
+    let quick = t0.elapsed() < Duration::from_millis(900);
     let o = call(&c, &latest_for("late", "k1"));
     assert_status(&o, Status::Ok);
     assert_eq!(o.classified.answer["fact"]["id"], "w1", "{o:?}");
     assert!(o.classified.answer.get("seq_id").is_none());
+    // Unless the lane then sat idle for a second with only the abandoned request in
+    // flight (a loaded machine), which makes the next call start afresh.
     let stats = c.stats();
-    assert_eq!(
-        stats.connections_opened, 1,
-        "a per-call timeout does not drop the lane"
-    );
+    if quick {
+        assert_eq!(
+            stats.connections_opened, 1,
+            "a per-call timeout does not drop the lane: {stats:?}"
+        );
+    }
     // The timed-out write did run (the daemon only delayed its answer).
     let o = call(&c, &write("late", "w2", "k2", json!(2)));
     assert_status(&o, Status::IdempotentReplay);
