@@ -160,8 +160,9 @@ fn idle_past_the_daemon_cut_never_fails_a_call() {
             Status::CommittedAcked,
         );
     }
-    assert_eq!(proactive.stats().lanes[0].reconnects, 1);
-    assert_eq!(probing.stats().lanes[0].reconnects, 1);
+    // At least the one after the sleep (a loaded machine may pause longer between calls).
+    assert!(proactive.stats().lanes[0].reconnects >= 1);
+    assert!(probing.stats().lanes[0].reconnects >= 1);
 }
 
 /// Refused connects answer `unavailable` fast (and back off without touching a socket);
