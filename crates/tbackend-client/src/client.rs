@@ -14,6 +14,7 @@ use tbackend_core::protocol::frame;
 use tbackend_core::protocol::request::RequestBuilder;
 use tbackend_core::{Classified, ErrorKind, OpKind, Status};
 
+use crate::backoff::full_jitter;
 use crate::breaker::{Admission, Breaker, BreakerState, Verdict};
 use crate::cancel::Cancel;
 use crate::config::Config;
@@ -363,11 +364,7 @@ impl Client {
             if n >= attempts_allowed || !worth_retrying(&outcome) || cancel.is_cancelled() {
                 return (outcome, attempts);
             }
-            let exp = policy
-                .base_backoff
-                .saturating_mul(1u32 << (n - 1).min(20))
-                .min(policy.max_backoff);
-            let sleep = self.jitter(exp);
+            let sleep = self.jitter(policy.base_backoff, policy.max_backoff, n);
             let now = Instant::now();
             // A retry needs time for the sleep and at least a little for the attempt.
             if deadline.is_some_and(|d| now + sleep + Duration::from_millis(1) >= d) {
@@ -466,15 +463,12 @@ impl Client {
         std::mem::forget(self);
     }
 
-    fn jitter(&self, cap: Duration) -> Duration {
-        let cap = cap.as_nanos() as u64;
-        if cap == 0 {
-            return Duration::ZERO;
-        }
+    fn jitter(&self, base: Duration, max: Duration, attempt: u32) -> Duration {
+        // Racy on purpose: two threads drawing the same number only costs spread.
         let mut state = self.inner.rng.load(Ordering::Relaxed);
-        let r = lane::next_rand(&mut state);
+        let sleep = full_jitter(base, max, attempt, &mut state);
         self.inner.rng.store(state, Ordering::Relaxed);
-        Duration::from_nanos(r % (cap + 1))
+        sleep
     }
 }
 

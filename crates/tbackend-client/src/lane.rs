@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use tbackend_core::protocol::frame::{Decoder, FrameError};
 
+use crate::backoff::full_jitter;
 use crate::cancel::{Cancel, POKE};
 use crate::config::Config;
 use crate::error::{Endpoint, TimeoutPhase, TransportError};
@@ -670,15 +671,7 @@ impl Lane {
         if counts {
             st.connect_failures = st.connect_failures.saturating_add(1);
             let (base, max) = sh.config.reconnect_backoff;
-            let exp = base.saturating_mul(1u32 << (st.connect_failures - 1).min(20));
-            let cap = exp.min(max).as_nanos() as u64;
-            // Full jitter: uniform in [0, cap], so lanes of many processes that lost the
-            // daemon together do not come back in lockstep.
-            let delay = Duration::from_nanos(if cap == 0 {
-                0
-            } else {
-                next_rand(&mut st.rng) % (cap + 1)
-            });
+            let delay = full_jitter(base, max, st.connect_failures, &mut st.rng);
             let at = Instant::now() + delay;
             st.retry_at = Some(at);
             self.retry_at_ns.store(sh.ns(at).max(1), Ordering::Relaxed);
@@ -1076,14 +1069,4 @@ fn gave_up(sh: &Shared, cancel: &Cancel, budget: Duration) -> Failure {
         timeout(sh, budget, TimeoutPhase::Answer)
     };
     Failure { error, sent: true }
-}
-
-/// xorshift64*: jitter needs spread, not quality.
-pub(crate) fn next_rand(state: &mut u64) -> u64 {
-    let mut x = *state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }

@@ -15,6 +15,7 @@
 //! refused it.
 #![warn(missing_docs)]
 
+mod backoff;
 mod breaker;
 mod cancel;
 mod client;
