@@ -488,3 +488,73 @@ fn shutdown_refuses_later_calls() {
     assert!(o.classified.error.unwrap().contains("client is shut down"));
     assert!(!c.stats().lanes[0].connected);
 }
+
+/// A cancel ends a batch promptly: written requests come back `timeout_unknown`, the
+/// rest `unavailable`, all marked cancelled.
+#[test]
+fn cancel_ends_a_batch_promptly() {
+    let d = start(opts());
+    let c = Client::new(Config {
+        max_depth: 8,
+        ..config(&d)
+    });
+    assert_status(&call(&c, &ping()), Status::Ok);
+    d.control().stall(false).unwrap();
+    let cancel = Arc::new(Cancel::new());
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            cancel.cancel();
+        })
+    };
+    let reqs: Vec<_> = (0..50).map(|_| ping()).collect();
+    let t0 = Instant::now();
+    let out = c.call_batch(&reqs, Some(Duration::from_secs(5)), &cancel);
+    canceller.join().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let written = out
+        .iter()
+        .filter(|o| o.classified.status == Status::TimeoutUnknown)
+        .count();
+    let unsent = out
+        .iter()
+        .filter(|o| o.classified.status == Status::Unavailable)
+        .count();
+    assert_eq!((written, unsent), (8, 42), "the pipeline held 8");
+    assert!(out
+        .iter()
+        .all(|o| matches!(o.transport, Some(TransportError::Cancelled { .. }))));
+}
+
+/// Shutdown ends calls in flight at once and closes the connection.
+#[test]
+fn shutdown_ends_calls_in_flight() {
+    let d = start(opts());
+    let c = client(&d);
+    assert_status(&call(&c, &ping()), Status::Ok);
+    d.control().stall(false).unwrap();
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                (call(&c, &ping()), t0.elapsed())
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(2), || c.stats().lanes[0]
+        .in_flight
+        == 3));
+    c.shutdown();
+    for h in waiting {
+        let (o, took) = h.join().unwrap();
+        assert_status(&o, Status::TimeoutUnknown);
+        assert!(
+            matches!(o.transport, Some(TransportError::ShutDown { .. })),
+            "{o:?}"
+        );
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+    assert!(wait_until(Duration::from_secs(2), || open_connections(&d) == 0));
+}
