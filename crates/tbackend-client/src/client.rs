@@ -257,7 +257,6 @@ impl Client {
     ) -> Vec<Outcome> {
         struct Pending {
             index: usize,
-            lane: usize,
             slot: Arc<Slot>,
             deadline: Instant,
             admission: Admission,
@@ -268,10 +267,12 @@ impl Client {
         let window = budget.max(sh.config.request_timeout);
         let wake = sys::thread_wake_fd();
         let mut out: Vec<Option<Outcome>> = vec![None; reqs.len()];
-        let mut pending: VecDeque<Pending> = VecDeque::new();
-        let wait = |p: Pending, out: &mut Vec<Option<Outcome>>| {
-            let result = inner.lanes[p.lane].wait_detached(sh, &p.slot, p.deadline, budget, cancel);
-            out[p.index] = Some(inner.finish(reqs[p.index].op, p.lane, result, p.admission));
+        // Per lane, this batch's requests in flight, oldest first.
+        let mut pending: Vec<VecDeque<Pending>> =
+            inner.lanes.iter().map(|_| VecDeque::new()).collect();
+        let wait = |lane: usize, p: Pending, out: &mut Vec<Option<Outcome>>| {
+            let result = inner.lanes[lane].wait_detached(sh, &p.slot, p.deadline, budget, cancel);
+            out[p.index] = Some(inner.finish(reqs[p.index].op, lane, result, p.admission));
         };
         for (index, req) in reqs.iter().enumerate() {
             let (frame, admission) = match inner.admit(req) {
@@ -289,10 +290,9 @@ impl Client {
             loop {
                 // With own requests queued on the lane, a full pipeline is drained by
                 // reading them here; otherwise other threads' readers make room.
-                let own = pending.iter().position(|p| p.lane == ix);
                 let deadline = Instant::now() + budget;
                 let mode = Mode::Detached {
-                    park_on_full: own.is_none(),
+                    park_on_full: pending[ix].is_empty(),
                 };
                 let submitted = {
                     let _armed = cancel.arm(&slot.word, wake);
@@ -302,9 +302,8 @@ impl Client {
                 };
                 match submitted {
                     Ok(_) => {
-                        pending.push_back(Pending {
+                        pending[ix].push_back(Pending {
                             index,
-                            lane: ix,
                             slot,
                             deadline,
                             admission,
@@ -312,9 +311,10 @@ impl Client {
                         break;
                     }
                     Err(SubmitError::Full) => {
-                        let oldest =
-                            pending.remove(own.expect("Full only with own requests queued"));
-                        wait(oldest.expect("position is valid"), &mut out);
+                        let oldest = pending[ix]
+                            .pop_front()
+                            .expect("Full only with own requests queued");
+                        wait(ix, oldest, &mut out);
                     }
                     Err(SubmitError::Failed(f)) => {
                         out[index] = Some(inner.finish(req.op, ix, Err(f), admission));
@@ -323,8 +323,10 @@ impl Client {
                 }
             }
         }
-        for p in pending {
-            wait(p, &mut out);
+        for (ix, queue) in pending.into_iter().enumerate() {
+            for p in queue {
+                wait(ix, p, &mut out);
+            }
         }
         out.into_iter()
             .map(|o| o.expect("every request has an outcome"))
