@@ -7,7 +7,7 @@ use std::time::Duration;
 /// (every process of a fleet when the daemon restarts) do not come back in lockstep.
 pub(crate) fn full_jitter(base: Duration, max: Duration, attempt: u32, rng: &mut u64) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-    let cap = exp.min(max).as_nanos() as u64;
+    let cap = exp.min(max).as_nanos().min(u64::MAX as u128 / 2) as u64;
     if cap == 0 {
         return Duration::ZERO;
     }

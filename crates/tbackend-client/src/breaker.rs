@@ -75,7 +75,8 @@ impl Breaker {
             CLOSED => Some(Admission::Normal),
             OPEN => {
                 let opened = self.opened_at.load(Ordering::Acquire);
-                if self.now_ns() < opened.saturating_add(self.cooldown.as_nanos() as u64) {
+                let cooldown = self.cooldown.as_nanos().min(u64::MAX as u128) as u64;
+                if self.now_ns() < opened.saturating_add(cooldown) {
                     return None;
                 }
                 self.state

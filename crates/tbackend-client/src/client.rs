@@ -19,7 +19,7 @@ use crate::breaker::{Admission, Breaker, BreakerState, Verdict};
 use crate::cancel::Cancel;
 use crate::config::Config;
 use crate::error::TransportError;
-use crate::lane::{self, Failure, Lane, LaneStats, Mode, Shared, Slot, SubmitError};
+use crate::lane::{self, later, Failure, Lane, LaneStats, Mode, Shared, Slot, SubmitError};
 use crate::sys;
 use crate::tail::Cursor;
 
@@ -290,7 +290,7 @@ impl Client {
             loop {
                 // With own requests queued on the lane, a full pipeline is drained by
                 // reading them here; otherwise other threads' readers make room.
-                let deadline = Instant::now() + budget;
+                let deadline = later(Instant::now(), budget);
                 let mode = Mode::Detached {
                     park_on_full: pending[ix].is_empty(),
                 };
@@ -347,7 +347,7 @@ impl Client {
         cancel: &Cancel,
     ) -> (Outcome, Vec<Attempt>) {
         let start = Instant::now();
-        let deadline = policy.deadline.map(|d| start + d);
+        let deadline = policy.deadline.map(|d| later(start, d));
         let request_timeout = policy
             .attempt_timeout
             .unwrap_or(self.inner.shared.config.request_timeout);
@@ -369,7 +369,7 @@ impl Client {
             let sleep = self.jitter(policy.base_backoff, policy.max_backoff, n);
             let now = Instant::now();
             // A retry needs time for the sleep and at least a little for the attempt.
-            if deadline.is_some_and(|d| now + sleep + Duration::from_millis(1) >= d) {
+            if deadline.is_some_and(|d| later(now, sleep + Duration::from_millis(1)) >= d) {
                 return (outcome, attempts);
             }
             if !sleep_unless_cancelled(sleep, cancel) {
@@ -607,7 +607,7 @@ fn worth_retrying(o: &Outcome) -> bool {
 fn sleep_unless_cancelled(d: Duration, cancel: &Cancel) -> bool {
     let word = AtomicU32::new(0);
     let _armed = cancel.arm(&word, None);
-    let until = Instant::now() + d;
+    let until = later(Instant::now(), d);
     loop {
         if cancel.is_cancelled() {
             return false;

@@ -69,6 +69,13 @@ pub(crate) const OPEN: u8 = 0;
 pub(crate) const SHUT_DOWN: u8 = 1;
 pub(crate) const FORGOTTEN: u8 = 2;
 
+/// `t + d`, saturating far in the future: a caller may pass `Duration::MAX` as "no
+/// limit", and `Instant + Duration` panics on overflow.
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    t.checked_add(d.min(CENTURY)).unwrap_or(t)
+}
+
 /// What the lanes of one client share.
 pub(crate) struct Shared {
     pub config: Config,
@@ -86,7 +93,9 @@ impl Shared {
     }
 
     fn ns(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_nanos() as u64
+        t.saturating_duration_since(self.epoch)
+            .as_nanos()
+            .min(u64::MAX as u128) as u64
     }
 
     fn instant(&self, ns: u64) -> Instant {
@@ -318,7 +327,7 @@ impl Lane {
         let slot = Slot::new();
         let wake = sys::thread_wake_fd();
         let _armed = cancel.arm(&slot.word, wake);
-        let deadline = Instant::now() + budget;
+        let deadline = later(Instant::now(), budget);
         let window = budget.max(sh.config.request_timeout);
         let role = match self.submit(
             sh,
@@ -475,7 +484,7 @@ impl Lane {
             slot.ticket.store(st.pushed, Ordering::Relaxed);
             slot.sent_ns.store(sh.ns(now), Ordering::Relaxed);
             slot.overdue_ns
-                .store(sh.ns(now + window), Ordering::Relaxed);
+                .store(sh.ns(later(now, window)), Ordering::Relaxed);
             st.pushed += 1;
             st.fifo.push_back(slot.clone());
             self.in_flight.store(st.fifo.len(), Ordering::Relaxed);
@@ -579,7 +588,7 @@ impl Lane {
         wake: Option<RawFd>,
     ) -> Result<TcpStream, (TransportError, bool)> {
         let start = Instant::now();
-        let connect_deadline = deadline.min(start + sh.config.connect_timeout);
+        let connect_deadline = deadline.min(later(start, sh.config.connect_timeout));
         let endpoint = || sh.endpoint.clone();
         let addrs = (sh.config.host.as_str(), sh.config.port)
             .to_socket_addrs()
@@ -672,7 +681,7 @@ impl Lane {
             st.connect_failures = st.connect_failures.saturating_add(1);
             let (base, max) = sh.config.reconnect_backoff;
             let delay = full_jitter(base, max, st.connect_failures, &mut st.rng);
-            let at = Instant::now() + delay;
+            let at = later(Instant::now(), delay);
             st.retry_at = Some(at);
             self.retry_at_ns.store(sh.ns(at).max(1), Ordering::Relaxed);
             st.connect_error = match error {

@@ -132,7 +132,7 @@ fn slot_starvation_never_hangs_past_the_deadline() {
 
 /// The daemon cuts idle connections silently; no call may fail because of it. Both
 /// paths: reconnect before reuse past `idle_reconnect`, and the peer-close probe of a
-/// lane idle for over a second.
+/// lane that sat idle.
 #[test]
 fn idle_past_the_daemon_cut_never_fails_a_call() {
     let d = start(opts().idle_timeout(Duration::from_millis(300)));
@@ -398,4 +398,34 @@ fn connect_timeout_and_cancel_while_connecting() {
     );
     assert!(elapsed_ms(t0) < 1000, "{} ms", elapsed_ms(t0));
     drop(fillers);
+}
+
+/// "No limit" spelled `Duration::MAX` must not overflow any deadline arithmetic.
+#[test]
+fn huge_timeouts_do_not_overflow() {
+    let d = start(opts());
+    let c = Client::new(Config {
+        request_timeout: Duration::MAX,
+        connect_timeout: Duration::MAX,
+        breaker_cooldown: Duration::MAX,
+        reconnect_backoff: (Duration::MAX, Duration::MAX),
+        ..config(&d)
+    });
+    assert_status(
+        &c.call(&ping(), Some(Duration::MAX), &Cancel::new()),
+        Status::Ok,
+    );
+    let policy = tbackend_client::RetryPolicy {
+        attempts: 2,
+        base_backoff: Duration::ZERO,
+        max_backoff: Duration::MAX,
+        deadline: Some(Duration::MAX),
+        attempt_timeout: Some(Duration::MAX),
+    };
+    let (o, _) = c.call_with_retries(&ping(), &policy, &Cancel::new());
+    assert_status(&o, Status::Ok);
+    assert!(c
+        .call_batch(&[ping(), ping()], Some(Duration::MAX), &Cancel::new())
+        .iter()
+        .all(|o| o.classified.ok));
 }
