@@ -21,6 +21,9 @@ user_target = ENV.fetch("CARGO_TARGET_DIR", nil) unless ENV["CARGO_TARGET_DIR"].
 target_dir = user_target || File.join(crate_dir, "target")
 cleanup = user_target ? "" : "\trm -rf #{target_dir.shellescape}"
 
+# The library is installed by rename, never overwritten in place: a Ruby process that has
+# it loaded (a console, a test run) would die of SIGBUS when its mapped pages change.
+
 # rb-sys reruns its build script whenever RUBY changes; exporting it when it already
 # matches the `ruby` on PATH would rebuild magnus on every plain `cargo build`.
 this_ruby = RbConfig.ruby
@@ -44,7 +47,8 @@ File.write("Makefile", <<~MAKE)
 
   install: all
   \tmkdir -p $(DESTDIR)$(RUBYARCHDIR)/acts_as_tbackend
-  \tcp #{ext_name}.#{so_ext} $(DESTDIR)$(RUBYARCHDIR)/acts_as_tbackend/#{ext_name}.#{so_ext}
+  \tcp #{ext_name}.#{so_ext} $(DESTDIR)$(RUBYARCHDIR)/acts_as_tbackend/#{ext_name}.#{so_ext}.tmp
+  \tmv -f $(DESTDIR)$(RUBYARCHDIR)/acts_as_tbackend/#{ext_name}.#{so_ext}.tmp $(DESTDIR)$(RUBYARCHDIR)/acts_as_tbackend/#{ext_name}.#{so_ext}
   #{cleanup}
 
   clean:
