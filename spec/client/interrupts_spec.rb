@@ -1,0 +1,177 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "timeout"
+
+# Issue 3, "Ruby threads, the GVL, interrupts": every wait happens with the GVL released
+# and an unblocking function, so Thread#kill, Thread#raise and Timeout interrupt a
+# waiting call promptly — and an interrupted call leaves no answer behind for anyone else.
+RSpec.describe "ActsAsTbackend::Client interrupted calls" do
+  include_context "client spec"
+
+  with_daemon
+
+  # How soon an interrupted waiting call must let its thread go.
+  def prompt = 0.1
+
+  # A thread parked in a call the daemon never answers (request_timeout 5 s).
+  def waiting_call(client)
+    thread = Thread.new { client.ping }
+    eventually(2) { thread.status == "sleep" || !thread.alive? }
+    sleep 0.05
+    expect(thread).to be_alive
+    thread
+  end
+
+  describe "promptness, with a 5 s request_timeout" do
+    let(:client) { client_for(daemon, request_timeout: 5) }
+
+    before do
+      expect(client.ping[:status]).to eq("ok")
+      daemon.control({ "op" => "set", "stall" => true })
+    end
+
+    it "lets Thread#kill end a waiting call within ~0.1 s" do
+      3.times do
+        thread = waiting_call(client)
+        elapsed, = timed do
+          thread.kill
+          thread.join(2)
+        end
+        expect(thread).not_to be_alive
+        expect(elapsed).to be < prompt
+      end
+    end
+
+    it "lets Timeout.timeout end a waiting call on time" do
+      elapsed, = timed do
+        expect { Timeout.timeout(0.05) { client.ping } }.to raise_error(Timeout::Error)
+      end
+      expect(elapsed).to be < 0.05 + prompt
+    end
+
+    it "propagates an exception raised into a waiting thread (Thread#raise, as Rack::Timeout does) " \
+       "instead of returning it as a soft result" do
+      request_timeout = Class.new(RuntimeError)
+      thread = Thread.new do
+        client.ping
+      rescue request_timeout => e
+        e
+      end
+      eventually(2) { thread.status == "sleep" }
+      sleep 0.05
+      elapsed, = timed do
+        thread.raise(request_timeout, "request took too long")
+        thread.join(2)
+      end
+      expect(elapsed).to be < prompt
+      expect(thread.value).to be_a(request_timeout)
+    end
+
+    it "propagates Timeout.timeout's own error class (Timeout.timeout(t, SomeError))" do
+      custom = Class.new(StandardError)
+      elapsed, = timed do
+        expect { Timeout.timeout(0.05, custom) { client.ping } }.to raise_error(custom)
+      end
+      expect(elapsed).to be < 0.05 + prompt
+    end
+  end
+
+  describe "1,000 interrupts during traffic, then 1,000 requests" do
+    def preloaded = 100
+
+    # One call of a random kind, checked against what it must answer. Returns
+    # [kind, id, result, problem or nil].
+    def random_call(client, tag, num)
+      case num % 3
+      when 0
+        id = "intr-#{tag}-#{num}"
+        result = client.write_fact_once(fact(id, store: "intr", key: "k:#{id}"))
+        [:write, id, result, (result.inspect unless result[:status] == "committed_acked")]
+      when 1
+        k = rand(preloaded)
+        result = client.latest_for(store: "pre", key: "pre:#{k}")
+        [:read, "pre-#{k}", result, (result.inspect unless result.dig(:response, :fact, :id) == "pre-#{k}")]
+      else
+        result = client.ping
+        [:ping, nil, result, (result.inspect unless result == { ok: true, status: "ok", committed: nil, retryable: false,
+                                                                response: { ok: true, pong: true }, error: nil })]
+      end
+    end
+
+    it "answers every completed call with its own answer, before, during and after the interrupts" do
+      client = client_for(daemon, request_timeout: 5)
+      pre = Array.new(preloaded) { |k| fact("pre-#{k}", store: "pre", key: "pre:#{k}") }
+      expect(client.write_facts_once(pre).map { |r| r[:status] }.uniq).to eq(["committed_acked"])
+      # Answers come 2 ms late, in order per connection: calls are waiting when hit.
+      daemon.control({ "op" => "set", "delay_ms" => 2 })
+
+      done = Queue.new
+      lock = Mutex.new
+      interrupts = { timeout: 0, kill: 0 }
+      kill_joins = []
+      target = 1_000
+      deadline = monotonic + 40
+      enough = -> { lock.synchronize { interrupts.values.sum >= target } || monotonic > deadline }
+
+      timeouters = Array.new(4) do |t|
+        Thread.new do
+          n = 0
+          until enough.call
+            n += 1
+            begin
+              Timeout.timeout(0.0005 + (rand * 0.02)) { done << random_call(client, "t#{t}", n) }
+            rescue Timeout::Error
+              lock.synchronize { interrupts[:timeout] += 1 }
+            end
+          end
+        end
+      end
+      killer = Thread.new do
+        v = 0
+        until enough.call
+          v += 1
+          victim = Thread.new do
+            n = 0
+            loop { done << random_call(client, "v#{v}", n += 1) }
+          end
+          sleep rand * 0.02
+          joined, = timed do
+            victim.kill
+            victim.join(2)
+          end
+          kill_joins << joined
+          lock.synchronize { interrupts[:kill] += 1 }
+        end
+      end
+      # Calls never interrupted, interleaved with the interrupted ones on the same lane.
+      steady = Array.new(2) do |t|
+        Thread.new do
+          n = 0
+          done << random_call(client, "s#{t}", n += 1) until enough.call
+        end
+      end
+      join_all([*timeouters, killer, *steady], 60)
+      expect(monotonic).to be < deadline, "only #{interrupts.inspect} interrupts in 40 s"
+      expect(interrupts[:timeout]).to be > 100
+      expect(interrupts[:kill]).to be > 100
+      expect(kill_joins.max).to be < 0.5
+      expect(kill_joins.sort[kill_joins.size * 9 / 10]).to be < prompt
+
+      during = Array.new(done.size) { done.pop }
+      expect(during.size).to be > 20
+      expect(during.filter_map(&:last)).to be_empty
+
+      daemon.control({ "op" => "set", "delay_ms" => 0 })
+      after_threads = Array.new(4) { |t| Thread.new { Array.new(250) { |n| random_call(client, "after#{t}", n) } } }
+      after = join_all(after_threads, 60).flatten(1)
+      expect(after.size).to eq(1_000)
+      expect(after.filter_map(&:last)).to be_empty
+
+      writes = (during + after).select { |kind, *| kind == :write }.map { |_, id, result, _| [id, result] }
+      expect(writes.size).to be > 300
+      expect_writes_match_read_back(client, "intr", writes)
+      expect(daemon_status(daemon)["connections_accepted"]).to be <= 2
+    end
+  end
+end
