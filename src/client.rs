@@ -13,17 +13,14 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use magnus::{
-    error::ErrorType, value::ReprValue, Error, RArray, RHash, RString, Ruby, Symbol, TryConvert,
-    Value,
-};
+use magnus::{error::ErrorType, value::ReprValue, Error, RArray, RHash, Ruby, TryConvert, Value};
 use tbackend_client::{tail::Cursor, Cancel, Client, Config, Outcome, Request, RetryPolicy};
 use tbackend_core::protocol::answer::{OpKind, Status};
 use tbackend_core::protocol::request::RequestBuilder;
 
 use crate::answer::{attempts_array, result_hash, soft_result};
 use crate::errors::invalid_fact;
-use crate::fact::epoch_seconds_for;
+use crate::fact::{check_store, epoch_seconds_for, to_s};
 use crate::json::Encoder;
 use crate::nogvl::{without_gvl, NoGvl};
 
@@ -193,6 +190,22 @@ impl RbClient {
         }
     }
 
+    fn read(
+        &self,
+        ruby: &Ruby,
+        builder: RequestBuilder,
+        timeout: Option<f64>,
+    ) -> Result<RHash, Error> {
+        self.one(
+            ruby,
+            Request {
+                op: OpKind::Read,
+                body: builder.finish(),
+            },
+            timeout,
+        )
+    }
+
     fn write_request(
         &self,
         ruby: &Ruby,
@@ -208,11 +221,11 @@ impl RbClient {
         if let Some(d) = durability {
             builder
                 .str("durability", &d)
-                .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+                .map_err(|e| refused(ruby, e))?;
         }
         builder
             .raw("fact", &encoder.out)
-            .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+            .map_err(|e| refused(ruby, e))?;
         Ok(Request {
             op: OpKind::Write,
             body: builder.finish(),
@@ -306,13 +319,10 @@ impl RbClient {
     }
 
     fn read_builder(&self, ruby: &Ruby, op: &str, store: Value) -> Result<RequestBuilder, Error> {
-        let store = ruby_to_s(store)?;
-        tbackend_core::fact::store::validate_store_name(&store)
-            .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        let store = to_s(store)?;
+        check_store(ruby, &store)?;
         let mut builder = self.builder(op);
-        builder
-            .str("store", &store)
-            .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        builder.str("store", &store).map_err(|e| refused(ruby, e))?;
         Ok(builder)
     }
 
@@ -324,9 +334,7 @@ impl RbClient {
     ) -> Result<(), Error> {
         if !value.is_nil() {
             let seconds = epoch_seconds_for(ruby, value)?;
-            builder
-                .f64(key, seconds)
-                .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+            builder.f64(key, seconds).map_err(|e| refused(ruby, e))?;
         }
         Ok(())
     }
@@ -340,17 +348,9 @@ impl RbClient {
         timeout: Option<f64>,
     ) -> Result<RHash, Error> {
         let mut b = rb_self.read_builder(ruby, "latest_for", store)?;
-        b.str("key", &ruby_to_s(key)?)
-            .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        b.str("key", &to_s(key)?).map_err(|e| refused(ruby, e))?;
         Self::time_param(ruby, &mut b, "as_of", as_of)?;
-        rb_self.one(
-            ruby,
-            Request {
-                op: OpKind::Read,
-                body: b.finish(),
-            },
-            timeout,
-        )
+        rb_self.read(ruby, b, timeout)
     }
 
     pub fn facts_for(
@@ -364,19 +364,11 @@ impl RbClient {
     ) -> Result<RHash, Error> {
         let mut b = rb_self.read_builder(ruby, "facts_for", store)?;
         if !key.is_nil() {
-            b.str("key", &ruby_to_s(key)?)
-                .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+            b.str("key", &to_s(key)?).map_err(|e| refused(ruby, e))?;
         }
         Self::time_param(ruby, &mut b, "since", since)?;
         Self::time_param(ruby, &mut b, "as_of", as_of)?;
-        rb_self.one(
-            ruby,
-            Request {
-                op: OpKind::Read,
-                body: b.finish(),
-            },
-            timeout,
-        )
+        rb_self.read(ruby, b, timeout)
     }
 
     pub fn facts_by_seq(
@@ -389,19 +381,11 @@ impl RbClient {
     ) -> Result<RHash, Error> {
         let mut b = rb_self.read_builder(ruby, "facts_by_seq", store)?;
         b.u64("after_seq", after_seq.unwrap_or(0))
-            .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+            .map_err(|e| refused(ruby, e))?;
         if let Some(until) = until_seq {
-            b.u64("until_seq", until)
-                .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+            b.u64("until_seq", until).map_err(|e| refused(ruby, e))?;
         }
-        rb_self.one(
-            ruby,
-            Request {
-                op: OpKind::Read,
-                body: b.finish(),
-            },
-            timeout,
-        )
+        rb_self.read(ruby, b, timeout)
     }
 
     pub fn ping(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<RHash, Error> {
@@ -478,9 +462,8 @@ impl RbClient {
         store: Value,
         timeout: Option<f64>,
     ) -> Result<RArray, Error> {
-        let store = ruby_to_s(store)?;
-        tbackend_core::fact::store::validate_store_name(&store)
-            .map_err(|e| invalid_fact(ruby, e.to_string()))?;
+        let store = to_s(store)?;
+        check_store(ruby, &store)?;
         let timeout = seconds(timeout);
         // The cursor travels into the GVL-free section by value and comes back with it.
         let mut state = cursor.take();
@@ -523,22 +506,11 @@ fn check_fact_store(ruby: &Ruby, fact: Value) -> Result<(), Error> {
         .or_else(|| hash.get(ruby.to_symbol("store")));
     match store {
         Some(store) => {
-            let name = ruby_to_s(store)?;
-            tbackend_core::fact::store::validate_store_name(&name)
-                .map_err(|e| invalid_fact(ruby, e.to_string()))
+            let name = to_s(store)?;
+            check_store(ruby, &name)
         }
         None => Err(invalid_fact(ruby, "fact has no store")),
     }
-}
-
-fn ruby_to_s(value: Value) -> Result<String, Error> {
-    if let Some(s) = RString::from_value(value) {
-        return s.to_string();
-    }
-    if let Some(sym) = Symbol::from_value(value) {
-        return Ok(sym.name()?.into_owned());
-    }
-    value.funcall::<_, _, RString>("to_s", ())?.to_string()
 }
 
 /// A fact that could not be encoded, as the soft, non-retryable result of its write.
@@ -624,4 +596,9 @@ impl RbTailCursor {
             .as_ref()
             .map_or(0, |c| c.skipped())
     }
+}
+
+/// A request the builder refused (a forbidden or duplicate key, a non-finite number).
+fn refused(ruby: &Ruby, error: impl std::fmt::Display) -> Error {
+    invalid_fact(ruby, error.to_string())
 }

@@ -124,7 +124,7 @@ pub fn validate_store_name(ruby: &Ruby, name: Value) -> Result<bool, Error> {
     Ok(true)
 }
 
-fn check_store(ruby: &Ruby, name: &str) -> Result<(), Error> {
+pub fn check_store(ruby: &Ruby, name: &str) -> Result<(), Error> {
     store::validate_store_name(name).map_err(|e| invalid_fact(ruby, e.to_string()))
 }
 
@@ -178,7 +178,8 @@ fn is_a(ruby: &Ruby, value: Value, class: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn to_s(value: Value) -> Result<String, Error> {
+/// `value.to_s` as Rust text (Strings without a method call).
+pub fn to_s(value: Value) -> Result<String, Error> {
     if let Some(s) = RString::from_value(value) {
         return s.to_string();
     }
