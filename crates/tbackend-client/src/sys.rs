@@ -140,6 +140,17 @@ pub(crate) fn poll_socket(sock: RawFd, want_write: bool, wake: Option<RawFd>, ti
     if want_write {
         events |= libc::POLLOUT;
     }
+    poll_with_wake(sock, events, wake, timeout);
+}
+
+/// One `ppoll` over `sock` (for `events`) and the wake fd; drains the wake fd and
+/// returns the socket's `revents` (0 on timeout, signal or wake-up).
+fn poll_with_wake(
+    sock: RawFd,
+    events: libc::c_short,
+    wake: Option<RawFd>,
+    timeout: Duration,
+) -> libc::c_short {
     let mut fds = [
         libc::pollfd {
             fd: sock,
@@ -164,6 +175,11 @@ pub(crate) fn poll_socket(sock: RawFd, want_write: bool, wake: Option<RawFd>, ti
     let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
     if n > 0 && fds[1].revents != 0 {
         eventfd_drain(fds[1].fd);
+    }
+    if n > 0 {
+        fds[0].revents
+    } else {
+        0
     }
 }
 
@@ -228,30 +244,7 @@ pub(crate) fn connect(
 }
 
 fn poll_socket_out(sock: RawFd, wake: Option<RawFd>, timeout: Duration) -> bool {
-    let mut fds = [
-        libc::pollfd {
-            fd: sock,
-            events: libc::POLLOUT,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake.unwrap_or(-1),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    let timeout = if wake.is_some() {
-        timeout
-    } else {
-        timeout.min(Duration::from_millis(2))
-    };
-    let ts = timespec(timeout);
-    // SAFETY: as in `poll_socket`.
-    let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
-    if n > 0 && fds[1].revents != 0 {
-        eventfd_drain(fds[1].fd);
-    }
-    n > 0 && fds[0].revents != 0
+    poll_with_wake(sock, libc::POLLOUT, wake, timeout) != 0
 }
 
 fn sockaddr(addr: &SocketAddr) -> (libc::c_int, libc::sockaddr_storage, libc::socklen_t) {
