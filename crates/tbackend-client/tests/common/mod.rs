@@ -4,12 +4,15 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tbackend_client::{Cancel, Client, Config, OpKind, Outcome, Request, Status};
 use tbackend_core::protocol::request::RequestBuilder;
 use tbackend_testd::harness::locate_binary;
+// Not every test binary polls.
+#[allow(unused_imports)]
+pub use tbackend_testd::harness::wait_until;
 pub use tbackend_testd::{Options, TestDaemon};
 
 /// The daemon binary: `$TBACKEND_TESTD_BIN`, else built here with the cargo running the
@@ -117,20 +120,6 @@ pub fn seq_of(o: &Outcome) -> u64 {
 
 pub fn assert_status(o: &Outcome, status: Status) {
     assert_eq!(o.classified.status, status, "{o:#?}");
-}
-
-/// Polls `f` until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Open data connections the daemon sees (settles first: closes are noticed async).

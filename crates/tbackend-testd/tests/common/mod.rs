@@ -2,9 +2,12 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+// Not every test binary polls.
+#[allow(unused_imports)]
+pub use tbackend_testd::harness::wait_until;
 use tbackend_testd::harness::{Options, TestDaemon};
 
 /// The binary cargo built for these tests.
@@ -90,20 +93,6 @@ pub fn assert_json(case: &str, expected: &Value, actual: &Value, ignore: &[&str]
         cut(expected),
         cut(actual)
     );
-}
-
-/// Polls `f` until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Waits until exactly `open` data connections are open (the server noticed the
