@@ -227,34 +227,14 @@ impl<'r> Encoder<'r> {
     }
 
     fn string(&mut self, s: RString) -> Result<(), EncodeError> {
-        let text = self.utf8(s)?;
-        wire::write_str(&mut self.out, &text);
-        Ok(())
+        let ruby = self.ruby;
+        let out = &mut self.out;
+        with_utf8(ruby, s, |text| wire::write_str(out, text))
     }
 
-    /// The string's text as UTF-8. UTF-8, ASCII and binary strings must already hold valid
-    /// UTF-8 bytes; other encodings are transcoded as JSON.generate would.
+    /// The string's text as an owned UTF-8 String (keys: needed again for error paths).
     fn utf8(&self, s: RString) -> Result<String, EncodeError> {
-        let enc = s.enc_get();
-        let ruby = self.ruby;
-        let source = if enc == ruby.utf8_encindex()
-            || enc == ruby.usascii_encindex()
-            || enc == ruby.ascii8bit_encindex()
-        {
-            s
-        } else {
-            let utf8 = ruby.utf8_encoding();
-            s.conv_enc(utf8)
-                .map_err(|e| EncodeError::invalid(format!("cannot be transcoded to UTF-8 ({e})")))?
-        };
-        // SAFETY: the bytes are copied before any other Ruby call can run.
-        let bytes = unsafe { source.as_slice() }.to_vec();
-        String::from_utf8(bytes).map_err(|e| {
-            EncodeError::invalid(format!(
-                "invalid UTF-8 in a String (byte offset {})",
-                e.utf8_error().valid_up_to()
-            ))
-        })
+        with_utf8(self.ruby, s, str::to_owned)
     }
 
     /// Any other object: exactly what `JSON.generate` in this process makes of it.
@@ -298,6 +278,32 @@ impl<'r> Encoder<'r> {
             EncodeError::Ruby(err)
         }
     }
+}
+
+/// Runs `f` over the string's text as UTF-8, without copying it. UTF-8, ASCII and binary
+/// strings must already hold valid UTF-8 bytes; other encodings are transcoded as
+/// JSON.generate would.
+fn with_utf8<R>(ruby: &Ruby, s: RString, f: impl FnOnce(&str) -> R) -> Result<R, EncodeError> {
+    let enc = s.enc_get();
+    let source = if enc == ruby.utf8_encindex()
+        || enc == ruby.usascii_encindex()
+        || enc == ruby.ascii8bit_encindex()
+    {
+        s
+    } else {
+        s.conv_enc(ruby.utf8_encoding())
+            .map_err(|e| EncodeError::invalid(format!("cannot be transcoded to UTF-8 ({e})")))?
+    };
+    // SAFETY: the slice is used, and dropped, before any other Ruby call can run (`f`
+    // never calls Ruby), so the GC cannot move or free the bytes under it.
+    let bytes = unsafe { source.as_slice() };
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        EncodeError::invalid(format!(
+            "invalid UTF-8 in a String (byte offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    Ok(f(text))
 }
 
 fn bool_of(value: Value) -> Option<bool> {
