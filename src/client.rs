@@ -20,7 +20,7 @@ use tbackend_core::protocol::request::RequestBuilder;
 
 use crate::answer::{attempts_array, result_hash, soft_result};
 use crate::errors::invalid_fact;
-use crate::fact::{check_store, epoch_seconds_for, to_s};
+use crate::fact::{check_store, epoch_seconds, to_s};
 use crate::json::Encoder;
 use crate::nogvl::{without_gvl, NoGvl};
 
@@ -333,7 +333,7 @@ impl RbClient {
         value: Value,
     ) -> Result<(), Error> {
         if !value.is_nil() {
-            let seconds = epoch_seconds_for(ruby, value)?;
+            let seconds = epoch_seconds(ruby, key, value)?;
             builder.f64(key, seconds).map_err(|e| refused(ruby, e))?;
         }
         Ok(())

@@ -128,15 +128,11 @@ pub fn check_store(ruby: &Ruby, name: &str) -> Result<(), Error> {
     store::validate_store_name(name).map_err(|e| invalid_fact(ruby, e.to_string()))
 }
 
-pub fn epoch_seconds_for(ruby: &Ruby, value: Value) -> Result<f64, Error> {
-    epoch_seconds(ruby, "time", value)
-}
-
 /// Float epoch seconds for a time given as Time/TimeWithZone, DateTime, Date (UTC
 /// midnight: a date has no zone, and the machine's must not leak in), Numeric or an
 /// ISO-8601 String. The 0.2 gem called `to_f` on whatever it got: a String became
 /// garbage and a Date raised.
-fn epoch_seconds(ruby: &Ruby, field: &str, value: Value) -> Result<f64, Error> {
+pub fn epoch_seconds(ruby: &Ruby, field: &str, value: Value) -> Result<f64, Error> {
     let bad = |detail: String| invalid_fact(ruby, format!("{field}: {detail}"));
     let seconds = if let Some(f) = Float::from_value(value) {
         f.to_f64()

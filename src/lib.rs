@@ -36,7 +36,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
         "validate_store_name",
         function!(fact::validate_store_name, 1),
     )?;
-    native.define_singleton_method("epoch_seconds", function!(fact::epoch_seconds_for, 1))?;
     native.define_singleton_method("encode_json", function!(json::encode_json, 2))?;
     native.define_singleton_method("error_kind", function!(error_kind, 1))?;
 

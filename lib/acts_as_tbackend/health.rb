@@ -32,8 +32,9 @@ module ActsAsTbackend
       ping = @client.native_call { |native| native.ping(nil) }
       status = status_of(ping)
       report = { ok: status == "ok", status: status, error: ping[:error] }
-      report[:lanes] = @client.stats[:lanes]
-      report[:breaker] = @client.stats[:breaker]
+      stats = @client.stats
+      report[:lanes] = stats[:lanes]
+      report[:breaker] = stats[:breaker]
       report[:daemon] = daemon_facts if status == "ok"
       report
     end
