@@ -8,6 +8,8 @@ require_relative "support"
 
 TOTAL = Integer(ARGV[0] || 1_000_000)
 THREADS = 32
+CHECKPOINT = 100_000
+abort "TOTAL must be at least #{2 * CHECKPOINT} to compare two checkpoints" if TOTAL < 2 * CHECKPOINT
 
 daemon = TbackendSpec::TestDaemon.start(pool_size: 16)
 config = ActsAsTbackend::Config.new
@@ -25,7 +27,7 @@ Array.new(THREADS) do |t|
       # Fresh stores now and then keep the (ephemeral) daemon's memory, not ours, bounded.
       client.write_fact_once(Bench.fact("mem_#{i / 20_000}", "m:#{t}:#{i}", i))
       count = lock.synchronize { done += 1 }
-      if (count % 100_000).zero?
+      if (count % CHECKPOINT).zero?
         GC.start
         lock.synchronize { checkpoints[count] = Bench.rss_kb }
       end
