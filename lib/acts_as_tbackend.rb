@@ -14,6 +14,18 @@ require_relative "acts_as_tbackend/fork_safety"
 
 # Connects Rails apps to TBackend, a temporal-ledger daemon, through a native core.
 module ActsAsTbackend
+  # The Rails-facing layer loads on first use, so a plain `require "acts_as_tbackend"`
+  # (scripts, Sidekiq without Rails) stays small.
+  autoload :Sanitizer, "acts_as_tbackend/sanitizer"
+  autoload :Mirror, "acts_as_tbackend/mirror"
+  autoload :FailurePolicy, "acts_as_tbackend/failure_policy"
+  autoload :MirrorFailure, "acts_as_tbackend/failure_policy"
+  autoload :OutboxIntent, "acts_as_tbackend/outbox_intent"
+  autoload :OutboxFlusher, "acts_as_tbackend/outbox_flusher"
+  autoload :AsyncWriter, "acts_as_tbackend/async_writer"
+  autoload :Instrumentation, "acts_as_tbackend/instrumentation"
+  autoload :MirrorRetryJob, "acts_as_tbackend/mirror_retry_job"
+
   @config_lock = Mutex.new
   @client_lock = Mutex.new
 
