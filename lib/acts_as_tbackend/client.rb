@@ -21,37 +21,50 @@ module ActsAsTbackend
     end
 
     def write_fact_once(fact, durability: nil, timeout: nil)
-      call { |n| n.write_fact_once(fact, durability(durability), timeout) }
+      durability = durability(durability)
+      instrumented(:write_fact_once, fact, durability: durability) do
+        call { |n| n.write_fact_once(fact, durability, timeout) }
+      end
     end
 
     # Retries unavailable, timeout_unknown and rejected_before_commit with exponential
     # backoff and full jitter, inside one overall deadline, never holding a lane while it
     # sleeps. The last result carries `attempt_count:` and `attempts:`.
     def write_fact_once_safe(fact, durability: nil, timeout: nil, attempts: 2, backoff: 0.05)
-      call { |n| n.write_fact_once_safe(fact, durability(durability), timeout, Integer(attempts), Float(backoff)) }
+      durability = durability(durability)
+      result = instrumented(:write_fact_once_safe, fact, durability: durability) do
+        call { |n| n.write_fact_once_safe(fact, durability, timeout, Integer(attempts), Float(backoff)) }
+      end
+      publish_retry(fact, result) if result[:attempt_count].to_i > 1
+      result
     end
 
     # One soft result per fact, in order, pipelined across lanes: the way to backfill at
     # full daemon speed from one thread.
     def write_facts_once(facts, durability: nil, timeout: nil)
       facts = facts.to_a
-      call(count: facts.size) { |n| n.write_facts_once(facts, durability(durability), timeout) }
+      durability = durability(durability)
+      instrumented(:write_facts_once, nil, count: facts.size, durability: durability) do
+        call(count: facts.size) { |n| n.write_facts_once(facts, durability, timeout) }
+      end
     end
 
     def latest_for(store:, key:, as_of: nil, timeout: nil)
-      call { |n| n.latest_for(store, key, as_of, timeout) }
+      instrumented(:latest_for, nil, store: store) { call { |n| n.latest_for(store, key, as_of, timeout) } }
     end
 
     def facts_for(store:, key: nil, since: nil, as_of: nil, timeout: nil)
-      call { |n| n.facts_for(store, key, since, as_of, timeout) }
+      instrumented(:facts_for, nil, store: store) { call { |n| n.facts_for(store, key, since, as_of, timeout) } }
     end
 
     def facts_by_seq(store:, after_seq: 0, until_seq: nil, timeout: nil)
-      call { |n| n.facts_by_seq(store, after_seq, until_seq, timeout) }
+      instrumented(:facts_by_seq, nil, store: store) do
+        call { |n| n.facts_by_seq(store, after_seq, until_seq, timeout) }
+      end
     end
 
     def ping(timeout: nil)
-      call { |n| n.ping(timeout) }
+      instrumented(:ping) { call { |n| n.ping(timeout) } }
     end
 
     # A gap-safe tail over facts_by_seq (see Tail).
@@ -103,11 +116,51 @@ module ActsAsTbackend
       return config_error(count) unless @native
 
       result = yield @native
+      track_breaker(count ? result.last : result)
       redact_errors!(count ? result : [result])
       raise_transport!(result, count) if strict
       result
     rescue *SOFT_ERRORS => e
       soft_error(e, count)
+    end
+
+    # Only names and ids reach subscribers, never a value or the token.
+    def instrumented(event, fact = nil, **payload, &)
+      return yield unless Instrumentation.listening?(event)
+
+      if fact.respond_to?(:[])
+        payload[:store] ||= fact["store"] || fact[:store]
+        payload[:fact_id] = fact["id"] || fact[:id]
+      end
+      Instrumentation.instrument(event, payload, &)
+    end
+
+    def publish_retry(fact, result)
+      return unless Instrumentation.listening?(:retry)
+
+      Instrumentation.publish(
+        :retry,
+        store: fact["store"] || fact[:store], fact_id: fact["id"] || fact[:id],
+        attempt_count: result[:attempt_count], statuses: Array(result[:attempts]).map { |one| one[:status] }
+      )
+    end
+
+    BREAKER_STATUSES = %w[unavailable timeout_unknown circuit_open].freeze
+    private_constant :BREAKER_STATUSES
+
+    # Breaker transitions become notifications. The native state is read only after a
+    # failure, or while the breaker was last seen open, so healthy calls pay nothing.
+    def track_breaker(result)
+      return unless @breaker_open || BREAKER_STATUSES.include?(result.is_a?(Hash) ? result[:status] : nil)
+
+      breaker = @native.stats[:breaker] || {}
+      open = breaker[:state] != "closed"
+      return if open == (@breaker_open || false)
+
+      @breaker_open = open
+      event = open ? :breaker_open : :breaker_closed
+      details = open ? breaker.slice(:consecutive_failures, :opens) : {}
+      Instrumentation.publish(event, host: config.host, port: config.port, **details)
     end
 
     def redact_errors!(results)

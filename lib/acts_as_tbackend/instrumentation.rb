@@ -1,0 +1,68 @@
+# frozen_string_literal: true
+
+module ActsAsTbackend
+  # ActiveSupport::Notifications events, named "<event>.acts_as_tbackend":
+  #
+  # | event                  | payload                                                       |
+  # |------------------------|---------------------------------------------------------------|
+  # | write_fact_once        | store, fact_id, durability, status, ok                        |
+  # | write_fact_once_safe   | same, plus attempt_count                                      |
+  # | write_facts_once       | count, durability, statuses (status => count), ok (all ok)    |
+  # | latest_for, facts_for  | store, status, ok                                             |
+  # | facts_by_seq, ping     | store (not for ping), status, ok                              |
+  # | retry                  | store, fact_id, attempt_count, statuses (one per attempt)     |
+  # | breaker_open           | host, port, consecutive_failures, opens                       |
+  # | breaker_closed         | host, port                                                    |
+  # | mirror                 | store, event_type, fact_id, async, status, ok                 |
+  # | enqueue                | store, fact_id, status, ok (async writer)                     |
+  #
+  # Payloads never carry fact values or the token: subscribers (log shippers, APM agents)
+  # often forward whole payloads. Without ActiveSupport, or with no subscriber for an
+  # event, instrumenting costs one hash lookup and the block runs bare.
+  module Instrumentation
+    NAMESPACE = "acts_as_tbackend"
+
+    module_function
+
+    # Runs the block inside a notification when someone listens for the event, filling
+    # `status`/`ok` from the block's soft result. Returns the block's value.
+    def instrument(event, payload = {})
+      notifier = self.notifier
+      name = "#{event}.#{NAMESPACE}"
+      return yield(payload) unless notifier&.listening?(name)
+
+      ActiveSupport::Notifications.instrument(name, payload) do
+        result = yield(payload)
+        describe_result(payload, result)
+        result
+      end
+    end
+
+    # A notification with nothing to time (state changes).
+    def publish(event, payload = {})
+      name = "#{event}.#{NAMESPACE}"
+      ActiveSupport::Notifications.instrument(name, payload) if notifier&.listening?(name)
+      nil
+    end
+
+    def listening?(event)
+      notifier&.listening?("#{event}.#{NAMESPACE}") ? true : false
+    end
+
+    def notifier
+      ActiveSupport::Notifications.notifier if defined?(ActiveSupport::Notifications)
+    end
+
+    def describe_result(payload, result)
+      case result
+      when Hash
+        payload[:status] = result[:status]
+        payload[:ok] = result[:ok]
+        payload[:attempt_count] = result[:attempt_count] if result.key?(:attempt_count)
+      when Array
+        payload[:statuses] = result.each_with_object(Hash.new(0)) { |one, tally| tally[one[:status]] += 1 }
+        payload[:ok] = result.all? { |one| one[:ok] }
+      end
+    end
+  end
+end

@@ -1,0 +1,90 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "active_support/notifications"
+
+# Issue 4: ActiveSupport::Notifications events for writes, reads, retries and breaker
+# state changes, whose payloads never carry a value or the token.
+RSpec.describe ActsAsTbackend::Instrumentation do
+  include_context "client spec"
+
+  # An ephemeral test daemon started with --auth accepts this admin token.
+  let(:token) { "ephemeral_dev_admin" }
+
+  def capture(pattern = /\.acts_as_tbackend\z/)
+    events = []
+    subscriber = ActiveSupport::Notifications.subscribe(pattern) do |*args|
+      events << ActiveSupport::Notifications::Event.new(*args)
+    end
+    yield
+    events
+  ensure
+    ActiveSupport::Notifications.unsubscribe(subscriber)
+  end
+
+  def expect_no_secrets(events)
+    dumped = events.map { |e| e.payload.inspect }.join
+    expect(dumped).not_to include("very secret value")
+    expect(dumped).not_to include(token)
+  end
+
+  it "times every client call under <op>.acts_as_tbackend with names, ids and statuses only" do
+    TbackendSpec::TestDaemon.with(auth: true) do |d|
+      client = client_for(d, token: token)
+      id = unique
+      events = capture do
+        client.write_fact_once(fact(id, value: { "secret" => "very secret value" }))
+        client.write_facts_once([fact(unique), fact(id, value: { "secret" => "very secret value" })])
+        client.latest_for(store: "specs", key: "key:#{id}")
+        client.facts_for(store: "specs", key: "key:#{id}")
+        client.facts_by_seq(store: "specs")
+        client.ping
+      end
+      by_name = events.to_h { |e| [e.name, e] }
+      expect(by_name.keys).to contain_exactly(
+        "write_fact_once.acts_as_tbackend", "write_facts_once.acts_as_tbackend", "latest_for.acts_as_tbackend",
+        "facts_for.acts_as_tbackend", "facts_by_seq.acts_as_tbackend", "ping.acts_as_tbackend"
+      )
+      expect(by_name["write_fact_once.acts_as_tbackend"].payload)
+        .to eq(store: "specs", fact_id: id, durability: "accepted", status: "committed_acked", ok: true)
+      expect(by_name["write_facts_once.acts_as_tbackend"].payload)
+        .to include(count: 2, statuses: { "committed_acked" => 1, "idempotent_replay" => 1 }, ok: true)
+      expect(by_name["latest_for.acts_as_tbackend"].payload).to include(store: "specs", status: "ok", ok: true)
+      expect(events).to all(satisfy { |e| e.duration >= 0 })
+      expect_no_secrets(events)
+    end
+  end
+
+  it "reports retries and the breaker opening, then closing once the daemon is back" do
+    port = closed_port
+    client_for(Struct.new(:port).new(port), breaker_threshold: 2, breaker_cooldown: 0.2, connect_timeout: 0.2)
+    client = ActsAsTbackend.client
+    events = capture do
+      client.write_fact_once_safe(fact(unique), attempts: 2, backoff: 0.001)
+      client.ping
+      expect(client.ping[:status]).to eq("circuit_open")
+    end
+    names = events.map(&:name)
+    expect(names).to include("retry.acts_as_tbackend", "breaker_open.acts_as_tbackend")
+    expect(names.count("breaker_open.acts_as_tbackend")).to eq(1)
+    retry_event = events.find { |e| e.name == "retry.acts_as_tbackend" }
+    expect(retry_event.payload).to include(store: "specs", attempt_count: 2, statuses: %w[unavailable unavailable])
+    opened = events.find { |e| e.name == "breaker_open.acts_as_tbackend" }
+    expect(opened.payload).to include(host: "127.0.0.1", port: port, opens: 1)
+
+    TbackendSpec::TestDaemon.with(port: port) do
+      closed = capture do
+        eventually(5) { client.ping[:ok] }
+      end
+      expect(closed.map(&:name)).to include("breaker_closed.acts_as_tbackend")
+    end
+  end
+
+  it "costs nothing visible without subscribers: calls return the same soft results" do
+    TbackendSpec::TestDaemon.with do |d|
+      client = client_for(d)
+      expect(ActsAsTbackend::Instrumentation.listening?(:write_fact_once)).to be(false)
+      expect(client.write_fact_once(fact(unique))).to include(ok: true, status: "committed_acked")
+    end
+  end
+end
