@@ -78,3 +78,5 @@ module ActsAsTbackend
     end
   end
 end
+
+require_relative "acts_as_tbackend/railtie" if defined?(Rails::Railtie)

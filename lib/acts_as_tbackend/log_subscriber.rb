@@ -1,0 +1,63 @@
+# frozen_string_literal: true
+
+require "active_support/log_subscriber"
+
+module ActsAsTbackend
+  # Turns the acts_as_tbackend notifications into log lines: calls at debug, failures,
+  # retries and breaker changes at warn/info. It logs what the payloads carry — names, ids,
+  # statuses, durations — so values and tokens cannot reach a log by default. The Railtie
+  # attaches it; elsewhere: `ActsAsTbackend::LogSubscriber.attach_to :acts_as_tbackend`.
+  class LogSubscriber < ActiveSupport::LogSubscriber
+    CALLS = %i[write_fact_once write_fact_once_safe write_facts_once latest_for facts_for facts_by_seq ping mirror enqueue].freeze
+    # Outcomes that are not failures, whatever `ok` says.
+    QUIET_STATUSES = %w[disabled enqueued].freeze
+
+    CALLS.each do |call|
+      define_method(call) { |event| log_call(call, event) }
+    end
+
+    def retry(event)
+      payload = event.payload
+      statuses = Array(payload[:statuses]).join(",")
+      info do
+        "TBackend retry store=#{payload[:store]} id=#{payload[:fact_id]} attempts=#{payload[:attempt_count]} statuses=#{statuses}"
+      end
+    end
+
+    def breaker_open(event)
+      payload = event.payload
+      warn do
+        "TBackend circuit breaker open for #{payload[:host]}:#{payload[:port]} after #{payload[:consecutive_failures]} failures"
+      end
+    end
+
+    def breaker_closed(event)
+      info { "TBackend circuit breaker closed for #{event.payload[:host]}:#{event.payload[:port]}" }
+    end
+
+    private
+
+    def log_call(call, event)
+      payload = event.payload
+      line = describe(call, event)
+      if payload[:ok] == false && !QUIET_STATUSES.include?(payload[:status])
+        warn { line }
+      else
+        debug { line }
+      end
+    end
+
+    def describe(call, event)
+      payload = event.payload
+      parts = ["TBackend #{call} (#{event.duration.round(1)}ms)"]
+      %i[store event_type fact_id count durability status statuses].each do |field|
+        next if payload[field].nil?
+
+        value = payload[field]
+        value = value.map { |status, n| "#{status}:#{n}" }.join(",") if value.is_a?(Hash)
+        parts << "#{field == :fact_id ? 'id' : field}=#{value}"
+      end
+      parts.join(" ")
+    end
+  end
+end

@@ -1,0 +1,77 @@
+# frozen_string_literal: true
+
+require "rails/railtie"
+require "yaml"
+require "erb"
+
+module ActsAsTbackend
+  # Rails wiring with no app code: settings from config/tbackend.yml and
+  # `config.x.tbackend`, the `acts_as_tbackend` macro on every model, log lines for the
+  # notifications, and the rake tasks. Fork safety needs nothing here: the Process._fork
+  # hook (fork_safety.rb) gives every Puma worker, Sidekiq process or Spring child fresh
+  # connections by itself.
+  #
+  # Precedence, lowest first: ENV, config/tbackend.yml (the section for Rails.env),
+  # `config.x.tbackend`, then config/initializers (`ActsAsTbackend.configure`).
+  class Railtie < Rails::Railtie
+    initializer "acts_as_tbackend.settings", before: :load_config_initializers do |app|
+      Railtie.apply_settings(Railtie.settings_for(app))
+    end
+
+    initializer "acts_as_tbackend.log_subscriber" do
+      require "acts_as_tbackend/log_subscriber"
+      ActsAsTbackend::LogSubscriber.attach_to :acts_as_tbackend
+    end
+
+    initializer "acts_as_tbackend.active_record" do
+      ActiveSupport.on_load(:active_record) { require "acts_as_tbackend/extension" }
+    end
+
+    rake_tasks do
+      load File.expand_path("tasks/tbackend.rake", __dir__)
+    end
+
+    class << self
+      # YAML (with ERB) for the current environment, then `config.x.tbackend` on top.
+      def settings_for(app)
+        settings = {}
+        path = app.root.join("config", "tbackend.yml")
+        settings.merge!(yaml_settings(path, Rails.env)) if path.file?
+        settings.merge!(x_settings(app.config.x.tbackend))
+        settings
+      end
+
+      # A bad setting does not stop the app from booting: it lands in `config.errors`,
+      # so `health` (and `rake tbackend:health` in a deploy) reports `config_error`.
+      def apply_settings(settings)
+        return if settings.empty?
+
+        config = ActsAsTbackend.config
+        settings.each do |name, value|
+          setter = :"#{name}="
+          unless Config::SETTINGS.key?(name.to_sym)
+            config.errors << "#{name}: unknown setting (known: #{Config::SETTINGS.keys.join(', ')})"
+            next
+          end
+          config.public_send(setter, value)
+        rescue ConfigurationError => e
+          config.errors << "#{name}: #{e.message}"
+        end
+        ActsAsTbackend.reset!
+      end
+
+      private
+
+      def yaml_settings(path, env)
+        all = YAML.safe_load(ERB.new(path.read).result, aliases: true) || {}
+        section = all.is_a?(Hash) ? all[env.to_s] : nil
+        section.is_a?(Hash) ? section.transform_keys(&:to_sym) : {}
+      end
+
+      def x_settings(options)
+        hash = options.respond_to?(:to_h) ? options.to_h : {}
+        hash.transform_keys(&:to_sym)
+      end
+    end
+  end
+end

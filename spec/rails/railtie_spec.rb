@@ -1,0 +1,85 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "tmpdir"
+
+# Issue 4, Rails: the Railtie reads config/tbackend.yml and config.x.tbackend, attaches
+# the log subscriber, and `rake tbackend:health` gates deploys with its exit status.
+RSpec.describe "ActsAsTbackend::Railtie" do
+  include TbackendSpec::ClientHelpers
+
+  around do |example|
+    Dir.mktmpdir("tbackend-rails") do |dir|
+      @app = TbackendSpec::RailsApp.create(dir)
+      example.run
+    end
+  end
+
+  attr_reader :app
+
+  def boot(code, env: {})
+    out, status = TbackendSpec::RailsApp.boot_and_run(app, code, env: env)
+    expect(status).to be_success, out
+    out
+  end
+
+  it "applies config/tbackend.yml for Rails.env, with config.x.tbackend on top" do
+    out = boot("c = ActsAsTbackend.config; puts [c.port, c.producer, c.request_timeout, c.errors].inspect",
+               env: { "TBACKEND_TEST_PORT" => "7555" })
+    expect(out.lines.last.strip).to eq('[7555, "dummy-from-yaml", 1.5, []]')
+
+    out = boot("puts ActsAsTbackend.config.producer", env: { "X_TBACKEND_PRODUCER" => "from-x" })
+    expect(out.lines.last.strip).to eq("from-x")
+  end
+
+  it "turns a bad setting into a config_error the health check reports, without stopping the boot" do
+    out = boot("h = ActsAsTbackend.health; puts [h[:status], h[:error]].inspect", env: { "X_TBACKEND_BOGUS" => "1" })
+    expect(out.lines.last).to include('"config_error"', "bogus_setting: unknown setting")
+  end
+
+  it "logs client calls through Rails.logger with names and statuses, never values" do
+    TbackendSpec::TestDaemon.with do |d|
+      log = File.join(app, "test.log")
+      boot(<<~RUBY, env: { "TBACKEND_TEST_PORT" => d.port.to_s, "RAILS_LOG" => log })
+        fact = ActsAsTbackend::Fact.build(id: "log-1", store: "logged", key: "k", value: { "card" => "4111-secret" })
+        ActsAsTbackend.client.write_fact_once(fact)
+      RUBY
+      text = File.read(log)
+      expect(text).to match(/TBackend write_fact_once \([\d.]+ms\) store=logged id=log-1 durability=accepted/)
+      expect(text).to include("status=committed_acked")
+      expect(text).not_to include("4111-secret")
+    end
+  end
+
+  describe "rake tbackend:health" do
+    it "prints the report and exits 0 when the daemon answers" do
+      TbackendSpec::TestDaemon.with do |d|
+        out, status = TbackendSpec::RailsApp.rake(app, "tbackend:health", env: { "TBACKEND_TEST_PORT" => d.port.to_s })
+        expect(status).to be_success, out
+        expect(out).to include('"status": "ok"')
+      end
+    end
+
+    it "exits non-zero when the daemon is down" do
+      out, status = TbackendSpec::RailsApp.rake(app, "tbackend:health", env: { "TBACKEND_TEST_PORT" => closed_port.to_s })
+      expect(status).not_to be_success
+      expect(out).to include('"status": "down"')
+    end
+  end
+
+  it "rake tbackend:tail[store] prints a store's facts in seq order, resumable" do
+    TbackendSpec::TestDaemon.with do |d|
+      client_for(d)
+      ids = Array.new(5) { |i| "tail-#{i}" }
+      ids.each { |id| ActsAsTbackend.client.write_fact_once(fact(id, store: "tailed")) }
+      out, status = TbackendSpec::RailsApp.rake(app, "tbackend:tail[tailed,2]",
+                                                env: { "TBACKEND_TEST_PORT" => d.port.to_s, "LIMIT" => "3" })
+      expect(status).to be_success, out
+      printed = out.lines.filter_map { |line| JSON.parse(line) if line.start_with?("{") }
+      expect(printed.map { |f| f["id"] }).to eq(ids.last(3))
+      expect(out).to include("resume with after_seq=5")
+    ensure
+      ActsAsTbackend.reset!
+    end
+  end
+end
