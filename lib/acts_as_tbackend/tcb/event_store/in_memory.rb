@@ -1,0 +1,124 @@
+# frozen_string_literal: true
+
+module TCB
+  module EventStore
+    # The reference store: every other store answers the same calls the same way (the
+    # store lint specs run against all of them). Thread-safe; `transaction` rolls back
+    # every append made inside its block when the block raises.
+    class InMemory
+      def initialize
+        @lock = Monitor.new
+        @streams = {}
+        @by_event_id = {}
+      end
+
+      # Nothing to prepare: every context lives in the same hashes.
+      def register_domain(_domain_module); end
+
+      # `expected_version`: nil skips the check; :none or 0 requires an empty stream; an
+      # Integer n requires the stream to be at version n. On a mismatch nothing is appended.
+      def append(stream_id:, events:, occurred_at: Time.now, correlation_id: nil, causation_id: nil, expected_version: nil)
+        stream_id = StreamId.parse(stream_id.to_s).to_s
+        occurred_at = occurred_at.getutc
+        @lock.synchronize do
+          stream = @streams.fetch(stream_id, [])
+          check_version!(stream_id, stream.size, expected_version)
+          envelopes = events.each_with_index.map do |event, index|
+            Envelope.new(event: event, event_id: SecureRandom.uuid, stream_id: stream_id, version: stream.size + index + 1,
+                         occurred_at: occurred_at, correlation_id: correlation_id, causation_id: causation_id)
+          end
+          store(stream_id, stream, envelopes) unless envelopes.empty?
+          envelopes
+        end
+      end
+
+      def read(stream_id, from_version: nil, to_version: nil, occurred_after: nil, limit: nil, order: :asc)
+        raise ArgumentError, "order must be :asc or :desc, got #{order.inspect}" unless %i[asc desc].include?(order)
+
+        # `fetch` with a default, never a defaulting Hash: reading an unknown stream must
+        # not create it (tcb 0.6.2 grew a hash entry per unknown stream read).
+        stream = @lock.synchronize { @streams.fetch(stream_id.to_s, nil)&.dup } || []
+        selected = stream.select { |envelope| matches?(envelope, from_version, to_version, occurred_after) }
+        selected.reverse! if order == :desc
+        limit ? selected.first(limit) : selected
+      end
+
+      # Exact context match: "orders" never returns "orders_archive" events.
+      def read_by_correlation(correlation_id, context:, occurred_after: nil, occurred_before: nil)
+        context = context.to_s
+        all = @lock.synchronize { @by_event_id.values }
+        chain = all.select do |envelope|
+          envelope.correlation_id == correlation_id &&
+            StreamId.parse(envelope.stream_id).context == context &&
+            (occurred_after.nil? || envelope.occurred_at > occurred_after) &&
+            (occurred_before.nil? || envelope.occurred_at < occurred_before)
+        end
+        chain.sort_by { |envelope| [envelope.occurred_at, envelope.stream_id, envelope.version] }
+      end
+
+      def read_by_event_ids(event_ids)
+        @lock.synchronize do
+          event_ids.each_with_object({}) do |event_id, found|
+            envelope = @by_event_id[event_id.to_s]
+            found[envelope.event_id] = envelope if envelope
+          end
+        end
+      end
+
+      def stream_ids
+        @lock.synchronize { @streams.keys }
+      end
+
+      # Appends made inside the block vanish if it raises. Nested calls join the outer one.
+      def transaction
+        @lock.synchronize do
+          return yield if @snapshot
+
+          @snapshot = [@streams.transform_values(&:dup), @by_event_id.dup]
+          begin
+            yield
+          rescue Exception # rubocop:disable Lint/RescueException -- Thread#raise/kill must roll back too
+            @streams, @by_event_id = @snapshot
+            raise
+          ensure
+            @snapshot = nil
+          end
+        end
+      end
+
+      def reset!
+        @lock.synchronize do
+          @streams = {}
+          @by_event_id = {}
+        end
+        nil
+      end
+
+      private
+
+      def check_version!(stream_id, actual, expected)
+        return if expected.nil?
+
+        wanted = expected == :none ? 0 : expected
+        unless wanted.is_a?(Integer) && wanted >= 0
+          raise ArgumentError,
+                "expected_version must be nil, :none or an Integer >= 0, got #{expected.inspect}"
+        end
+        return if wanted == actual
+
+        raise WrongExpectedVersion.new(stream_id: stream_id, expected_version: expected, actual_version: actual)
+      end
+
+      def store(stream_id, stream, envelopes)
+        @streams[stream_id] = stream + envelopes
+        envelopes.each { |envelope| @by_event_id[envelope.event_id] = envelope }
+      end
+
+      def matches?(envelope, from_version, to_version, occurred_after)
+        (from_version.nil? || envelope.version >= from_version) &&
+          (to_version.nil? || envelope.version <= to_version) &&
+          (occurred_after.nil? || envelope.occurred_at > occurred_after)
+      end
+    end
+  end
+end
