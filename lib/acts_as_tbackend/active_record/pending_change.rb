@@ -1,0 +1,93 @@
+# frozen_string_literal: true
+
+module ActsAsTbackend
+  module Model
+    # One captured change of a record, enlisted in the ActiveRecord transaction it
+    # happened in, the way a record enlists for after_commit. ActiveRecord then decides
+    # its fate: a released savepoint hands it to the parent transaction, the outermost
+    # commit calls `committed!` (exactly once), any rollback that covers it calls
+    # `rolledback!`. The fact is built when the change is saved, so it holds the state
+    # that was written even if the object changes again before the commit.
+    class PendingChange
+      # Captures the change of `record` and enlists it. Never raises: a change that
+      # cannot become a fact (a raising `if:`, a NaN) is enlisted as its soft error and
+      # reported through the failure policy after the commit, like a failed write.
+      def self.capture(record, options, event_type)
+        change = build(record, options, event_type)
+        enlist(record.class.connection, change) if change
+      end
+
+      # nil when `if:`/`unless:` skip the change.
+      def self.build(record, options, event_type)
+        return unless options.mirror?(record)
+
+        fact = Mirror.build_fact(record: record, store: options.store, event_type: event_type,
+                                 key: options.key_for(record), tombstone: event_type == "destroy",
+                                 **options.sanitizer_options)
+        new(options, event_type, fact: fact)
+      rescue StandardError => e
+        new(options, event_type, failure: Mirror.error_result(e))
+      end
+
+      def self.enlist(connection, change)
+        if connection.transaction_open?
+          connection.add_transaction_record(change)
+        else
+          change.committed!
+        end
+      end
+
+      attr_reader :fact, :event_type
+
+      def initialize(options, event_type, fact: nil, failure: nil)
+        @store = options.store
+        @durability = options.durability
+        @async = options.async?
+        @event_type = event_type
+        @fact = fact
+        @failure = failure
+        @settled = false
+      end
+
+      # The outermost transaction committed. `should_run_callbacks: false` means another
+      # record's after_commit raised first: the change is committed all the same, so it is
+      # still written, but nothing may be raised from there.
+      def committed!(should_run_callbacks: true)
+        deliver(raise_failures: should_run_callbacks)
+      end
+
+      def rolledback!(force_restore_state: false, should_run_callbacks: true) # rubocop:disable Lint/UnusedMethodArgument
+        @settled = true
+        nil
+      end
+
+      def before_committed!; end
+
+      def trigger_transactional_callbacks?
+        true
+      end
+
+      private
+
+      # Only MirrorFailure (the raise_in_test policy) ever leaves this method.
+      def deliver(raise_failures:)
+        return if @settled
+
+        @settled = true
+        FailurePolicy.apply(@failure || write, context: { store: @store, event_type: @event_type })
+      rescue MirrorFailure
+        raise if raise_failures
+      rescue StandardError
+        nil # a failure report that itself failed (a closed $stderr): the app's commit stands
+      end
+
+      def write
+        Mirror.write(@fact, store: @store, event_type: @event_type, durability: @durability, async: @async)
+      rescue TransportError => e
+        e.result || Mirror.error_result(e)
+      rescue StandardError => e
+        Mirror.error_result(e)
+      end
+    end
+  end
+end

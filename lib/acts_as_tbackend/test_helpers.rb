@@ -1,0 +1,188 @@
+# frozen_string_literal: true
+
+require "acts_as_tbackend"
+
+module ActsAsTbackend
+  # Opt-in helpers for app test suites (`require "acts_as_tbackend/test_helpers"`): a fake
+  # client that answers from a queue and records every call, a way to swap it in, and an
+  # assertion for facts. Use them as module functions or `include` them.
+  module TestHelpers
+    # Raised by assert_tbackend_fact; the message lists every mismatch, joined by "; ".
+    class AssertionFailed < StandardError; end
+
+    # Stands in for ActsAsTbackend.client. Each call takes the next queued result (an
+    # empty queue answers status `ok`); thread-safe, so it serves threaded code too.
+    class FakeClient
+      # status => [ok, committed, retryable], as the real client reports them.
+      DEFAULTS = {
+        "committed_acked" => [true, true, false],
+        "idempotent_replay" => [true, true, false],
+        "duplicate_fact_id_conflict" => [false, false, false],
+        "rejected_before_commit" => [false, false, true],
+        "unavailable" => [false, nil, true],
+        "circuit_open" => [false, nil, true],
+        "timeout_unknown" => [false, nil, nil],
+        "ok" => [true, nil, false],
+        "disabled" => [true, nil, false]
+      }.freeze
+      UNKNOWN_STATUS = [false, nil, false].freeze
+
+      attr_reader :config
+
+      def initialize(config = ActsAsTbackend.config)
+        @config = config
+        @lock = Mutex.new
+        @queue = []
+        @calls = []
+      end
+
+      # Queues the answer for a later call; chainable. Extra keywords override or add
+      # result fields (`seq_id: 7`).
+      def queue_result(status:, response: nil, error: nil, **overrides)
+        ok, committed, retryable = DEFAULTS.fetch(status.to_s, UNKNOWN_STATUS)
+        result = { ok: ok, status: status.to_s, committed: committed, retryable: retryable,
+                   response: response, error: error }.merge(overrides)
+        @lock.synchronize { @queue << result }
+        self
+      end
+
+      # Every call so far, oldest first: `{method:, args:, kwargs:}`.
+      def calls
+        @lock.synchronize { @calls.dup }
+      end
+
+      def queued_count
+        @lock.synchronize { @queue.size }
+      end
+
+      def write_fact_once(fact, durability: nil, timeout: nil)
+        answer(:write_fact_once, [fact], durability: durability, timeout: timeout)
+      end
+
+      def write_fact_once_safe(fact, durability: nil, timeout: nil, attempts: 2, backoff: 0.05)
+        result = answer(:write_fact_once_safe, [fact], durability: durability, timeout: timeout,
+                                                       attempts: attempts, backoff: backoff)
+        summary = result.slice(:ok, :status, :committed, :retryable)
+        result.merge(attempt_count: result.fetch(:attempt_count, 1), attempts: result.fetch(:attempts, [summary]))
+      end
+
+      # One queued result per fact, recorded as one call.
+      def write_facts_once(facts, durability: nil, timeout: nil)
+        facts = facts.to_a
+        @lock.synchronize do
+          record(:write_facts_once, [facts], durability: durability, timeout: timeout)
+          facts.map { next_result }
+        end
+      end
+
+      def latest_for(store:, key:, as_of: nil, timeout: nil)
+        answer(:latest_for, [], store: store, key: key, as_of: as_of, timeout: timeout)
+      end
+
+      def facts_for(store:, key: nil, since: nil, as_of: nil, timeout: nil)
+        answer(:facts_for, [], store: store, key: key, since: since, as_of: as_of, timeout: timeout)
+      end
+
+      def facts_by_seq(store:, after_seq: 0, until_seq: nil, timeout: nil)
+        answer(:facts_by_seq, [], store: store, after_seq: after_seq, until_seq: until_seq, timeout: timeout)
+      end
+
+      def ping(timeout: nil)
+        answer(:ping, [], timeout: timeout)
+      end
+
+      # Reports a healthy daemon (or `disabled`), without taking a queued result.
+      def health
+        @lock.synchronize { record(:health, []) }
+        enabled = config.enabled?
+        { enabled: enabled, host: config.host, port: config.port, durability_default: config.durability_default,
+          strict: config.strict, failure_policy: config.failure_policy,
+          ok: true, status: enabled ? "ok" : "disabled", error: nil }
+      end
+
+      def shutdown
+        @lock.synchronize { record(:shutdown, []) }
+        nil
+      end
+
+      def inspect
+        "#<#{self.class.name} queued=#{queued_count} calls=#{calls.size}>"
+      end
+
+      private
+
+      def answer(method, args, **kwargs)
+        @lock.synchronize do
+          record(method, args, **kwargs)
+          next_result
+        end
+      end
+
+      def record(method, args, **kwargs)
+        @calls << { method: method, args: args, kwargs: kwargs }
+      end
+
+      def next_result
+        @queue.shift || { ok: true, status: "ok", committed: nil, retryable: false, response: nil, error: nil }
+      end
+    end
+
+    module_function
+
+    def fake_client
+      FakeClient.new
+    end
+
+    # Makes `client` (a new FakeClient by default) the module client for the block and
+    # restores the previous one afterwards, whatever happens. Returns the block's value.
+    def stub_client(client = fake_client)
+      previous = ActsAsTbackend.instance_variable_get(:@client)
+      ActsAsTbackend.instance_variable_set(:@client, client)
+      yield client
+    ensure
+      ActsAsTbackend.instance_variable_set(:@client, previous)
+    end
+
+    # Mirrors `record` as the mirror would (same fact, same failure policy) and returns
+    # `{fact:, result:}`.
+    def capture_mirror_result(record:, store:, event_type:, durability: nil, **build_options)
+      fact = Mirror.build_fact(record: record, store: store, event_type: event_type, **build_options)
+      { fact: fact, result: Mirror.deliver(fact, store: store, event_type: event_type, durability: durability) }
+    end
+
+    # Checks a fact (String- or Symbol-keyed) and raises AssertionFailed naming every
+    # mismatch. Returns true.
+    def assert_tbackend_fact(fact, store: nil, key: nil, value_includes: nil)
+      mismatches = []
+      { store: store, key: key }.each do |name, expected|
+        next if expected.nil?
+
+        actual = field(fact, name)
+        mismatches << "#{name}: expected #{expected.to_s.inspect}, got #{actual.inspect}" unless actual.to_s == expected.to_s
+      end
+      mismatches.concat(value_mismatches(field(fact, :value), value_includes)) if value_includes
+      raise AssertionFailed, mismatches.join("; ") unless mismatches.empty?
+
+      true
+    end
+
+    def value_mismatches(value, expected)
+      return ["value: expected a Hash including #{expected.inspect}, got #{value.inspect}"] unless value.is_a?(Hash)
+
+      expected.filter_map do |name, want|
+        label = "value[#{name.to_s.inspect}]"
+        found = [name.to_s, name.to_s.to_sym].find { |candidate| value.key?(candidate) }
+        next "#{label}: expected #{want.inspect}, missing" if found.nil?
+
+        "#{label}: expected #{want.inspect}, got #{value[found].inspect}" unless value[found] == want
+      end
+    end
+
+    def field(hash, name)
+      return nil unless hash.is_a?(Hash)
+
+      hash.fetch(name.to_s) { hash[name.to_sym] }
+    end
+    private_class_method :value_mismatches, :field
+  end
+end
