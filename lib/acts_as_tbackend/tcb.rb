@@ -31,6 +31,8 @@ require_relative "tcb/configuration"
 require_relative "tcb/event_store/in_memory"
 require_relative "tcb/outbox_entry"
 require_relative "tcb/outbox_store/in_memory"
+require_relative "tcb/instrumentation"
+require_relative "tcb/recorder"
 require_relative "tcb/runtime"
 
 # Parts loaded on first use.

@@ -93,3 +93,65 @@ module TCB
     end
   end
 end
+
+# Dispatch, record, publish and the reads.
+module TCB
+  class << self
+    # Validates the command and runs its one handler in the caller's thread. The chain
+    # keeps the correlation id (a dispatch inside a reaction joins the running chain unless
+    # one is given) and the current cause. Returns the correlation id.
+    def dispatch(command, correlation_id: nil)
+      correlation_id ||= Context.correlation_id || SecureRandom.uuid
+      command.validate!
+      handler = config.command_handler(command.class)
+      Context.with(correlation_id: correlation_id, causation_id: Context.causation_id) do
+        handler.new.call(command)
+      end
+      correlation_id
+    end
+
+    # Runs the block, collects the aggregates' recorded events (in `events_from` order)
+    # then `events`, and persists them in one unit of work (inside `within.transaction`
+    # when given), with their outbox rows. On any exception nothing is persisted and the
+    # aggregates' pending events are dropped. Returns one Envelope per event, in order.
+    # `expected_version:` (nil, :none or an Integer) guards the one stream written.
+    def record(events_from: [], events: [], within: nil, expected_version: nil)
+      events_from = Array(events_from)
+      events = Array(events)
+      raise ArgumentError, "TCB.record needs events_from: [aggregates] or events: [events]" if events_from.empty? && events.empty?
+
+      collected = collect_events(events_from, events) { yield if block_given? }
+      Recorder.new(config, within: within, expected_version: expected_version).call(collected)
+    end
+
+    # Publishes each event (wrapped in an Envelope unless it is one) on the bus. Returns
+    # the arguments.
+    def publish(*events_or_envelopes)
+      bus = config.event_bus
+      events_or_envelopes.each { |item| bus.publish(Envelope.wrap(item)) }
+      events_or_envelopes
+    end
+
+    def read(domain_module)
+      EventQuery.new(event_store!, domain_module)
+    end
+
+    def read_correlation(correlation_id, across: nil)
+      CorrelationQuery.new(event_store!, correlation_id, across || config.persisting_modules)
+    end
+
+    private
+
+    def event_store!
+      config.event_store || raise(ConfigurationError, "no event store configured: TCB.configure { |c| c.event_store = ... }")
+    end
+
+    def collect_events(aggregates, events)
+      yield
+      aggregates.flat_map(&:pull_recorded_events) + events
+    rescue Exception # rubocop:disable Lint/RescueException -- whatever aborts the block, nothing may be persisted later
+      aggregates.each { |aggregate| aggregate.pull_recorded_events if aggregate.respond_to?(:pull_recorded_events) }
+      raise
+    end
+  end
+end

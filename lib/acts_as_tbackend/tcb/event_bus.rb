@@ -1,0 +1,278 @@
+# frozen_string_literal: true
+
+require_relative "event_bus/events"
+require_relative "event_bus/registry"
+require_relative "event_bus/signals"
+
+module TCB
+  # Pub/sub for events, routed by exact class.
+  #
+  # Async (default): one dispatcher thread delivers in publish order; handlers of one event
+  # run in registration order. With `max_queue_size`, publish blocks while the queue is
+  # full, except when the dispatcher itself publishes (a handler's events, failure events):
+  # the only thread that could make room must never wait for room.
+  #
+  # Shutdown never kills a handler: a forced or timed-out shutdown drops the queued events
+  # and returns; the handler running at that moment finishes, then the thread ends.
+  class EventBus
+    include Signals
+
+    # subscribe, unsubscribe or publish on a bus that was shut down.
+    class ShutdownError < TCB::Error; end
+
+    attr_reader :registry, :max_queue_size, :high_water_mark, :shutdown_timeout
+
+    def initialize(sync: false, max_queue_size: nil, high_water_mark: nil, handle_signals: false, shutdown_timeout: 30.0,
+                   shutdown_signals: %i[TERM INT], on_signal: nil)
+      validate_sizes!(max_queue_size, high_water_mark)
+      @sync = sync
+      @max_queue_size = max_queue_size
+      @high_water_mark = high_water_mark
+      @shutdown_timeout = shutdown_timeout
+      @registry = Registry.new
+      @state = :running
+      start_dispatcher unless sync
+      install_signal_handlers(shutdown_signals, on_signal) if handle_signals
+    end
+
+    def sync?
+      @sync
+    end
+
+    # The dispatcher thread (nil in sync mode). In a forked child, a new one.
+    def dispatcher
+      return nil if @sync
+
+      restart_after_fork
+      @dispatcher
+    end
+
+    # `subscribe(EventClass) { |envelope| }` or `subscribe(EventClass, HandlerClass)` (an
+    # instance per event, `call(event)`). Returns the subscription.
+    def subscribe(event_class, handler = nil, &block)
+      raise ShutdownError, "cannot subscribe: the event bus is shut down" if shutdown?
+      raise ArgumentError, "subscribe takes a handler class or a block, not both" if handler && block
+      raise ArgumentError, "subscribe needs a handler class or a block" unless handler || block
+
+      if handler && !(handler.is_a?(Class) && handler.method_defined?(:call))
+        raise ArgumentError, "#{handler.inspect} is not a class with an instance method #call"
+      end
+
+      @registry.add(event_class, handler || block, handler ? :class : :block)
+    end
+
+    # Idempotent: unsubscribing twice is fine.
+    def unsubscribe(subscription)
+      raise ShutdownError, "cannot unsubscribe: the event bus is shut down" if shutdown?
+
+      @registry.remove(subscription)
+      nil
+    end
+
+    # Returns `event` (an event or an Envelope).
+    def publish(event)
+      envelope = Envelope.wrap(event)
+      if @sync
+        raise ShutdownError, "cannot publish #{envelope.event.class}: the event bus is shut down" if shutdown?
+
+        deliver(envelope)
+      else
+        restart_after_fork
+        enqueue(envelope, from_dispatcher: Thread.current.equal?(@dispatcher))
+      end
+      event
+    end
+
+    def shutdown?
+      @state == :shutdown
+    end
+
+    # Stops accepting events, delivers the queued ones (`drain: true`) for at most
+    # `timeout` seconds, then drops what is left. Returns the final EventBusShutdown.
+    def shutdown(drain: true, timeout: 5.0)
+      return nil if shutdown? || @state == :draining
+
+      notify_lifecycle(EventBusShutdown.new(status: :initiated, drain_requested: drain, timeout_seconds: timeout,
+                                            events_drained: 0, occurred_at: Time.now.utc))
+      completed = @sync ? stop_sync : stop_async(drain, timeout)
+      restore_signal_handlers
+      finish(drain, timeout, completed)
+    end
+
+    # Drops every queued event and returns at once; the handler running now (if any)
+    # finishes, it is never killed (a killed handler can leave a transaction half done).
+    def force_shutdown
+      shutdown(drain: false, timeout: 0)
+    end
+
+    private
+
+    def validate_sizes!(max_queue_size, high_water_mark)
+      if max_queue_size && !(max_queue_size.is_a?(Integer) && max_queue_size.positive?)
+        raise ArgumentError,
+              "max_queue_size must be a positive Integer"
+      end
+      return unless high_water_mark
+      raise ArgumentError, "high_water_mark needs max_queue_size" unless max_queue_size
+      return if high_water_mark.is_a?(Integer) && high_water_mark.between?(1, max_queue_size)
+
+      raise ArgumentError, "high_water_mark must be an Integer between 1 and max_queue_size"
+    end
+
+    def start_dispatcher
+      @pid = Process.pid
+      @mutex = Mutex.new
+      @not_empty = ConditionVariable.new
+      @not_full = ConditionVariable.new
+      @queue = []
+      @above_mark = false
+      @drained = 0
+      @dispatcher = Thread.new { dispatch_loop }
+      @dispatcher.name = "tcb-event-bus"
+    end
+
+    # A forked child inherits the queue but not the thread: it starts its own dispatcher
+    # with an empty queue (the parent still delivers what it had queued).
+    def restart_after_fork
+      return if @sync || @pid == Process.pid
+
+      @registry.after_fork!
+      start_dispatcher unless shutdown?
+    end
+
+    def enqueue(envelope, from_dispatcher:)
+      pressure = @mutex.synchronize do
+        @not_full.wait(@mutex) while !from_dispatcher && full? && @state == :running
+        accepting = @state == :running || (@state == :draining && from_dispatcher)
+        raise ShutdownError, "cannot publish #{envelope.event.class}: the event bus is shut down" unless accepting
+
+        @queue << envelope
+        @not_empty.signal
+        pressure_crossed?
+      end
+      publish_pressure(pressure) if pressure
+    end
+
+    def full?
+      @max_queue_size && @queue.size >= @max_queue_size
+    end
+
+    # Called with the lock held, right after a push; returns the size at the crossing.
+    def pressure_crossed?
+      return nil if @high_water_mark.nil? || @above_mark || @queue.size < @high_water_mark
+
+      @above_mark = true
+      @queue.size
+    end
+
+    # The pressure event skips the bound: the publisher that crossed the mark may be the
+    # one that filled the queue.
+    def publish_pressure(size)
+      event = EventBusQueuePressure.new(queue_size: size, max_queue_size: @max_queue_size,
+                                        occupancy: size.fdiv(@max_queue_size), occurred_at: Time.now.utc)
+      @mutex.synchronize do
+        next unless @state == :running
+
+        @queue << Envelope.wrap(event)
+        @not_empty.signal
+      end
+    end
+
+    def dispatch_loop
+      while (envelope = next_envelope)
+        deliver(envelope)
+      end
+    rescue Exception => e # rubocop:disable Lint/RescueException -- a dying dispatcher must be visible
+      Instrumentation.failure("dispatcher_died.tcb", "event bus dispatcher died: #{Instrumentation.error_message(e)}",
+                              error: e)
+      raise
+    end
+
+    def next_envelope
+      @mutex.synchronize do
+        @not_empty.wait(@mutex) while @queue.empty? && @state == :running
+        next nil if @queue.empty? || @state == :shutdown
+
+        envelope = @queue.shift
+        @drained += 1 if @state == :draining
+        @above_mark = false if @high_water_mark && @queue.size < @high_water_mark
+        @not_full.signal
+        envelope
+      end
+    end
+
+    def deliver(envelope)
+      @registry.subscriptions_for(envelope.event.class).each { |subscription| invoke(subscription, envelope) }
+    end
+
+    def invoke(subscription, envelope)
+      Context.for_reaction(envelope) do
+        subscription.block? ? subscription.handler.call(envelope) : subscription.handler.new.call(envelope.event)
+      end
+    rescue StandardError, ScriptError => e
+      report_failure(subscription, envelope, e)
+    end
+
+    def report_failure(subscription, envelope, error)
+      failure = SubscriberInvocationFailed.new(
+        original_event: envelope.event, subscriber_type: subscription.type, subscriber_class: subscription.subscriber_class,
+        subscriber_location: subscription.location, subscriber_source: subscription.source,
+        error_class: error.class.name, error_message: error.message, error_backtrace: error.backtrace || [],
+        occurred_at: Time.now.utc
+      )
+      Instrumentation.failure(
+        "handler_failed.tcb",
+        "#{subscription.source} failed on #{envelope.event.class} (event_id #{envelope.event_id}): " \
+        "#{Instrumentation.error_message(error)}",
+        failure: failure, envelope: envelope, error: error
+      )
+      # A failing failure handler is logged, not republished: that would loop.
+      publish_failure(failure) unless envelope.event.is_a?(SubscriberInvocationFailed)
+    end
+
+    def publish_failure(failure)
+      if @sync
+        deliver(Envelope.wrap(failure))
+      else
+        enqueue(Envelope.wrap(failure), from_dispatcher: true)
+      end
+    rescue ShutdownError
+      nil # the bus was force-stopped meanwhile; the failure is already logged
+    end
+
+    # Shutdown events go straight to their subscribers in the caller's thread: the queue is
+    # closing (or already dropped) when they happen.
+    def notify_lifecycle(event)
+      deliver(Envelope.wrap(event))
+    end
+
+    def stop_sync
+      @state = :shutdown
+      true
+    end
+
+    def stop_async(drain, timeout)
+      restart_after_fork
+      @mutex.synchronize do
+        @state = drain ? :draining : :shutdown
+        @queue.clear unless drain
+        @not_empty.broadcast
+        @not_full.broadcast
+      end
+      completed = Thread.current.equal?(@dispatcher) || !@dispatcher.join(timeout).nil?
+      @mutex.synchronize do
+        @state = :shutdown
+        @queue.clear
+        @not_full.broadcast
+      end
+      completed
+    end
+
+    def finish(drain, timeout, completed)
+      event = EventBusShutdown.new(status: completed ? :completed : :timeout_exceeded, drain_requested: drain,
+                                   timeout_seconds: timeout, events_drained: @drained || 0, occurred_at: Time.now.utc)
+      notify_lifecycle(event)
+      event
+    end
+  end
+end

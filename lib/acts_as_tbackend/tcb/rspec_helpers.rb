@@ -1,0 +1,6 @@
+# frozen_string_literal: true
+
+require_relative "../tcb"
+require_relative "rspec_matchers"
+
+RSpec.configure { |config| config.include(TCB::RSpecMatchers) } if defined?(RSpec) && RSpec.respond_to?(:configure)

@@ -1,0 +1,74 @@
+# frozen_string_literal: true
+
+require_relative "testing"
+
+module TCB
+  # `expect { ... }.to have_published(Orders::OrderPlaced)` and
+  # `expect { condition }.to poll_match(within: 2.0)`. Included in every example group
+  # when loaded through `require "tcb/rspec_helpers"`.
+  module RSpecMatchers
+    # Block matcher: the block publishes every expected event.
+    class HavePublished
+      def initialize(expected, within)
+        @expected = expected
+        @within = within
+      end
+
+      def supports_block_expectations?
+        true
+      end
+
+      def matches?(block)
+        @missing, @seen = Testing.capture_published(@expected, within: @within, &block)
+        @missing.empty?
+      end
+
+      def does_not_match?(block)
+        raise ArgumentError, "expect { }.not_to have_published is ambiguous with a wait; assert on the events instead" if block
+
+        false
+      end
+
+      def failure_message
+        "expected #{Testing.describe(@missing)} to be published within #{@within}s; " \
+          "published: #{@seen.empty? ? 'nothing' : Testing.describe(@seen)}"
+      end
+
+      def description
+        "publish #{Testing.describe(@expected)}"
+      end
+    end
+
+    # Block matcher: the block becomes truthy within the time.
+    class PollMatch
+      def initialize(within, interval)
+        @within = within
+        @interval = interval
+      end
+
+      def supports_block_expectations?
+        true
+      end
+
+      def matches?(block)
+        Testing.poll(within: @within, interval: @interval) { block.call }
+      end
+
+      def failure_message
+        "expected the block to return truthy within #{@within}s"
+      end
+
+      def description
+        "become truthy within #{@within}s"
+      end
+    end
+
+    def have_published(*expected, within: 1.0) # rubocop:disable Naming/PredicateName -- the tcb API name
+      HavePublished.new(expected, within)
+    end
+
+    def poll_match(within: 1.0, interval: 0.001)
+      PollMatch.new(within, interval)
+    end
+  end
+end
