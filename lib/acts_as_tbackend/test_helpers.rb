@@ -127,7 +127,8 @@ module ActsAsTbackend
       end
     end
 
-    module_function
+    # Public both as `TestHelpers.stub_client` and, once included, as `stub_client`.
+    extend self
 
     def fake_client
       FakeClient.new
@@ -166,6 +167,8 @@ module ActsAsTbackend
       true
     end
 
+    private
+
     def value_mismatches(value, expected)
       return ["value: expected a Hash including #{expected.inspect}, got #{value.inspect}"] unless value.is_a?(Hash)
 
@@ -183,6 +186,5 @@ module ActsAsTbackend
 
       hash.fetch(name.to_s) { hash[name.to_sym] }
     end
-    private_class_method :value_mismatches, :field
   end
 end

@@ -1,0 +1,159 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "acts_as_tbackend/test_helpers"
+require_relative "support/mirror_helpers"
+
+RSpec.describe ActsAsTbackend::TestHelpers do
+  include TbackendSpec::MirrorHelpers
+
+  let(:fake) { described_class.fake_client }
+  let(:fact) { ActsAsTbackend::Fact.build(id: "f1", store: "orders", key: "orders:1", value: { "status" => "new" }) }
+
+  describe "FakeClient#queue_result" do
+    {
+      committed_acked: [true, true, false], idempotent_replay: [true, true, false],
+      duplicate_fact_id_conflict: [false, false, false], rejected_before_commit: [false, false, true],
+      unavailable: [false, nil, true], circuit_open: [false, nil, true], timeout_unknown: [false, nil, nil],
+      ok: [true, nil, false], disabled: [true, nil, false]
+    }.each do |status, (ok, committed, retryable)|
+      it "defaults #{status} to ok=#{ok.inspect} committed=#{committed.inspect} retryable=#{retryable.inspect}" do
+        fake.queue_result(status: status)
+        expect(fake.write_fact_once(fact)).to eq(ok: ok, status: status.to_s, committed: committed, retryable: retryable,
+                                                 response: nil, error: nil)
+      end
+    end
+
+    it "is chainable, answers in order, lets keywords override or add fields, then answers ok" do
+      expect(fake.queue_result(status: :committed_acked, seq_id: 7).queue_result(status: "unavailable", ok: true, error: "e"))
+        .to equal(fake)
+      expect(fake.write_fact_once(fact)).to include(status: "committed_acked", seq_id: 7)
+      expect(fake.latest_for(store: "orders", key: "orders:1")).to include(status: "unavailable", ok: true, error: "e")
+      expect(fake.ping).to eq(ok: true, status: "ok", committed: nil, retryable: false, response: nil, error: nil)
+    end
+
+    it "passes response through" do
+      fake.queue_result(status: :ok, response: { facts: [{ id: "x" }] })
+      expect(fake.facts_for(store: "orders")[:response]).to eq(facts: [{ id: "x" }])
+    end
+  end
+
+  describe "FakeClient calls" do
+    it "records method, args and kwargs of every call" do
+      fake.write_fact_once(fact, durability: "durable")
+      fake.write_fact_once_safe(fact, attempts: 3)
+      fake.facts_by_seq(store: "orders", after_seq: 4)
+      fake.shutdown
+      expect(fake.calls.map { |c| c[:method] }).to eq(%i[write_fact_once write_fact_once_safe facts_by_seq shutdown])
+      expect(fake.calls.first).to eq(method: :write_fact_once, args: [fact], kwargs: { durability: "durable", timeout: nil })
+      expect(fake.calls[1][:kwargs]).to include(attempts: 3)
+      expect(fake.calls[2]).to eq(method: :facts_by_seq, args: [],
+                                  kwargs: { store: "orders", after_seq: 4, until_seq: nil, timeout: nil })
+    end
+
+    it "answers write_fact_once_safe with attempt_count and attempts" do
+      fake.queue_result(status: :idempotent_replay)
+      expect(fake.write_fact_once_safe(fact)).to include(status: "idempotent_replay", attempt_count: 1,
+                                                         attempts: [{ ok: true, status: "idempotent_replay",
+                                                                      committed: true, retryable: false }])
+    end
+
+    it "answers write_facts_once with one queued result per fact, as one call" do
+      fake.queue_result(status: :committed_acked).queue_result(status: :duplicate_fact_id_conflict)
+      results = fake.write_facts_once([fact, fact, fact])
+      expect(results.map { |r| r[:status] }).to eq(%w[committed_acked duplicate_fact_id_conflict ok])
+      expect(fake.calls.size).to eq(1)
+    end
+
+    it "answers health without taking a queued result" do
+      fake.queue_result(status: :unavailable)
+      expect(fake.health).to include(ok: true, status: "ok", host: ActsAsTbackend.config.host)
+      expect(fake.health).not_to have_key(:token)
+      expect(fake.ping[:status]).to eq("unavailable")
+    end
+
+    it "is thread-safe: every queued result is handed out exactly once and every call is recorded" do
+      threads_count = 8
+      per_thread = 250
+      (threads_count * per_thread).times { |i| fake.queue_result(status: :committed_acked, seq_id: i) }
+      threads = Array.new(threads_count) do
+        Thread.new { Array.new(per_thread) { fake.write_fact_once(fact)[:seq_id] } }
+      end
+      seqs = threads.flat_map(&:value)
+      expect(seqs.sort).to eq((0...(threads_count * per_thread)).to_a)
+      expect(fake.calls.size).to eq(threads_count * per_thread)
+      expect(fake.queued_count).to eq(0)
+    end
+  end
+
+  describe ".stub_client" do
+    it "swaps the module client for the block and restores it, even after an exception" do
+      original = ActsAsTbackend.client
+      seen = nil
+      expect do
+        described_class.stub_client do |stub|
+          seen = ActsAsTbackend.client
+          expect(stub).to be_a(described_class::FakeClient)
+          raise "boom"
+        end
+      end.to raise_error("boom")
+      expect(seen).to be_a(described_class::FakeClient)
+      expect(ActsAsTbackend.client).to equal(original)
+    ensure
+      ActsAsTbackend.reset!
+    end
+
+    it "takes a client of the caller's and returns the block's value" do
+      mine = described_class::FakeClient.new
+      expect(described_class.stub_client(mine) { |stub| stub.equal?(mine) && :done }).to eq(:done)
+    end
+  end
+
+  describe ".capture_mirror_result" do
+    it "returns the fact the mirror built and the (fake) client's result" do
+      record = timed_record(1, { "id" => 1, "status" => "accepted" }, Time.at(1))
+      described_class.stub_client do |stub|
+        stub.queue_result(status: :committed_acked, seq_id: 7)
+        captured = described_class.capture_mirror_result(record: record, store: "orders", event_type: "order.accepted")
+        expect(captured[:result]).to include(status: "committed_acked", seq_id: 7)
+        expect(captured[:fact]).to include("id" => "orders:1:order.accepted:1000000", "key" => "orders:1")
+        expect(stub.calls.first[:args]).to eq([captured[:fact]])
+      end
+    end
+
+    it "applies the failure policy like the mirror" do
+      ActsAsTbackend.config.failure_policy = "raise_in_test"
+      with_env("TBACKEND_FORCE_TEST_MODE" => "1") do
+        described_class.stub_client do |stub|
+          stub.queue_result(status: :unavailable)
+          expect { described_class.capture_mirror_result(record: plain_record(1, {}), store: "orders", event_type: "x") }
+            .to raise_error(ActsAsTbackend::MirrorFailure)
+        end
+      end
+    end
+  end
+
+  describe ".assert_tbackend_fact" do
+    it "passes for a matching fact, String- or Symbol-keyed" do
+      expect(described_class.assert_tbackend_fact(fact, store: "orders", key: "orders:1",
+                                                        value_includes: { status: "new" })).to be(true)
+      read_back = { store: "orders", key: "orders:1", value: { status: "new" } }
+      expect(described_class.assert_tbackend_fact(read_back, store: :orders, value_includes: { "status" => "new" })).to be(true)
+    end
+
+    it "raises AssertionFailed naming every mismatch, joined by '; '" do
+      expect do
+        described_class.assert_tbackend_fact(fact, store: "users", key: "orders:2", value_includes: { status: "old", total: 1 })
+      end.to raise_error(described_class::AssertionFailed) { |e|
+        expect(e.message).to eq('store: expected "users", got "orders"; key: expected "orders:2", got "orders:1"; ' \
+                                'value["status"]: expected "old", got "new"; value["total"]: expected 1, missing')
+      }
+    end
+
+    it "works as an included helper" do
+      helper = Class.new { include ActsAsTbackend::TestHelpers }.new
+      expect { helper.assert_tbackend_fact(fact, store: "x") }.to raise_error(described_class::AssertionFailed, /store/)
+      expect(helper.fake_client).to be_a(described_class::FakeClient)
+    end
+  end
+end
