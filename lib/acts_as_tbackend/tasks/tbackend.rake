@@ -24,4 +24,16 @@ namespace :tbackend do
       warn "tbackend:tail stopped; resume with after_seq=#{tail.after_seq}"
     end
   end
+
+  desc "Mirror a model's existing rows in pipelined batches, resumable and safe to re-run: " \
+       "tbackend:backfill[Model] (BATCH_SIZE=1000, RESTART=1 to start over)"
+  task :backfill, %i[model] => :environment do |_task, args|
+    model = args[:model] or abort("usage: rake tbackend:backfill[Model]")
+    require "acts_as_tbackend/backfill"
+    summary = ActsAsTbackend::Backfill.new(
+      model.constantize, batch_size: ENV.fetch("BATCH_SIZE", "1000"), restart: ENV["RESTART"] == "1",
+                         checkpoint: ENV.fetch("CHECKPOINT", nil)
+    ).run
+    exit(1) unless summary.complete && summary.failed.zero?
+  end
 end

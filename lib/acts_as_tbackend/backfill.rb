@@ -1,0 +1,182 @@
+# frozen_string_literal: true
+
+require "json"
+require "fileutils"
+
+module ActsAsTbackend
+  # `rake tbackend:backfill[Model]`: mirrors a model's existing rows, in primary-key order,
+  # in batches written with pipelined `write_facts_once`. Each batch's facts are built
+  # exactly as the macro builds them (store, key, sanitizing, `if:`/`unless:`), with event
+  # type "backfill" and the row's updated_at in the id, so running it again — after an
+  # interruption, or for good measure — replays instead of duplicating.
+  #
+  # A checkpoint file records the last primary key whose batch fully landed; a new run
+  # resumes after it (RESTART=1 starts over). A batch that still has retryable failures
+  # after `attempts` tries stops the run there, checkpoint intact: nothing is skipped.
+  class Backfill
+    EVENT_TYPE = "backfill"
+    RETRYABLE = %w[unavailable timeout_unknown circuit_open rejected_before_commit].freeze
+
+    Summary = Struct.new(:written, :replayed, :skipped, :failed, :last_id, :complete, keyword_init: true)
+
+    def initialize(model, batch_size: 1000, checkpoint: nil, restart: false, attempts: 5, io: $stderr,
+                   client: ActsAsTbackend.client)
+      raise ArgumentError, "#{model.name} does not call acts_as_tbackend" unless model.respond_to?(:tbackend_options)
+
+      @model = model
+      @options = model.tbackend_options
+      @batch_size = Integer(batch_size)
+      @checkpoint = checkpoint || File.join(Dir.pwd, "tmp", "tbackend_backfill", "#{model.table_name}.json")
+      @attempts = attempts
+      @client = client
+      @progress = Progress.new(io)
+      FileUtils.rm_f(@checkpoint) if restart
+    end
+
+    def run
+      summary = Summary.new(written: 0, replayed: 0, skipped: 0, failed: 0, last_id: load_checkpoint, complete: false)
+      @progress.start(remaining(summary.last_id))
+      loop do
+        rows = next_batch(summary.last_id)
+        break summary.complete = true if rows.empty?
+
+        return summary unless write_batch(rows, summary)
+
+        summary.last_id = rows.last.public_send(@model.primary_key)
+        save_checkpoint(summary.last_id)
+        @progress.advance(rows.size)
+      end
+      summary
+    ensure
+      @progress.finish(summary)
+    end
+
+    private
+
+    def next_batch(after_id)
+      key = @model.primary_key
+      scope = @model.unscoped.order(key => :asc).limit(@batch_size)
+      scope = scope.where(@model.arel_table[key].gt(after_id)) unless after_id.nil?
+      scope.to_a
+    end
+
+    def remaining(after_id)
+      scope = @model.unscoped
+      scope = scope.where(@model.arel_table[@model.primary_key].gt(after_id)) unless after_id.nil?
+      scope.count
+    end
+
+    # True when every fact landed (inserted, replayed) or failed for good; false when
+    # retryable failures outlived the attempts.
+    def write_batch(rows, summary)
+      facts = rows.filter_map { |row| build(row, summary) }
+      @attempts.times do |attempt|
+        sleep(0.05 * (2**attempt) * rand) if attempt.positive?
+        results = @client.write_facts_once(facts, durability: @options.durability)
+        facts = tally(facts, results, summary)
+        return true if facts.empty?
+      end
+      summary.failed += facts.size
+      @progress.note("stopping: #{facts.size} facts still failing after #{@attempts} attempts; re-run to resume")
+      false
+    end
+
+    def build(row, summary)
+      unless @options.mirror?(row)
+        summary.skipped += 1
+        return nil
+      end
+      Mirror.build_fact(record: row, store: @options.store, event_type: EVENT_TYPE, key: @options.key_for(row),
+                        **@options.sanitizer_options)
+    end
+
+    # Counts what landed; returns the facts worth another attempt.
+    def tally(facts, results, summary)
+      facts.zip(results).filter_map do |fact, result|
+        case result[:status]
+        when "committed_acked" then summary.written += 1
+        when "idempotent_replay" then summary.replayed += 1
+        when *RETRYABLE then next fact
+        else
+          summary.failed += 1
+          @progress.note("fact #{fact['id']}: #{result[:status]}")
+        end
+        nil
+      end
+    end
+
+    def load_checkpoint
+      return nil unless File.file?(@checkpoint)
+
+      JSON.parse(File.read(@checkpoint)).fetch("last_id")
+    end
+
+    # Written to a temp file and renamed: a crash leaves the old checkpoint or the new.
+    def save_checkpoint(last_id)
+      FileUtils.mkdir_p(File.dirname(@checkpoint))
+      temp = "#{@checkpoint}.tmp"
+      File.write(temp, JSON.generate("model" => @model.name, "last_id" => last_id, "at" => Time.now.utc.iso8601))
+      File.rename(temp, @checkpoint)
+    end
+
+    # A progress bar with rate and ETA on a terminal; a line every few seconds otherwise.
+    class Progress
+      WIDTH = 30
+      LOG_EVERY = 5.0
+
+      def initialize(io)
+        @io = io
+        @tty = io.respond_to?(:tty?) && io.tty?
+      end
+
+      def start(total)
+        @total = total
+        @done = 0
+        @started = now
+        @last_line = 0.0
+      end
+
+      def advance(count)
+        @done += count
+        return unless @tty || now - @last_line >= LOG_EVERY || @done >= @total
+
+        @last_line = now
+        @io.print(@tty ? "\r#{line}" : "#{line}\n")
+      end
+
+      def note(message)
+        @io.puts("#{"\n" if @tty}tbackend:backfill #{message}")
+      end
+
+      def finish(summary)
+        return unless summary
+
+        @io.print("\n") if @tty
+        @io.puts("tbackend:backfill #{summary.complete ? 'done' : 'stopped'}: written=#{summary.written} " \
+                 "replayed=#{summary.replayed} skipped=#{summary.skipped} failed=#{summary.failed} " \
+                 "last_id=#{summary.last_id.inspect}")
+      end
+
+      private
+
+      def line
+        fraction = @total.zero? ? 1.0 : [@done.fdiv(@total), 1.0].min
+        elapsed = [now - @started, 1e-6].max
+        rate = @done / elapsed
+        eta = rate.positive? ? (@total - @done) / rate : 0
+        bar = ("#" * (fraction * WIDTH).round).ljust(WIDTH, ".")
+        format("[%<bar>s] %<done>d/%<total>d %<pct>3d%% %<rate>d rows/s ETA %<eta>s",
+               bar: bar, done: @done, total: @total, pct: (fraction * 100).floor, rate: rate, eta: clock(eta))
+      end
+
+      def clock(seconds)
+        seconds = seconds.round
+        format("%<h>02d:%<m>02d:%<s>02d", h: seconds / 3600, m: seconds % 3600 / 60, s: seconds % 60)
+      end
+
+      def now
+        Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      end
+    end
+  end
+end
