@@ -103,7 +103,7 @@ module TCB
     def dispatch(command, correlation_id: nil)
       correlation_id ||= Context.correlation_id || SecureRandom.uuid
       command.validate!
-      handler = config.command_handler(command.class)
+      handler = configured_config!.command_handler(command.class)
       Context.with(correlation_id: correlation_id, causation_id: Context.causation_id) do
         handler.new.call(command)
       end
@@ -120,8 +120,9 @@ module TCB
       events = Array(events)
       raise ArgumentError, "TCB.record needs events_from: [aggregates] or events: [events]" if events_from.empty? && events.empty?
 
+      current = configured_config!
       collected = collect_events(events_from, events) { yield if block_given? }
-      Recorder.new(config, within: within, expected_version: expected_version).call(collected)
+      Recorder.new(current, within: within, expected_version: expected_version).call(collected)
     end
 
     # Publishes each event (wrapped in an Envelope unless it is one) on the bus. Returns
@@ -141,6 +142,14 @@ module TCB
     end
 
     private
+
+    # Dispatch and record need the wiring that only `configure` does.
+    def configured_config!
+      current = config
+      return current if current.frozen?
+
+      raise ConfigurationError, "TCB is not configured: set TCB.domain_modules, then call TCB.configure"
+    end
 
     def event_store!
       config.event_store || raise(ConfigurationError, "no event store configured: TCB.configure { |c| c.event_store = ... }")
