@@ -23,11 +23,13 @@ module ActsAsTbackend
   autoload :OutboxIntent, "acts_as_tbackend/outbox_intent"
   autoload :OutboxFlusher, "acts_as_tbackend/outbox_flusher"
   autoload :AsyncWriter, "acts_as_tbackend/async_writer"
+  autoload :QueueFull, "acts_as_tbackend/async_writer"
   autoload :Instrumentation, "acts_as_tbackend/instrumentation"
   autoload :MirrorRetryJob, "acts_as_tbackend/mirror_retry_job"
 
   @config_lock = Mutex.new
   @client_lock = Mutex.new
+  @async_writer_lock = Mutex.new
 
   class << self
     # The one Config, built from ENV on first use.
@@ -58,6 +60,19 @@ module ActsAsTbackend
     # the native client also notices a new pid by itself on its next call).
     def after_fork!
       @client.after_fork if @client.respond_to?(:after_fork)
+      forget_inherited_async_writer
+    end
+
+    # The memoised AsyncWriter for the current config: one per process. A forked child
+    # gets a fresh one; the parent's queue and spool segment stay the parent's.
+    def async_writer
+      writer = @async_writer
+      return writer if writer && writer.pid == Process.pid
+
+      @async_writer_lock.synchronize do
+        forget_inherited_async_writer
+        @async_writer ||= AsyncWriter.new(config)
+      end
     end
 
     # `client.health`: never raises, never shows the token.
@@ -68,6 +83,7 @@ module ActsAsTbackend
     # Drops the memoised client and shuts the old one down; the next call builds a new
     # one. Calls still running on the old client get soft results, never exceptions.
     def reset!
+      shutdown_async_writer
       old = @client_lock.synchronize do
         previous = @client
         @client = nil
@@ -76,7 +92,35 @@ module ActsAsTbackend
       old.shutdown if old.respond_to?(:shutdown)
       nil
     end
+
+    # Drops the memoised AsyncWriter after a bounded flush (what it could not deliver
+    # stays in the spool for the next writer). Run by reset! and at exit.
+    def shutdown_async_writer(timeout: nil)
+      old = @async_writer_lock.synchronize do
+        forget_inherited_async_writer
+        previous = @async_writer
+        @async_writer = nil
+        previous
+      end
+      old&.shutdown(timeout: timeout || AsyncWriter::EXIT_FLUSH_TIMEOUT)
+      nil
+    end
+
+    private
+
+    # A writer built by another process (we are a forked child) is never run or shut
+    # down here: it is forgotten.
+    def forget_inherited_async_writer
+      writer = @async_writer
+      return unless writer && writer.pid != Process.pid
+
+      writer.after_fork
+      @async_writer = nil
+    end
   end
 end
 
 require_relative "acts_as_tbackend/railtie" if defined?(Rails::Railtie)
+
+# Whatever the async writer still holds gets a bounded chance to reach the daemon.
+at_exit { ActsAsTbackend.shutdown_async_writer }

@@ -7,11 +7,13 @@ mod errors;
 mod fact;
 mod json;
 mod nogvl;
+mod writer;
 
 use magnus::{function, method, prelude::*, Error, Ruby};
 use tbackend_core::protocol::answer::ErrorKind;
 
 use client::{RbClient, RbTailCursor};
+use writer::RbWriter;
 
 /// The contract's error kind of a daemon error text (`"auth"`, `"access_denied"`, …).
 fn error_kind(text: String) -> &'static str {
@@ -65,5 +67,15 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     cursor.define_method("after_seq", method!(RbTailCursor::after_seq, 0))?;
     cursor.define_method("held", method!(RbTailCursor::held, 0))?;
     cursor.define_method("skipped", method!(RbTailCursor::skipped, 0))?;
+
+    let writer = native.define_class("Writer", ruby.class_object())?;
+    writer.define_singleton_method("new", function!(RbWriter::new, 2))?;
+    writer.define_method("enqueue", method!(RbWriter::enqueue, 3))?;
+    writer.define_method("flush", method!(RbWriter::flush, 1))?;
+    writer.define_method("shutdown", method!(RbWriter::shutdown, 1))?;
+    writer.define_method("count_dropped", method!(RbWriter::count_dropped, 0))?;
+    writer.define_method("after_fork", method!(RbWriter::after_fork, 0))?;
+    writer.define_method("stats", method!(RbWriter::stats, 0))?;
+    writer.define_method("spool_segments", method!(RbWriter::spool_segments, 0))?;
     Ok(())
 }

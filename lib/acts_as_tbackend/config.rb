@@ -7,6 +7,9 @@ module ActsAsTbackend
   class Config
     FAILURE_POLICIES = %w[ignore warn raise_in_test enqueue_retry].freeze
     ID_FORMATS = %w[legacy digest].freeze
+    # block: wait up to queue_block_timeout for room; drop: warn and discard; raise: QueueFull.
+    QUEUE_FULL_POLICIES = %w[block drop raise].freeze
+    SPOOL_FSYNC_POLICIES = %w[always batch never].freeze
     # `breaker_threshold = 0`: the breaker never opens (dedicated Connections use it).
     BREAKER_DISABLED = 0
     TRUE_WORDS = %w[1 true yes on].freeze
@@ -32,7 +35,17 @@ module ActsAsTbackend
       breaker_cooldown: [5.0, "TBACKEND_BREAKER_COOLDOWN", :seconds],
       producer: ["acts-as-tbackend", "TBACKEND_PRODUCER", :string],
       failure_policy: ["ignore", "TBACKEND_FAILURE_POLICY", :failure_policy],
-      id_format: ["legacy", "TBACKEND_ID_FORMAT", :id_format]
+      id_format: ["legacy", "TBACKEND_ID_FORMAT", :id_format],
+      # Off the request path (AsyncWriter, docs/async.md): the commit hook only enqueues.
+      async: [false, "TBACKEND_ASYNC", :boolean],
+      queue_size: [10_000, "TBACKEND_QUEUE_SIZE", :positive_integer],
+      queue_full_policy: ["block", "TBACKEND_QUEUE_FULL_POLICY", :queue_full_policy],
+      queue_block_timeout: [1.0, "TBACKEND_QUEUE_BLOCK_TIMEOUT", :seconds],
+      spool_path: [nil, "TBACKEND_SPOOL_PATH", :path],
+      spool_fsync: ["batch", "TBACKEND_SPOOL_FSYNC", :spool_fsync],
+      retry_attempts: [10, "TBACKEND_RETRY_ATTEMPTS", :positive_integer],
+      retry_base_backoff: [0.05, "TBACKEND_RETRY_BASE_BACKOFF", :seconds],
+      retry_max_backoff: [30.0, "TBACKEND_RETRY_MAX_BACKOFF", :seconds]
     }.freeze
 
     attr_reader(*SETTINGS.keys, :errors)
@@ -104,6 +117,9 @@ module ActsAsTbackend
       when :durability then coerce_choice(value, %w[accepted durable], "durability")
       when :failure_policy then coerce_choice(value, FAILURE_POLICIES, "failure_policy")
       when :id_format then coerce_choice(value, ID_FORMATS, "id_format")
+      when :queue_full_policy then coerce_choice(value, QUEUE_FULL_POLICIES, "queue_full_policy")
+      when :spool_fsync then coerce_choice(value, SPOOL_FSYNC_POLICIES, "spool_fsync")
+      when :path then value.nil? || value.to_s.strip.empty? ? nil : value.to_s
       end
     end
 

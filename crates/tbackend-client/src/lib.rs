@@ -8,6 +8,8 @@
 //! - [`Cancel`]: cancels a waiting call from another thread or a signal handler
 //!   (async-signal-safe), the hook Ruby's unblocking functions need.
 //! - [`tail::Cursor`]: a gap-safe cursor over `facts_by_seq`.
+//! - [`writer::Writer`]: writes facts off the request path: a bounded queue, optionally
+//!   backed by a crash-safe file [`spool`], flushed by a native thread with retries.
 //!
 //! Every call returns an [`Outcome`] whose `classified` part comes from core's status
 //! table (CONNECTOR-CONTRACT.md §3): `unavailable` when nothing was sent,
@@ -22,8 +24,10 @@ mod client;
 mod config;
 mod error;
 mod lane;
+pub mod spool;
 mod sys;
 pub mod tail;
+pub mod writer;
 
 pub use breaker::BreakerState;
 pub use cancel::Cancel;

@@ -1,0 +1,798 @@
+//! The append-only file spool behind [`Writer`](crate::writer::Writer): facts survive a
+//! daemon outage, a process crash (`kill -9`) and a restart.
+//!
+//! `spool_path` is a directory shared by every process of an app (Puma workers, Sidekiq
+//! processes). Each writer appends to a segment of its own and holds an exclusive
+//! `flock` on it for as long as it lives, so a segment nobody holds belongs to a process
+//! that died: the next writer to start **adopts** it — copies its unacknowledged facts
+//! into its own segment, then deletes it.
+//!
+//! A segment is `MAGIC` followed by records, each `len: u32 LE` · `crc32(payload): u32 LE`
+//! · payload. A payload is a fact (kind 1: seq, durability, store, key, id, fact JSON) or
+//! an acknowledgement (kind 2: the seqs that reached a terminal result). Reading stops at
+//! the first record that is incomplete or fails its CRC: a crash mid-write leaves at most
+//! a torn last record, and nothing is ever appended after it (a writer never reopens a
+//! segment for appending; adopting copies). A fact whose ack was not written yet is
+//! delivered again after a crash; the daemon answers `idempotent_replay`, so replays are
+//! harmless, and nothing acknowledged is ever sent twice by the same spool.
+//!
+//! Segments roll over past `segment_bytes`; a segment that is not the active one and has
+//! no fact left pending is deleted: that is the compaction.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tbackend_core::protocol::frame::crc32;
+
+/// The first bytes of every segment.
+pub const MAGIC: &[u8; 8] = b"TBSPOOL1";
+/// File name suffix of a segment.
+pub const SEGMENT_SUFFIX: &str = ".spool";
+/// The dead-letter file beside the segments: one JSON object per line.
+pub const DEAD_LETTER_FILE: &str = "dead-letter.jsonl";
+/// Largest record accepted when reading; a larger length field means a torn or foreign
+/// tail (requests are capped at 16 MiB; the payload adds a few names).
+const MAX_RECORD: usize = 64 << 20;
+
+const KIND_FACT: u8 = 1;
+const KIND_ACK: u8 = 2;
+
+/// When the spool calls `fdatasync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before `enqueue` returns: survives a power loss, costs a disk flush per fact.
+    Always,
+    /// By the flusher thread, at most every `fsync_interval`: a process crash loses
+    /// nothing (the page cache has it), a power loss at most that window.
+    Batch,
+    /// Left to the OS: a process crash loses nothing, a power loss what was not written back.
+    Never,
+}
+
+impl Fsync {
+    /// `"always"`, `"batch"` or `"never"`.
+    pub fn parse(s: &str) -> Option<Fsync> {
+        match s {
+            "always" => Some(Fsync::Always),
+            "batch" => Some(Fsync::Batch),
+            "never" => Some(Fsync::Never),
+            _ => None,
+        }
+    }
+}
+
+/// One fact as the writer queues and the spool stores it. The token is never part of
+/// it: the request body is built at send time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The fact's store (for logs and the per-key order).
+    pub store: String,
+    /// The fact's key: facts with the same store and key are written in enqueue order.
+    pub key: String,
+    /// The fact id (for logs).
+    pub id: String,
+    /// `"accepted"` / `"durable"`, or `None` for the daemon's default.
+    pub durability: Option<String>,
+    /// The fact as JSON, exactly as it is sent.
+    pub fact: Vec<u8>,
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A fact with its segment-local sequence number.
+    Fact(u64, Entry),
+    /// These seqs reached a terminal result.
+    Ack(Vec<u64>),
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Appends the framed record to `out`.
+pub fn encode(record: &Record, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    match record {
+        Record::Fact(seq, e) => {
+            out.push(KIND_FACT);
+            out.extend_from_slice(&seq.to_le_bytes());
+            match &e.durability {
+                Some(d) => {
+                    out.push(1);
+                    put_str(out, d);
+                }
+                None => out.push(0),
+            }
+            put_str(out, &e.store);
+            put_str(out, &e.key);
+            put_str(out, &e.id);
+            out.extend_from_slice(&e.fact);
+        }
+        Record::Ack(seqs) => {
+            out.push(KIND_ACK);
+            out.extend_from_slice(&(seqs.len() as u32).to_le_bytes());
+            for s in seqs {
+                out.extend_from_slice(&s.to_le_bytes());
+            }
+        }
+    }
+    let len = (out.len() - start - 8) as u32;
+    let crc = crc32(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.buf.len() < n {
+            return None;
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+fn decode_payload(payload: &[u8]) -> Option<Record> {
+    let mut c = Cursor { buf: payload };
+    match c.u8()? {
+        KIND_FACT => {
+            let seq = c.u64()?;
+            let durability = match c.u8()? {
+                0 => None,
+                _ => Some(c.string()?),
+            };
+            let store = c.string()?;
+            let key = c.string()?;
+            let id = c.string()?;
+            Some(Record::Fact(
+                seq,
+                Entry {
+                    store,
+                    key,
+                    id,
+                    durability,
+                    fact: c.buf.to_vec(),
+                },
+            ))
+        }
+        KIND_ACK => {
+            let n = c.u32()? as usize;
+            let seqs = (0..n).map(|_| c.u64()).collect::<Option<Vec<_>>>()?;
+            c.buf.is_empty().then_some(Record::Ack(seqs))
+        }
+        _ => None,
+    }
+}
+
+/// What [`decode_segment`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decoded {
+    /// Every whole record, in file order.
+    pub records: Vec<Record>,
+    /// Bytes of the valid prefix (magic included).
+    pub valid_len: usize,
+    /// Whether bytes after the valid prefix were ignored (a torn or corrupt tail).
+    pub torn: bool,
+}
+
+/// Reads a whole segment. Never fails: a foreign file yields nothing, a torn or
+/// corrupt record ends the segment there.
+pub fn decode_segment(bytes: &[u8]) -> Decoded {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Decoded {
+            torn: !bytes.is_empty(),
+            ..Decoded::default()
+        };
+    }
+    let mut pos = MAGIC.len();
+    let mut records = Vec::new();
+    while bytes.len() - pos >= 8 {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap());
+        if len > MAX_RECORD || bytes.len() - pos - 8 < len {
+            break;
+        }
+        let payload = &bytes[pos + 8..pos + 8 + len];
+        if crc32(payload) != crc {
+            break;
+        }
+        match decode_payload(payload) {
+            Some(r) => records.push(r),
+            None => break,
+        }
+        pos += 8 + len;
+    }
+    Decoded {
+        records,
+        valid_len: pos,
+        torn: pos < bytes.len(),
+    }
+}
+
+/// The facts of a segment that were never acknowledged, in the order they were written.
+pub fn pending_facts(records: Vec<Record>) -> Vec<Entry> {
+    let mut facts: BTreeMap<u64, Entry> = BTreeMap::new();
+    let mut acked = Vec::new();
+    for r in records {
+        match r {
+            Record::Fact(seq, e) => {
+                facts.insert(seq, e);
+            }
+            Record::Ack(seqs) => acked.extend(seqs),
+        }
+    }
+    for s in acked {
+        facts.remove(&s);
+    }
+    facts.into_values().collect()
+}
+
+fn flock(file: &File, blocking: bool) -> io::Result<bool> {
+    let op = libc::LOCK_EX | if blocking { 0 } else { libc::LOCK_NB };
+    // SAFETY: flock on an fd this File owns; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+static SEGMENT_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// One segment file this process writes to.
+#[derive(Debug)]
+pub struct Segment {
+    /// Where it lives.
+    pub path: PathBuf,
+    /// The open file, flock'ed; shared with the flusher for `fdatasync` outside locks.
+    pub file: Arc<File>,
+    /// Bytes written.
+    pub len: u64,
+    /// Facts written and not yet acknowledged.
+    pub pending: usize,
+}
+
+impl Segment {
+    /// Creates a fresh segment in `dir`: written and locked under a temporary name,
+    /// then renamed, so an adopting process never sees it unlocked.
+    fn create(dir: &Path) -> io::Result<Segment> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let n = SEGMENT_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let stem = format!("seg-{}-{nanos}-{n}", std::process::id());
+        let tmp = dir.join(format!("{stem}.tmp"));
+        let path = dir.join(format!("{stem}{SEGMENT_SUFFIX}"));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(&tmp)?;
+        flock(&file, true)?;
+        file.write_all(MAGIC)?;
+        fs::rename(&tmp, &path)?;
+        Ok(Segment {
+            path,
+            file: Arc::new(file),
+            len: MAGIC.len() as u64,
+            pending: 0,
+        })
+    }
+
+    /// Appends `bytes` (whole records). A failed or short write is cut back off, so a
+    /// later record never follows garbage.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match (&*self.file).write_all(bytes) {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(self.len);
+                // O_APPEND is not used (one writer per segment): move back explicitly.
+                let _ = std::io::Seek::seek(&mut &*self.file, std::io::SeekFrom::Start(self.len));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Where a fact lives in the spool: its segment's id and its seq there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// Segment id within this spool.
+    pub segment: u64,
+    /// Seq within the segment.
+    pub seq: u64,
+}
+
+/// The segments of one writer and how to reach them.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    segment_bytes: u64,
+    /// Segment id → segment; the active one is the highest id.
+    segments: BTreeMap<u64, Segment>,
+    next_segment: u64,
+    next_seq: u64,
+    /// Set by an append since the last sync.
+    dirty: bool,
+    /// Segments adopted from dead processes at open.
+    pub adopted_segments: usize,
+}
+
+impl Spool {
+    /// Opens `dir` (created if missing) with a fresh segment of this process, adopts
+    /// every segment no live process holds, and returns their unacknowledged facts
+    /// (already copied into the new segment) with their locations, oldest first.
+    pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<(Spool, Vec<(Location, Entry)>)> {
+        fs::create_dir_all(dir)?;
+        let mut spool = Spool {
+            dir: dir.to_path_buf(),
+            segment_bytes: segment_bytes.max(4096),
+            segments: BTreeMap::new(),
+            next_segment: 0,
+            next_seq: 0,
+            dirty: false,
+            adopted_segments: 0,
+        };
+        spool.roll()?;
+        let mut adopted = Vec::new();
+        let mut orphans: Vec<PathBuf> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("seg-")
+                    && (name.ends_with(SEGMENT_SUFFIX) || name.ends_with(".tmp"))
+            })
+            .filter(|p| !spool.segments.values().any(|s| &s.path == p))
+            .collect();
+        // Oldest first (the name holds the creation time), so a key's facts from
+        // several dead segments keep their order as far as it is known.
+        orphans.sort_by_key(|p| segment_sort_key(p));
+        for path in orphans {
+            if let Some(entries) = adopt(&path)? {
+                spool.adopted_segments += 1;
+                for e in entries {
+                    let loc = spool.append_fact(&e)?;
+                    adopted.push((loc, e));
+                }
+                // Copied (and synced below) before the orphan goes away: a crash in
+                // between replays them twice, which the daemon answers as replays.
+                spool.sync()?;
+                let _ = fs::remove_file(&path);
+            }
+        }
+        Ok((spool, adopted))
+    }
+
+    fn roll(&mut self) -> io::Result<()> {
+        let seg = Segment::create(&self.dir)?;
+        self.segments.insert(self.next_segment, seg);
+        self.next_segment += 1;
+        self.next_seq = 0;
+        self.delete_drained();
+        Ok(())
+    }
+
+    fn active_id(&self) -> u64 {
+        *self
+            .segments
+            .keys()
+            .next_back()
+            .expect("a spool always has a segment")
+    }
+
+    /// Appends one fact to the active segment (rolling over first when it is full).
+    pub fn append_fact(&mut self, entry: &Entry) -> io::Result<Location> {
+        if self.segments[&self.active_id()].len >= self.segment_bytes {
+            self.roll()?;
+        }
+        let id = self.active_id();
+        let seq = self.next_seq;
+        let mut buf = Vec::with_capacity(entry.fact.len() + 64);
+        encode(&Record::Fact(seq, entry.clone()), &mut buf);
+        let seg = self.segments.get_mut(&id).expect("active segment");
+        seg.append(&buf)?;
+        seg.pending += 1;
+        self.next_seq += 1;
+        self.dirty = true;
+        Ok(Location { segment: id, seq })
+    }
+
+    /// Records that these facts reached a terminal result: one ack record per segment.
+    /// Segments left with nothing pending (other than the active one) are deleted.
+    pub fn ack(&mut self, locations: &[Location]) -> io::Result<()> {
+        let mut by_segment: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for l in locations {
+            by_segment.entry(l.segment).or_default().push(l.seq);
+        }
+        let mut result = Ok(());
+        for (id, seqs) in by_segment {
+            let Some(seg) = self.segments.get_mut(&id) else {
+                continue;
+            };
+            seg.pending = seg.pending.saturating_sub(seqs.len());
+            let mut buf = Vec::with_capacity(16 + seqs.len() * 8);
+            encode(&Record::Ack(seqs), &mut buf);
+            if let Err(e) = seg.append(&buf) {
+                result = Err(e);
+            }
+        }
+        self.delete_drained();
+        result
+    }
+
+    /// Deletes every segment but the active one that has no pending fact.
+    fn delete_drained(&mut self) {
+        let active = self.active_id();
+        let drained: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(id, s)| **id != active && s.pending == 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in drained {
+            if let Some(seg) = self.segments.remove(&id) {
+                // Unlink while still holding the lock: no other process can adopt it.
+                let _ = fs::remove_file(&seg.path);
+            }
+        }
+    }
+
+    /// The active segment's file, for an `fdatasync` outside any lock; clears the
+    /// dirty flag (`None` when nothing was written since the last call).
+    pub fn take_dirty(&mut self) -> Option<Arc<File>> {
+        if !std::mem::take(&mut self.dirty) {
+            return None;
+        }
+        Some(self.segments[&self.active_id()].file.clone())
+    }
+
+    /// Whether something was written since the last [`Spool::take_dirty`].
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// The file of segment `id`, for an `fdatasync` outside any lock.
+    pub fn file_of(&self, id: u64) -> Option<Arc<File>> {
+        self.segments.get(&id).map(|s| s.file.clone())
+    }
+
+    /// `fdatasync` of the active segment, now.
+    pub fn sync(&mut self) -> io::Result<()> {
+        match self.take_dirty() {
+            Some(f) => f.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    /// Facts written and not yet acknowledged, over all segments.
+    pub fn pending(&self) -> usize {
+        self.segments.values().map(|s| s.pending).sum()
+    }
+
+    /// Bytes over all segments.
+    pub fn bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.len).sum()
+    }
+
+    /// The segment files, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.segments.values().map(|s| s.path.clone()).collect()
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one line to the dead-letter file beside the segments (one `write(2)`
+    /// with `O_APPEND`, so lines of several processes never interleave).
+    pub fn dead_letter(&self, line: &[u8]) -> io::Result<()> {
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(self.dir.join(DEAD_LETTER_FILE))?;
+        file.write_all(line)
+    }
+
+    /// The raw fds of the segments, for a forked child that must close them without
+    /// running any destructor.
+    pub fn raw_fds(&self) -> Vec<i32> {
+        self.segments.values().map(|s| s.file.as_raw_fd()).collect()
+    }
+}
+
+fn segment_sort_key(p: &Path) -> (u128, u64, String) {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let mut parts = name
+        .trim_end_matches(SEGMENT_SUFFIX)
+        .trim_end_matches(".tmp")
+        .split('-')
+        .skip(2);
+    let nanos = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let n = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (nanos, n, name.to_string())
+}
+
+/// Locks and reads a segment no live process holds; `None` if one does (or it is gone).
+/// Returns its pending facts; the caller deletes it once they are safe elsewhere.
+fn adopt(path: &Path) -> io::Result<Option<Vec<Entry>>> {
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !flock(&file, false)? {
+        return Ok(None);
+    }
+    // Another adopter may have deleted it between our open and our lock.
+    let same = match fs::metadata(path) {
+        Ok(m) => {
+            let ours = file.metadata()?;
+            m.ino() == ours.ino() && m.dev() == ours.dev()
+        }
+        Err(_) => false,
+    };
+    if !same {
+        return Ok(None);
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(Some(pending_facts(decode_segment(&bytes).records)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn entry(key: &str, n: u32) -> Entry {
+        Entry {
+            store: "s".into(),
+            key: key.into(),
+            id: format!("{key}-{n}"),
+            durability: if n.is_multiple_of(2) {
+                Some("accepted".into())
+            } else {
+                None
+            },
+            fact: format!(r#"{{"id":"{key}-{n}","store":"s","key":"{key}","value":{n}}}"#)
+                .into_bytes(),
+        }
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let n = SEGMENT_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "tbspool-{tag}-{}-{n}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(SEGMENT_SUFFIX))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let records = vec![
+            Record::Fact(0, entry("a", 0)),
+            Record::Fact(1, entry("b", 1)),
+            Record::Ack(vec![0]),
+            Record::Fact(
+                u64::MAX,
+                Entry {
+                    store: String::new(),
+                    key: "ключ\u{0}".into(),
+                    id: String::new(),
+                    durability: Some(String::new()),
+                    fact: Vec::new(),
+                },
+            ),
+            Record::Ack(vec![]),
+        ];
+        let mut bytes = MAGIC.to_vec();
+        for r in &records {
+            encode(r, &mut bytes);
+        }
+        let d = decode_segment(&bytes);
+        assert_eq!(d.records, records);
+        assert_eq!(d.valid_len, bytes.len());
+        assert!(!d.torn);
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_is_ignored_at_every_cut() {
+        let mut bytes = MAGIC.to_vec();
+        let mut ends = vec![bytes.len()];
+        for n in 0..4 {
+            encode(&Record::Fact(n as u64, entry("k", n)), &mut bytes);
+            ends.push(bytes.len());
+        }
+        for cut in MAGIC.len()..bytes.len() {
+            let d = decode_segment(&bytes[..cut]);
+            let whole = ends.iter().filter(|e| **e <= cut).count() - 1;
+            assert_eq!(d.records.len(), whole, "cut at {cut}");
+            assert_eq!(d.valid_len, ends[whole]);
+            assert_eq!(d.torn, cut != ends[whole]);
+        }
+        // A flipped bit in the third record ends the segment before it.
+        let mut bad = bytes.clone();
+        bad[ends[2] + 10] ^= 0x40;
+        let d = decode_segment(&bad);
+        assert_eq!(d.records.len(), 2);
+        assert!(d.torn);
+        // A length field of garbage is not trusted.
+        let mut huge = bytes[..ends[1]].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.extend_from_slice(&[0; 12]);
+        assert_eq!(decode_segment(&huge).records.len(), 1);
+        // Not a segment at all.
+        assert!(decode_segment(b"hello world").records.is_empty());
+    }
+
+    #[test]
+    fn pending_facts_skip_acked_ones_and_keep_order() {
+        let records = vec![
+            Record::Fact(0, entry("a", 0)),
+            Record::Fact(1, entry("a", 1)),
+            Record::Fact(2, entry("b", 2)),
+            Record::Ack(vec![1]),
+            Record::Fact(3, entry("a", 3)),
+            Record::Ack(vec![0, 3]),
+        ];
+        let ids: Vec<String> = pending_facts(records).into_iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec!["b-2"]);
+    }
+
+    #[test]
+    fn a_dead_writers_segment_is_adopted_once_and_deleted() {
+        let dir = tempdir("adopt");
+        {
+            let (mut spool, adopted) = Spool::open(&dir, 1 << 20).unwrap();
+            assert!(adopted.is_empty());
+            let a = spool.append_fact(&entry("a", 0)).unwrap();
+            spool.append_fact(&entry("a", 1)).unwrap();
+            spool.append_fact(&entry("b", 2)).unwrap();
+            spool.ack(&[a]).unwrap();
+            // A crash mid-write: half a record at the end.
+            let mut torn = Vec::new();
+            encode(&Record::Fact(99, entry("z", 9)), &mut torn);
+            (&*spool.segments.values().next().unwrap().file)
+                .write_all(&torn[..torn.len() / 2])
+                .unwrap();
+            // Held: another writer starting now adopts nothing.
+            let (_other, adopted) = Spool::open(&dir, 1 << 20).unwrap();
+            assert!(adopted.is_empty());
+            std::mem::forget(spool); // the process "dies": no destructor, fd closed below
+        }
+        // The forgotten File still holds the lock in this process: release it as the
+        // kernel does for a dead process.
+        for f in fs::read_dir("/proc/self/fd").unwrap() {
+            let f = f.unwrap();
+            if let Ok(target) = fs::read_link(f.path()) {
+                if target.starts_with(&dir) {
+                    let fd: i32 = f.file_name().to_str().unwrap().parse().unwrap();
+                    unsafe { libc::close(fd) };
+                }
+            }
+        }
+        let (spool, adopted) = Spool::open(&dir, 1 << 20).unwrap();
+        let ids: Vec<&str> = adopted.iter().map(|(_, e)| e.id.as_str()).collect();
+        assert_eq!(ids, vec!["a-1", "b-2"]);
+        assert_eq!(
+            spool.adopted_segments, 2,
+            "the dead one and the closed `_other`"
+        );
+        assert_eq!(spool.pending(), 2);
+        // Only our own segment is left, and it now holds the adopted facts.
+        assert_eq!(segment_files(&dir), spool.segment_paths());
+        let bytes = fs::read(&spool.segment_paths()[0]).unwrap();
+        let pending: Vec<String> = pending_facts(decode_segment(&bytes).records)
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(pending, vec!["a-1", "b-2"]);
+        drop(spool);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn drained_segments_are_deleted_on_roll_over() {
+        let dir = tempdir("compact");
+        let (mut spool, _) = Spool::open(&dir, 4096).unwrap();
+        let mut locs = Vec::new();
+        for n in 0..200 {
+            locs.push(spool.append_fact(&entry("k", n)).unwrap());
+        }
+        let files = segment_files(&dir);
+        assert!(files.len() > 2, "rolled over: {files:?}");
+        spool.ack(&locs[..150]).unwrap();
+        let left = segment_files(&dir);
+        assert!(left.len() < files.len(), "fully acked segments deleted");
+        assert_eq!(spool.pending(), 50);
+        // What is left on disk is exactly the unacked facts.
+        let mut pending = Vec::new();
+        for f in &left {
+            pending.extend(pending_facts(decode_segment(&fs::read(f).unwrap()).records));
+        }
+        assert_eq!(pending.len(), 50);
+        assert_eq!(pending[0].id, "k-150");
+        spool.ack(&locs[150..]).unwrap();
+        for n in 0..100 {
+            spool.append_fact(&entry("k", 1000 + n)).unwrap();
+        }
+        assert!(segment_files(&dir).len() <= 3);
+        drop(spool);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dead_letters_append_lines() {
+        let dir = tempdir("dead");
+        let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
+        spool.dead_letter(b"{\"a\":1}\n").unwrap();
+        spool.dead_letter(b"{\"a\":2}\n").unwrap();
+        let text = fs::read_to_string(dir.join(DEAD_LETTER_FILE)).unwrap();
+        assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n");
+        drop(spool);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,951 @@
+//! [`Writer`]: writes facts off the request path. `enqueue` hands a fact to a bounded
+//! in-process queue (optionally backed by the file [`spool`](crate::spool)) and returns
+//! in microseconds; one native flusher thread (no Ruby, no GVL) sends the queue through a
+//! [`Sink`] (the [`Client`]), pipelined, with retries, backoff and jitter.
+//!
+//! **Order per key.** Facts with the same store and key are sent one at a time, in
+//! enqueue order: a later one is written only once the earlier one has a terminal
+//! result. Facts of different keys are pipelined together (up to `batch` per round).
+//!
+//! **Statuses.** `committed_acked` / `idempotent_replay` are delivered;
+//! `duplicate_fact_id_conflict` and non-retryable errors are terminal failures (logged,
+//! dead-lettered beside a spool). `timeout_unknown`, `rejected_before_commit` and
+//! retryable errors are retried with exponential backoff and full jitter, and count as
+//! attempts: after `retry_attempts` the fact is dead (one log line, the dead-letter file).
+//! `unavailable` and `circuit_open` (nothing was sent: the daemon is unreachable) pause
+//! the whole flusher with the same backoff and do **not** count as attempts, so a long
+//! outage loses nothing: the queue fills, and the full-queue policy decides.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::fs::File;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tbackend_core::protocol::request::RequestBuilder;
+use tbackend_core::{OpKind, Status};
+
+use crate::backoff::full_jitter;
+use crate::cancel::Cancel;
+use crate::client::{Client, Outcome, Request};
+use crate::error::TransportError;
+use crate::lane::later;
+use crate::spool::{Entry, Fsync, Location, Spool};
+use crate::sys;
+
+/// Where a [`Writer`] sends its requests. [`Client`] is the real one; tests script
+/// answers with their own.
+pub trait Sink: Send + Sync + 'static {
+    /// Sends every request (pipelined) and returns one outcome per request, in order.
+    fn send(&self, requests: &[Request], cancel: &Cancel) -> Vec<Outcome>;
+    /// Ends calls in flight promptly and refuses later ones (writer shutdown).
+    fn close(&self) {}
+    /// In a forked child: give up inherited connections without touching the parent's.
+    fn forget(&self) {}
+}
+
+impl Sink for Client {
+    fn send(&self, requests: &[Request], cancel: &Cancel) -> Vec<Outcome> {
+        self.call_batch(requests, None, cancel)
+    }
+    fn close(&self) {
+        self.shutdown();
+    }
+    fn forget(&self) {
+        self.clone().forget_after_fork();
+    }
+}
+
+/// The spool settings of a [`WriterConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// The spool directory, shared by every process of the app.
+    pub dir: PathBuf,
+    /// When facts are synced to disk.
+    pub fsync: Fsync,
+    /// `Fsync::Batch`: the longest time between two syncs.
+    pub fsync_interval: Duration,
+    /// A segment rolls over past this size; drained segments are deleted.
+    pub segment_bytes: u64,
+}
+
+impl SpoolConfig {
+    /// Defaults (`batch` every 50 ms, 8 MiB segments) in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.into(),
+            fsync: Fsync::Batch,
+            fsync_interval: Duration::from_millis(50),
+            segment_bytes: 8 << 20,
+        }
+    }
+}
+
+/// How a [`Writer`] queues and retries.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Facts held in memory (queued or in flight) before `enqueue` refuses with `Full`.
+    pub queue_size: usize,
+    /// Attempts per fact that reached (or may have reached) the daemon, the first
+    /// included, before it is dead-lettered.
+    pub retry_attempts: u32,
+    /// Backoff before the second attempt; doubles per attempt, full jitter.
+    pub base_backoff: Duration,
+    /// Cap of one backoff.
+    pub max_backoff: Duration,
+    /// Most requests pipelined per round.
+    pub batch: usize,
+    /// Put in each request; never stored in the spool or printed.
+    pub token: Option<String>,
+    /// The file spool, or `None` for memory only.
+    pub spool: Option<SpoolConfig>,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            queue_size: 10_000,
+            retry_attempts: 10,
+            base_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(30),
+            batch: 256,
+            token: None,
+            spool: None,
+        }
+    }
+}
+
+/// Why `enqueue` did not take a fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The queue holds `queue_size` facts (after waiting, if asked to).
+    Full,
+    /// The writer is shut down.
+    ShutDown,
+    /// The wait for room was cancelled.
+    Cancelled,
+}
+
+/// A fact `enqueue` did not take, handed back with the reason.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub reason: Refusal,
+    /// The fact, untouched (boxed: a refusal is the rare path).
+    pub entry: Box<Entry>,
+}
+
+/// A fact `enqueue` took.
+#[derive(Debug)]
+pub struct Receipt {
+    /// Its position in this writer's enqueue order.
+    pub seq: u64,
+    /// The spool could not store it (disk full, …): it is queued in memory only.
+    pub spool_error: Option<String>,
+    /// `Fsync::Always` and not yet synced: the segment to `fdatasync`
+    /// ([`Writer::try_enqueue`] leaves that to the caller; [`Writer::enqueue`] does it).
+    pub sync: Option<Arc<File>>,
+}
+
+/// Counters and gauges of a [`Writer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterStats {
+    /// Facts in memory without a terminal result (queued, backing off or in flight).
+    pub queued: usize,
+    /// Facts in the spool without a terminal result.
+    pub spooled: usize,
+    /// Bytes of the spool's segments.
+    pub spool_bytes: u64,
+    /// Facts taken by `enqueue`.
+    pub enqueued: u64,
+    /// Facts the daemon stored (`committed_acked` or `idempotent_replay`).
+    pub delivered: u64,
+    /// Of those, `idempotent_replay`s.
+    pub replays: u64,
+    /// `duplicate_fact_id_conflict`s (terminal).
+    pub conflicts: u64,
+    /// Other terminal failures (non-retryable errors).
+    pub failed: u64,
+    /// Facts that exhausted `retry_attempts`.
+    pub dead: u64,
+    /// Sends of a fact after its first.
+    pub retries: u64,
+    /// Facts refused by a full queue under the drop policy ([`Writer::count_dropped`]).
+    pub dropped: u64,
+    /// Facts the spool could not store (queued in memory only).
+    pub spool_errors: u64,
+    /// Facts adopted from the segments of dead processes at start.
+    pub adopted: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    enqueued: AtomicU64,
+    delivered: AtomicU64,
+    replays: AtomicU64,
+    conflicts: AtomicU64,
+    failed: AtomicU64,
+    dead: AtomicU64,
+    retries: AtomicU64,
+    dropped: AtomicU64,
+    spool_errors: AtomicU64,
+    adopted: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+struct Rec {
+    seq: u64,
+    loc: Option<Location>,
+    entry: Arc<Entry>,
+    /// Sends so far.
+    sends: u32,
+    /// Sends that count against `retry_attempts`.
+    attempts: u32,
+}
+
+#[derive(Default)]
+struct KeyQueue {
+    recs: VecDeque<Rec>,
+    /// The head is in flight or backing off: nothing of this key may be sent.
+    busy: bool,
+}
+
+struct State {
+    keys: HashMap<Arc<str>, KeyQueue>,
+    /// Keys whose head may be sent now.
+    ready: VecDeque<Arc<str>>,
+    /// Keys whose head backs off until then.
+    delayed: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+    /// Facts in memory without a terminal result.
+    queued: usize,
+    /// Their seqs, for `flush`.
+    outstanding: BTreeSet<u64>,
+    next_seq: u64,
+    spool: Option<Spool>,
+    /// The daemon is unreachable: nothing is sent before then.
+    pause_until: Option<Instant>,
+    unreachable_streak: u32,
+    last_sync: Instant,
+    closed: bool,
+    rng: u64,
+}
+
+const RUNNING: u8 = 0;
+const STOPPING: u8 = 1;
+
+struct Shared {
+    state: Mutex<State>,
+    sink: Box<dyn Sink>,
+    config: WriterConfig,
+    /// Bumped by every enqueue and by shutdown; the flusher sleeps on it.
+    work: AtomicU32,
+    /// The flusher sleeps (or is about to): an enqueue must wake it.
+    idle: AtomicBool,
+    /// Bumped whenever facts reach a terminal result; `flush` and blocked enqueues
+    /// sleep on it.
+    progress: AtomicU32,
+    stop: AtomicU8,
+    counters: Counters,
+    log: Mutex<LogLimiter>,
+}
+
+/// The background writer. `Send + Sync`; dropping it stops the flusher (without
+/// waiting for the queue: call [`Writer::shutdown`] for a bounded drain).
+pub struct Writer {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Opens the spool (adopting the segments of dead processes, whose facts are queued
+    /// first) and starts the flusher thread.
+    pub fn start(sink: impl Sink, config: WriterConfig) -> std::io::Result<Writer> {
+        let now = Instant::now();
+        let seed = now.elapsed().as_nanos() as u64 ^ (u64::from(std::process::id()) << 21) | 1;
+        let mut state = State {
+            keys: HashMap::new(),
+            ready: VecDeque::new(),
+            delayed: BinaryHeap::new(),
+            queued: 0,
+            outstanding: BTreeSet::new(),
+            next_seq: 0,
+            spool: None,
+            pause_until: None,
+            unreachable_streak: 0,
+            last_sync: now,
+            closed: false,
+            rng: seed ^ 0x9E37_79B9_7F4A_7C15,
+        };
+        let counters = Counters::default();
+        if let Some(sc) = &config.spool {
+            let (spool, adopted) = Spool::open(&sc.dir, sc.segment_bytes)?;
+            state.spool = Some(spool);
+            for (loc, entry) in adopted {
+                state.push(Some(loc), entry);
+                bump(&counters.adopted);
+            }
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            sink: Box::new(sink),
+            config,
+            work: AtomicU32::new(0),
+            idle: AtomicBool::new(false),
+            progress: AtomicU32::new(0),
+            stop: AtomicU8::new(RUNNING),
+            counters,
+            log: Mutex::new(LogLimiter::default()),
+        });
+        let runner = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("tbackend-writer".into())
+            .spawn(move || runner.run())?;
+        Ok(Writer {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues `entry` without ever waiting (other than for the queue's mutex and, with
+    /// a spool, one `write(2)`). With `Fsync::Always` the receipt names the segment the
+    /// caller must sync before reporting success.
+    pub fn try_enqueue(&self, entry: Entry) -> Result<Receipt, Refused> {
+        let sh = &*self.shared;
+        let mut st = sh.lock();
+        if st.closed {
+            return Err(Refused {
+                reason: Refusal::ShutDown,
+                entry: Box::new(entry),
+            });
+        }
+        if st.queued >= sh.config.queue_size.max(1) {
+            return Err(Refused {
+                reason: Refusal::Full,
+                entry: Box::new(entry),
+            });
+        }
+        let (loc, spool_error, sync) = match st.spool.as_mut() {
+            Some(spool) => match spool.append_fact(&entry) {
+                Ok(loc) => {
+                    let always = sh.config.spool.as_ref().map(|s| s.fsync) == Some(Fsync::Always);
+                    let sync = always.then(|| spool.file_of(loc.segment)).flatten();
+                    (Some(loc), None, sync)
+                }
+                Err(e) => (None, Some(format!("spool write failed: {e}")), None),
+            },
+            None => (None, None, None),
+        };
+        let seq = st.push(loc, entry);
+        drop(st);
+        bump(&sh.counters.enqueued);
+        if spool_error.is_some() {
+            bump(&sh.counters.spool_errors);
+        }
+        sh.poke();
+        Ok(Receipt {
+            seq,
+            spool_error,
+            sync,
+        })
+    }
+
+    /// Queues `entry`, waiting up to `wait` for room when the queue is full (`None`:
+    /// no wait), and with `Fsync::Always` syncs the spool before returning. `cancel`
+    /// ends the wait (async-signal-safe, for Ruby's unblocking function).
+    pub fn enqueue(
+        &self,
+        mut entry: Entry,
+        wait: Option<Duration>,
+        cancel: &Cancel,
+    ) -> Result<Receipt, Refused> {
+        let sh = &*self.shared;
+        let deadline = wait.map(|w| later(Instant::now(), w));
+        loop {
+            let seen = sh.progress.load(Ordering::SeqCst);
+            match self.try_enqueue(entry) {
+                Ok(mut receipt) => {
+                    if let Some(file) = receipt.sync.take() {
+                        if let Err(e) = file.sync_data() {
+                            receipt.spool_error = Some(format!("spool fsync failed: {e}"));
+                            bump(&sh.counters.spool_errors);
+                        }
+                    }
+                    return Ok(receipt);
+                }
+                Err(Refused {
+                    reason: Refusal::Full,
+                    entry: back,
+                }) => {
+                    let now = Instant::now();
+                    let Some(deadline) = deadline.filter(|d| *d > now) else {
+                        return Err(Refused {
+                            reason: Refusal::Full,
+                            entry: back,
+                        });
+                    };
+                    if cancel.is_cancelled() {
+                        return Err(Refused {
+                            reason: Refusal::Cancelled,
+                            entry: back,
+                        });
+                    }
+                    sh.wait_progress(seen, deadline - now, cancel);
+                    entry = *back;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// Waits until every fact enqueued before the call has a terminal result: `true`,
+    /// or `false` at `timeout` (`None`: no limit) or on `cancel`.
+    pub fn flush(&self, timeout: Option<Duration>, cancel: &Cancel) -> bool {
+        let sh = &*self.shared;
+        let target = sh.lock().next_seq;
+        let deadline = timeout.map(|t| later(Instant::now(), t));
+        loop {
+            let seen = sh.progress.load(Ordering::SeqCst);
+            let done = sh
+                .lock()
+                .outstanding
+                .first()
+                .is_none_or(|first| *first >= target);
+            if done {
+                return true;
+            }
+            if cancel.is_cancelled() {
+                return false;
+            }
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return false,
+                },
+                None => None,
+            };
+            sh.wait_progress(seen, left.unwrap_or(Duration::from_secs(1)), cancel);
+        }
+    }
+
+    /// Refuses later enqueues, flushes for at most `timeout`, then stops the flusher
+    /// (ending its calls in flight), syncs the spool and closes it, so the next writer
+    /// (in this process or another) adopts what is left. `true` when everything was
+    /// settled; otherwise `stats().queued` says how much was not (kept in the spool, or
+    /// lost without one). Later calls return at once; `stats` keeps working.
+    pub fn shutdown(&self, timeout: Duration, cancel: &Cancel) -> bool {
+        let sh = &*self.shared;
+        sh.lock().closed = true;
+        let drained = self.flush(Some(timeout), cancel);
+        self.stop_thread();
+        let spool = sh.lock().spool.take();
+        if let Some(mut spool) = spool {
+            let _ = spool.sync();
+        }
+        drained
+    }
+
+    fn stop_thread(&self) {
+        let sh = &*self.shared;
+        sh.stop.store(STOPPING, Ordering::SeqCst);
+        sh.sink.close();
+        sh.work.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(&sh.work, i32::MAX);
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+
+    /// Counts a fact the caller dropped because the queue was full.
+    pub fn count_dropped(&self) {
+        bump(&self.shared.counters.dropped);
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> WriterStats {
+        let sh = &*self.shared;
+        let c = &sh.counters;
+        let (queued, spooled, spool_bytes) = {
+            let st = sh.lock();
+            let (p, b) = st
+                .spool
+                .as_ref()
+                .map_or((0, 0), |s| (s.pending(), s.bytes()));
+            (st.queued, p, b)
+        };
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WriterStats {
+            queued,
+            spooled,
+            spool_bytes,
+            enqueued: get(&c.enqueued),
+            delivered: get(&c.delivered),
+            replays: get(&c.replays),
+            conflicts: get(&c.conflicts),
+            failed: get(&c.failed),
+            dead: get(&c.dead),
+            retries: get(&c.retries),
+            dropped: get(&c.dropped),
+            spool_errors: get(&c.spool_errors),
+            adopted: get(&c.adopted),
+        }
+    }
+
+    /// The spool's segment files, oldest first (empty without a spool).
+    pub fn spool_segments(&self) -> Vec<PathBuf> {
+        self.shared
+            .lock()
+            .spool
+            .as_ref()
+            .map(|s| s.segment_paths())
+            .unwrap_or_default()
+    }
+
+    /// For a forked child: gives this writer up without running it or touching the
+    /// parent's spool. The flusher thread does not exist in the child, so nothing is
+    /// sent twice; the inherited segment fds are closed (the parent keeps its lock) when
+    /// the queue's mutex was free at fork time, and leaked otherwise; the sink forgets
+    /// its inherited connections. Locks nothing that could be held.
+    pub fn forget_after_fork(self) {
+        let sh = &*self.shared;
+        if let Ok(st) = sh.state.try_lock() {
+            if let Some(spool) = &st.spool {
+                for fd in spool.raw_fds() {
+                    sys::close_inherited(fd);
+                }
+            }
+            std::mem::forget(st);
+        }
+        sh.sink.forget();
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.stop_thread();
+    }
+}
+
+impl State {
+    fn push(&mut self, loc: Option<Location>, entry: Entry) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let key: Arc<str> = Arc::from(format!("{}\u{0}{}", entry.store, entry.key));
+        let kq = self.keys.entry(key.clone()).or_default();
+        if !kq.busy && kq.recs.is_empty() {
+            self.ready.push_back(key);
+        }
+        kq.recs.push_back(Rec {
+            seq,
+            loc,
+            entry: Arc::new(entry),
+            sends: 0,
+            attempts: 0,
+        });
+        self.queued += 1;
+        self.outstanding.insert(seq);
+        seq
+    }
+
+    /// The head of `key` reached a terminal result: the next fact of the key may go.
+    fn finish(&mut self, key: &Arc<str>, acks: &mut Vec<Location>) -> Option<Rec> {
+        let kq = self.keys.get_mut(key)?;
+        let rec = kq.recs.pop_front()?;
+        kq.busy = false;
+        if kq.recs.is_empty() {
+            self.keys.remove(key);
+        } else {
+            self.ready.push_back(key.clone());
+        }
+        self.queued -= 1;
+        self.outstanding.remove(&rec.seq);
+        if let Some(loc) = rec.loc {
+            acks.push(loc);
+        }
+        Some(rec)
+    }
+
+    fn head(&mut self, key: &Arc<str>) -> Option<&mut Rec> {
+        self.keys.get_mut(key)?.recs.front_mut()
+    }
+
+    fn jitter(&mut self, base: Duration, max: Duration, n: u32) -> Duration {
+        full_jitter(base, max, n, &mut self.rng)
+    }
+}
+
+/// What the flusher decided for one outcome.
+enum Verdict {
+    Delivered {
+        replay: bool,
+    },
+    Terminal(&'static str),
+    /// Retry after a backoff; counts as an attempt.
+    Retry,
+    /// The daemon is unreachable: pause everything, retry without counting.
+    Unreachable,
+    /// Writer stopping: leave the fact for the spool or the next flush.
+    Interrupted,
+}
+
+fn verdict(o: &Outcome) -> Verdict {
+    if matches!(
+        o.transport,
+        Some(TransportError::ShutDown { .. } | TransportError::Cancelled { .. })
+    ) {
+        return Verdict::Interrupted;
+    }
+    let c = &o.classified;
+    match c.status {
+        Status::CommittedAcked => Verdict::Delivered { replay: false },
+        Status::IdempotentReplay => Verdict::Delivered { replay: true },
+        Status::DuplicateFactIdConflict => Verdict::Terminal("conflict"),
+        Status::Unavailable | Status::CircuitOpen => Verdict::Unreachable,
+        Status::TimeoutUnknown | Status::RejectedBeforeCommit => Verdict::Retry,
+        Status::Error if c.retryable == Some(true) => Verdict::Retry,
+        Status::Error | Status::Ok | Status::Disabled => Verdict::Terminal("error"),
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the flusher if it sleeps.
+    fn poke(&self) {
+        self.work.fetch_add(1, Ordering::SeqCst);
+        if self.idle.load(Ordering::SeqCst) {
+            sys::futex_wake(&self.work, 1);
+        }
+    }
+
+    fn wait_progress(&self, seen: u32, max: Duration, cancel: &Cancel) {
+        let _armed = cancel.arm(&self.progress, None);
+        if cancel.is_cancelled() {
+            return;
+        }
+        sys::futex_wait(&self.progress, seen, Some(max));
+    }
+
+    fn sync_interval(&self) -> Option<Duration> {
+        self.config
+            .spool
+            .as_ref()
+            .filter(|s| s.fsync == Fsync::Batch)
+            .map(|s| s.fsync_interval)
+    }
+
+    fn request(&self, e: &Entry) -> Result<Request, String> {
+        let mut b = RequestBuilder::new("write_fact_once", self.config.token.as_deref());
+        if let Some(d) = &e.durability {
+            b.str("durability", d).map_err(|e| e.to_string())?;
+        }
+        b.raw("fact", &e.fact).map_err(|e| e.to_string())?;
+        Ok(Request::new(OpKind::Write, b.finish()))
+    }
+
+    /// The flusher thread.
+    fn run(&self) {
+        let batch_max = self.config.batch.max(1);
+        loop {
+            let seen = self.work.load(Ordering::SeqCst);
+            if self.stop.load(Ordering::SeqCst) != RUNNING {
+                return;
+            }
+            let now = Instant::now();
+            let mut st = self.lock();
+            while let Some(Reverse((t, _))) = st.delayed.peek() {
+                if *t > now {
+                    break;
+                }
+                let Reverse((_, key)) = st.delayed.pop().expect("peeked");
+                st.ready.push_back(key);
+            }
+            let sync_file = match self.sync_interval() {
+                Some(every) if now.duration_since(st.last_sync) >= every => {
+                    st.last_sync = now;
+                    st.spool.as_mut().and_then(Spool::take_dirty)
+                }
+                _ => None,
+            };
+            let paused = st.pause_until.is_some_and(|t| t > now);
+            let mut batch: Vec<(Arc<str>, Arc<Entry>)> = Vec::new();
+            if !paused {
+                st.pause_until = None;
+                while batch.len() < batch_max {
+                    let Some(key) = st.ready.pop_front() else {
+                        break;
+                    };
+                    let Some(kq) = st.keys.get_mut(&key) else {
+                        continue;
+                    };
+                    let Some(head) = kq.recs.front_mut() else {
+                        continue;
+                    };
+                    kq.busy = true;
+                    head.sends += 1;
+                    let entry = head.entry.clone();
+                    batch.push((key, entry));
+                }
+            }
+            if batch.is_empty() {
+                let mut wake = st.delayed.peek().map(|Reverse((t, _))| *t);
+                if paused {
+                    wake = earliest(wake, st.pause_until);
+                }
+                if let Some(every) = self.sync_interval() {
+                    if st.spool.as_ref().is_some_and(Spool::is_dirty) {
+                        wake = earliest(wake, Some(st.last_sync + every));
+                    }
+                }
+                self.idle.store(true, Ordering::SeqCst);
+                drop(st);
+                if let Some(f) = sync_file {
+                    let _ = f.sync_data();
+                }
+                let timeout = wake.map(|w| w.saturating_duration_since(Instant::now()));
+                if timeout != Some(Duration::ZERO) {
+                    sys::futex_wait(&self.work, seen, timeout);
+                }
+                self.idle.store(false, Ordering::SeqCst);
+                continue;
+            }
+            drop(st);
+            if let Some(f) = sync_file {
+                let _ = f.sync_data();
+            }
+            self.send_batch(batch);
+        }
+    }
+
+    fn send_batch(&self, batch: Vec<(Arc<str>, Arc<Entry>)>) {
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut refused = Vec::new();
+        for (key, entry) in batch {
+            match self.request(&entry) {
+                Ok(r) => {
+                    slots.push(key);
+                    requests.push(r);
+                }
+                Err(e) => refused.push((key, e)),
+            }
+        }
+        let outcomes = if requests.is_empty() {
+            Vec::new()
+        } else {
+            self.sink.send(&requests, &Cancel::new())
+        };
+        let mut st = self.lock();
+        let mut acks = Vec::new();
+        let now = Instant::now();
+        let cfg = &self.config;
+        let mut answered = false;
+        for (key, error) in refused {
+            if let Some(rec) = st.finish(&key, &mut acks) {
+                bump(&self.counters.failed);
+                self.dead_letter(&st, &rec, "error", "client_bug", &error);
+            }
+        }
+        for (key, outcome) in slots.into_iter().zip(outcomes) {
+            let v = verdict(&outcome);
+            if !matches!(v, Verdict::Unreachable | Verdict::Interrupted) {
+                answered = true;
+            }
+            match v {
+                Verdict::Delivered { replay } => {
+                    st.finish(&key, &mut acks);
+                    bump(&self.counters.delivered);
+                    if replay {
+                        bump(&self.counters.replays);
+                    }
+                }
+                Verdict::Terminal(reason) => {
+                    if let Some(rec) = st.finish(&key, &mut acks) {
+                        bump(if reason == "conflict" {
+                            &self.counters.conflicts
+                        } else {
+                            &self.counters.failed
+                        });
+                        let c = &outcome.classified;
+                        let error = c.error.clone().unwrap_or_default();
+                        self.dead_letter(&st, &rec, reason, c.kind.as_str(), &error);
+                    }
+                }
+                Verdict::Retry => {
+                    let attempts = match st.head(&key) {
+                        Some(head) => {
+                            head.attempts += 1;
+                            head.attempts
+                        }
+                        None => continue,
+                    };
+                    if attempts >= cfg.retry_attempts.max(1) {
+                        if let Some(rec) = st.finish(&key, &mut acks) {
+                            bump(&self.counters.dead);
+                            let c = &outcome.classified;
+                            let error = outcome
+                                .transport
+                                .as_ref()
+                                .map(|t| t.to_string())
+                                .or_else(|| c.error.clone())
+                                .unwrap_or_default();
+                            self.dead_letter(&st, &rec, "exhausted", c.status.as_str(), &error);
+                        }
+                    } else {
+                        bump(&self.counters.retries);
+                        let sleep = st.jitter(cfg.base_backoff, cfg.max_backoff, attempts);
+                        st.delayed.push(Reverse((later(now, sleep), key)));
+                    }
+                }
+                Verdict::Unreachable => {
+                    bump(&self.counters.retries);
+                    self.requeue_front(&mut st, key);
+                }
+                Verdict::Interrupted => self.requeue_front(&mut st, key),
+            }
+        }
+        if answered {
+            st.unreachable_streak = 0;
+        } else if st.pause_until.is_none() && !st.ready.is_empty() {
+            st.unreachable_streak = st.unreachable_streak.saturating_add(1);
+            let n = st.unreachable_streak;
+            let sleep = st.jitter(cfg.base_backoff, cfg.max_backoff, n);
+            st.pause_until = Some(later(now, sleep.max(Duration::from_millis(1))));
+        }
+        if !acks.is_empty() {
+            if let Some(spool) = st.spool.as_mut() {
+                // A lost ack only means a replay after a crash, which the daemon
+                // answers idempotently; nothing to do about a failed one.
+                let _ = spool.ack(&acks);
+            }
+        }
+        drop(st);
+        if !acks.is_empty() {
+            self.progress.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(&self.progress, i32::MAX);
+        }
+    }
+
+    /// The head of `key` goes back to the front: it is the next of its key to be sent.
+    fn requeue_front(&self, st: &mut State, key: Arc<str>) {
+        if let Some(kq) = st.keys.get_mut(&key) {
+            kq.busy = false;
+            st.ready.push_front(key);
+        }
+    }
+
+    /// One log line (no values, no token) and, with a spool, the fact in the
+    /// dead-letter file.
+    fn dead_letter(&self, st: &State, rec: &Rec, reason: &str, status: &str, error: &str) {
+        let e = &rec.entry;
+        let line = format!(
+            "acts_as_tbackend: fact not delivered ({reason}): store={} id={} status={status} attempts={}{}",
+            e.store,
+            e.id,
+            rec.sends,
+            if st.spool.is_some() {
+                " (kept in the dead-letter file beside the spool)"
+            } else {
+                ""
+            }
+        );
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .line(&line);
+        if let Some(spool) = &st.spool {
+            let at = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            let fact = std::str::from_utf8(&e.fact).unwrap_or("null");
+            let record = format!(
+                "{{\"at\":{at},\"reason\":{},\"status\":{},\"error\":{},\"attempts\":{},\"store\":{},\"key\":{},\"id\":{},\"durability\":{},\"fact\":{fact}}}\n",
+                json_str(reason),
+                json_str(status),
+                json_str(error),
+                rec.sends,
+                json_str(&e.store),
+                json_str(&e.key),
+                json_str(&e.id),
+                e.durability.as_deref().map_or("null".to_string(), json_str),
+            );
+            if let Err(err) = spool.dead_letter(record.as_bytes()) {
+                self.log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .line(&format!(
+                        "acts_as_tbackend: dead-letter file not written: {err}"
+                    ));
+            }
+        }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// At most `BURST` lines per second on stderr; what it holds back is counted into the
+/// next line, so a flood (a wrong token fails every fact) stays readable and not silent.
+#[derive(Default)]
+struct LogLimiter {
+    window: Option<Instant>,
+    lines: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    const BURST: u32 = 10;
+
+    fn line(&mut self, text: &str) {
+        let now = Instant::now();
+        if self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1))
+        {
+            self.window = Some(now);
+            self.lines = 0;
+        }
+        if self.lines >= Self::BURST {
+            self.suppressed += 1;
+            return;
+        }
+        self.lines += 1;
+        let suppressed = std::mem::take(&mut self.suppressed);
+        let mut err = std::io::stderr().lock();
+        if suppressed > 0 {
+            let _ = writeln!(
+                err,
+                "acts_as_tbackend: {suppressed} more such lines suppressed"
+            );
+        }
+        let _ = writeln!(err, "{text}");
+    }
+}

@@ -1,0 +1,345 @@
+//! `ActsAsTbackend::Native::Writer`: the Ruby face of `tbackend_client::writer::Writer`.
+//!
+//! `enqueue` encodes the fact to JSON here, with the GVL (the same encoder and checks as
+//! a synchronous write, so an invalid fact fails the same way), and hands it to the
+//! native queue. That normally takes the queue's mutex and, with a spool, one
+//! `write(2)`, so it runs with the GVL held; anything that can wait (room in a full
+//! queue, an `fsync` per fact, `flush`, `shutdown`) runs without the GVL and with an
+//! unblocking function, so Timeout, Thread#kill and Ctrl-C stay prompt.
+//!
+//! Fork: the writer is stamped with the pid that built it. In another process it is
+//! forgotten (its flusher thread does not exist there, its queue is the parent's to
+//! deliver, its spool segment the parent's to hold) and every call answers as if shut
+//! down; the Ruby layer builds the child a fresh writer.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use magnus::{value::ReprValue, Error, RArray, RHash, Ruby, TryConvert, Value};
+use tbackend_client::spool::{Entry, Fsync};
+use tbackend_client::writer::{Refusal, SpoolConfig, Writer, WriterConfig};
+use tbackend_client::{Cancel, Client, Config};
+
+use crate::errors::{configuration, invalid_fact};
+use crate::fact::{check_store, to_s};
+use crate::json::Encoder;
+use crate::nogvl::{without_gvl, NoGvl};
+
+struct Holder {
+    pid: u32,
+    writer: Option<Arc<Writer>>,
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        // Garbage-collected in a forked child: the flusher thread is the parent's, so
+        // the writer must be forgotten, never stopped and joined.
+        if self.pid != std::process::id() {
+            forget(self.writer.take());
+        }
+    }
+}
+
+fn forget(writer: Option<Arc<Writer>>) {
+    if let Some(writer) = writer {
+        match Arc::try_unwrap(writer) {
+            Ok(w) => w.forget_after_fork(),
+            Err(shared) => std::mem::forget(shared),
+        }
+    }
+}
+
+#[magnus::wrap(class = "ActsAsTbackend::Native::Writer", free_immediately, size)]
+pub struct RbWriter {
+    holder: Mutex<Holder>,
+    max_request_bytes: usize,
+    fsync_always: bool,
+}
+
+fn opt<T: TryConvert>(options: RHash, key: &str) -> Result<Option<T>, Error> {
+    let ruby = Ruby::get_with(options);
+    match options.get(ruby.to_symbol(key)) {
+        Some(v) if !v.is_nil() => Ok(Some(T::try_convert(v)?)),
+        _ => Ok(None),
+    }
+}
+
+fn seconds(value: Option<f64>) -> Option<Duration> {
+    value
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// The client settings, read from the same options Hash as `Native::Client.new`.
+fn client_config(options: RHash) -> Result<Config, Error> {
+    let mut config = Config::default();
+    if let Some(host) = opt::<String>(options, "host")? {
+        config.host = host;
+    }
+    if let Some(port) = opt::<u16>(options, "port")? {
+        config.port = port;
+    }
+    config.token = opt::<String>(options, "token")?.filter(|t| !t.is_empty());
+    if let Some(d) = seconds(opt(options, "connect_timeout")?) {
+        config.connect_timeout = d;
+    }
+    if let Some(d) = seconds(opt(options, "request_timeout")?) {
+        config.request_timeout = d;
+    }
+    if let Some(n) = opt::<usize>(options, "max_in_flight")? {
+        config.max_depth = n.max(1);
+    }
+    if let Some(n) = opt::<u32>(options, "breaker_threshold")? {
+        config.breaker_threshold = n;
+    }
+    if let Some(d) = seconds(opt(options, "breaker_cooldown")?) {
+        config.breaker_cooldown = d;
+    }
+    if let Some(d) = seconds(opt(options, "idle_reconnect")?) {
+        config.idle_reconnect = d;
+    }
+    // One lane: the flusher is one thread that pipelines its whole batch on it.
+    config.lanes = 1;
+    Ok(config)
+}
+
+fn writer_config(
+    ruby: &Ruby,
+    options: RHash,
+    token: Option<String>,
+) -> Result<WriterConfig, Error> {
+    let mut config = WriterConfig {
+        token,
+        ..WriterConfig::default()
+    };
+    if let Some(n) = opt::<usize>(options, "queue_size")? {
+        config.queue_size = n.max(1);
+    }
+    if let Some(n) = opt::<u32>(options, "retry_attempts")? {
+        config.retry_attempts = n.max(1);
+    }
+    if let Some(d) = seconds(opt(options, "retry_base_backoff")?) {
+        config.base_backoff = d;
+    }
+    if let Some(d) = seconds(opt(options, "retry_max_backoff")?) {
+        config.max_backoff = d;
+    }
+    if let Some(dir) = opt::<String>(options, "spool_path")?.filter(|p| !p.is_empty()) {
+        let mut spool = SpoolConfig::new(PathBuf::from(dir));
+        if let Some(f) = opt::<String>(options, "spool_fsync")? {
+            spool.fsync = Fsync::parse(&f)
+                .ok_or_else(|| configuration(ruby, format!("spool_fsync: unknown policy {f:?}")))?;
+        }
+        config.spool = Some(spool);
+    }
+    Ok(config)
+}
+
+/// Runs `work` without the GVL; `Err` for a pending interrupt or a native panic.
+fn blocking<R: Send>(ruby: &Ruby, work: impl FnOnce(&Cancel) -> R + Send) -> Result<R, Error> {
+    let cancel = Cancel::new();
+    let mut work = Some(work);
+    loop {
+        match without_gvl(
+            || (work.take().expect("work runs at most once"))(&cancel),
+            &|| cancel.cancel(),
+        ) {
+            NoGvl::Done(r) => {
+                ruby.thread_check_ints()?;
+                return Ok(r);
+            }
+            // Often only the timer asking to pass the GVL on: serve it, start again.
+            NoGvl::NotStarted => ruby.thread_check_ints()?,
+            NoGvl::Panicked(message) => {
+                return Err(crate::errors::internal(
+                    ruby,
+                    format!("acts_as_tbackend native writer bug (please report): {message}"),
+                ))
+            }
+        }
+    }
+}
+
+fn field(ruby: &Ruby, hash: RHash, name: &str) -> Option<Value> {
+    hash.get(name)
+        .or_else(|| hash.get(ruby.to_symbol(name)))
+        .filter(|v| !v.is_nil())
+}
+
+impl RbWriter {
+    /// `Native::Writer.new(client_options, writer_options)`: opens the spool (adopting
+    /// what dead processes left) and starts the flusher thread.
+    pub fn new(ruby: &Ruby, client_options: RHash, options: RHash) -> Result<Self, Error> {
+        let client = client_config(client_options)?;
+        let max_request_bytes = client.max_request_bytes;
+        let config = writer_config(ruby, options, client.token.clone())?;
+        let fsync_always = config.spool.as_ref().map(|s| s.fsync) == Some(Fsync::Always);
+        let writer = Writer::start(Client::new(client), config)
+            .map_err(|e| configuration(ruby, format!("cannot open the spool: {e}")))?;
+        Ok(RbWriter {
+            holder: Mutex::new(Holder {
+                pid: std::process::id(),
+                writer: Some(Arc::new(writer)),
+            }),
+            max_request_bytes,
+            fsync_always,
+        })
+    }
+
+    fn holder(&self) -> MutexGuard<'_, Holder> {
+        self.holder.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer, if it belongs to this process and is not shut down.
+    fn current(&self) -> Option<Arc<Writer>> {
+        let mut holder = self.holder();
+        let pid = std::process::id();
+        if holder.pid != pid {
+            forget(holder.writer.take());
+            holder.pid = pid;
+        }
+        holder.writer.clone()
+    }
+
+    fn entry(&self, ruby: &Ruby, fact: Value, durability: Option<String>) -> Result<Entry, Error> {
+        let Some(hash) = RHash::from_value(fact) else {
+            return Err(invalid_fact(ruby, "fact must be a Hash"));
+        };
+        let store = match field(ruby, hash, "store") {
+            Some(v) => to_s(v)?,
+            None => return Err(invalid_fact(ruby, "fact has no store")),
+        };
+        check_store(ruby, &store)?;
+        let key = field(ruby, hash, "key")
+            .map(to_s)
+            .transpose()?
+            .unwrap_or_default();
+        let id = field(ruby, hash, "id")
+            .map(to_s)
+            .transpose()?
+            .unwrap_or_default();
+        let mut encoder = Encoder::new(ruby, self.max_request_bytes);
+        encoder
+            .encode(fact)
+            .map_err(|e| e.into_ruby(ruby, "fact"))?;
+        Ok(Entry {
+            store,
+            key,
+            id,
+            durability,
+            fact: encoder.out,
+        })
+    }
+
+    /// `[status, error]`: `"enqueued"` (error: a spool failure, the fact is queued in
+    /// memory only), `"full"` (after waiting up to `wait` seconds, if given),
+    /// `"shut_down"`. Raises `InvalidFact` for a fact that can never be written.
+    pub fn enqueue(
+        ruby: &Ruby,
+        rb_self: &Self,
+        fact: Value,
+        durability: Option<String>,
+        wait: Option<f64>,
+    ) -> Result<RArray, Error> {
+        let entry = rb_self.entry(ruby, fact, durability)?;
+        let answer = |status: &str, error: Option<String>| -> Result<RArray, Error> {
+            let pair = ruby.ary_new_capa(2);
+            pair.push(status)?;
+            pair.push(error)?;
+            Ok(pair)
+        };
+        let Some(writer) = rb_self.current() else {
+            return answer("shut_down", None);
+        };
+        let wait = seconds(wait);
+        let result = if rb_self.fsync_always {
+            blocking(ruby, |cancel| writer.enqueue(entry, wait, cancel))?
+        } else {
+            match writer.try_enqueue(entry) {
+                Err(refused) if refused.reason == Refusal::Full && wait.is_some() => {
+                    let entry = *refused.entry;
+                    blocking(ruby, |cancel| writer.enqueue(entry, wait, cancel))?
+                }
+                other => other,
+            }
+        };
+        match result {
+            Ok(receipt) => answer("enqueued", receipt.spool_error),
+            Err(refused) => match refused.reason {
+                Refusal::Full | Refusal::Cancelled => answer("full", None),
+                Refusal::ShutDown => answer("shut_down", None),
+            },
+        }
+    }
+
+    /// `true` once every fact enqueued before the call has a terminal result.
+    pub fn flush(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<bool, Error> {
+        let Some(writer) = rb_self.current() else {
+            return Ok(true);
+        };
+        let timeout = seconds(timeout).unwrap_or(Duration::ZERO);
+        blocking(ruby, |cancel| writer.flush(Some(timeout), cancel))
+    }
+
+    /// Flushes for at most `timeout`, then stops the flusher and closes the spool; `true`
+    /// when nothing was left undelivered. Later enqueues answer `shut_down`.
+    pub fn shutdown(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<bool, Error> {
+        let Some(writer) = rb_self.current() else {
+            return Ok(true);
+        };
+        let timeout = seconds(timeout).unwrap_or(Duration::ZERO);
+        blocking(ruby, |cancel| writer.shutdown(timeout, cancel))
+    }
+
+    pub fn count_dropped(&self) {
+        if let Some(w) = self.current() {
+            w.count_dropped();
+        }
+    }
+
+    /// Forgets an inherited writer at once in a forked child (Process._fork hook).
+    pub fn after_fork(&self) {
+        drop(self.current());
+    }
+
+    pub fn stats(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {
+        let hash = ruby.hash_new();
+        let Some(writer) = rb_self.current() else {
+            hash.aset(ruby.to_symbol("shut_down"), true)?;
+            return Ok(hash);
+        };
+        let s = writer.stats();
+        let pairs: [(&str, u64); 13] = [
+            ("queued", s.queued as u64),
+            ("spooled", s.spooled as u64),
+            ("spool_bytes", s.spool_bytes),
+            ("enqueued", s.enqueued),
+            ("delivered", s.delivered),
+            ("replays", s.replays),
+            ("conflicts", s.conflicts),
+            ("failed", s.failed),
+            ("dead", s.dead),
+            ("retries", s.retries),
+            ("dropped", s.dropped),
+            ("spool_errors", s.spool_errors),
+            ("adopted", s.adopted),
+        ];
+        for (name, value) in pairs {
+            hash.aset(ruby.to_symbol(name), value)?;
+        }
+        Ok(hash)
+    }
+
+    /// The spool's segment files of this writer, oldest first.
+    pub fn spool_segments(&self) -> Vec<String> {
+        self.current()
+            .map(|w| {
+                w.spool_segments()
+                    .into_iter()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
