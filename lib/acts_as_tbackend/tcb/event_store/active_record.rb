@@ -1,0 +1,185 @@
+# frozen_string_literal: true
+
+require "active_record"
+require "json"
+require_relative "expected_version"
+require_relative "json_codec"
+
+module TCB
+  module EventStore
+    # One table per domain module (`payments__charges_events`, made by `rails g
+    # tcb:event_store`), events as JSON (see JsonCodec). The table follows from the stream's
+    # context string alone, so no model is ever found by camelizing a context (tcb 0.6.2
+    # broke on `HTTPGateway`); `register_domain` also names the model `<Module>::EventRecord`.
+    #
+    # Versions: each append reads the stream's last version and inserts after it inside a
+    # savepoint; the unique index on (stream_id, version) turns a concurrent append of the
+    # same version into WrongExpectedVersion (with `expected_version:`) or a fresh attempt
+    # at the new end of the stream (without).
+    class ActiveRecord
+      # Appends without expected_version retry this often when another writer takes the
+      # version they read as next.
+      APPEND_ATTEMPTS = 5
+
+      attr_reader :codec, :base_class
+
+      # Creates a module's events table as the `tcb:event_store` migration does: for test
+      # suites that load a schema without migrations, and for the store lint.
+      def self.create_table(domain_module, connection: ::ActiveRecord::Base.connection)
+        table = DomainContext.from_module(domain_module).events_table
+        connection.create_table(table) do |t|
+          t.string :event_id, null: false
+          t.string :stream_id, null: false
+          t.integer :version, null: false
+          t.string :event_type, null: false
+          t.integer :schema_version, null: false, default: 1
+          t.text :payload, null: false
+          t.datetime :occurred_at, null: false, precision: 6
+          t.string :correlation_id
+          t.string :causation_id
+          t.datetime :created_at, null: false, precision: 6
+        end
+        connection.add_index(table, %i[stream_id version], unique: true, name: "index_#{table}_stream_version")
+        connection.add_index(table, :event_id, unique: true, name: "index_#{table}_event_id")
+        connection.add_index(table, %i[correlation_id occurred_at], name: "index_#{table}_correlation")
+        table
+      end
+
+      # `base_class`: the abstract class whose connection the tables live on (e.g.
+      # ApplicationRecord, or one of a multi-database app's).
+      def initialize(base_class: ::ActiveRecord::Base, codec: JsonCodec.new)
+        @base_class = base_class
+        @codec = codec
+        @models = {}
+        @lock = Mutex.new
+      end
+
+      # Called by TCB.configure for every module that persists: its event classes become
+      # readable, and its table gets the model `<Module>::EventRecord`.
+      def register_domain(domain_module)
+        registrations = domain_module.respond_to?(:persist_registrations) ? domain_module.persist_registrations : []
+        registrations.each { |registration| codec.register(registration.event_class) unless codec.registered?(registration.event_class) }
+        extra_classes.each { |klass| codec.register(klass) unless codec.registered?(klass) }
+        model = model_for(DomainContext.from_module(domain_module).to_s)
+        domain_module.send(:remove_const, :EventRecord) if domain_module.const_defined?(:EventRecord, false)
+        domain_module.const_set(:EventRecord, model)
+        model
+      end
+
+      def append(stream_id:, events:, occurred_at: Time.now, correlation_id: nil, causation_id: nil, expected_version: nil)
+        stream = StreamId.parse(stream_id.to_s)
+        model = model_for(stream.context)
+        # The column keeps microseconds: the envelopes returned must equal the ones read back.
+        occurred_at = occurred_at.getutc.floor(6)
+        attempts = 0
+        begin
+          attempts += 1
+          model.transaction(requires_new: true) do
+            current = model.where(stream_id: stream.to_s).maximum(:version) || 0
+            ExpectedVersion.check!(stream, current, expected_version)
+            envelopes = build_envelopes(stream, events, current, occurred_at, correlation_id, causation_id)
+            model.insert_all!(envelopes.map { |envelope| row(envelope) }) unless envelopes.empty?
+            envelopes
+          end
+        rescue ::ActiveRecord::RecordNotUnique
+          retry if expected_version.nil? && attempts < APPEND_ATTEMPTS
+          raise WrongExpectedVersion.new(stream_id: stream.to_s, expected_version: expected_version,
+                                         actual_version: current_version(model, stream))
+        end
+      end
+
+      def read(stream_id, from_version: nil, to_version: nil, occurred_after: nil, limit: nil, order: :asc)
+        raise ArgumentError, "order must be :asc or :desc, got #{order.inspect}" unless %i[asc desc].include?(order)
+
+        stream = StreamId.parse(stream_id.to_s)
+        scope = model_for(stream.context).where(stream_id: stream.to_s)
+        scope = scope.where(version: from_version..) if from_version
+        scope = scope.where(version: ..to_version) if to_version
+        scope = scope.where(scope.arel_table[:occurred_at].gt(occurred_after)) if occurred_after
+        scope = scope.limit(limit) if limit
+        scope.order(version: order).map { |record| envelope(record) }
+      end
+
+      # Exact context: the stream id must start with "<context>|", so "orders" never returns
+      # events of "orders_archive" even where two contexts shared a table. Times compare as
+      # instants whatever the app's time zone.
+      def read_by_correlation(correlation_id, context:, occurred_after: nil, occurred_before: nil)
+        model = model_for(context.to_s)
+        scope = model.where(correlation_id: correlation_id.to_s)
+                     .where("stream_id LIKE ? ESCAPE '\\'", "#{model.sanitize_sql_like(context.to_s)}|%")
+        scope = scope.where(model.arel_table[:occurred_at].gt(occurred_after)) if occurred_after
+        scope = scope.where(model.arel_table[:occurred_at].lt(occurred_before)) if occurred_before
+        scope.order(:occurred_at, :stream_id, :version).map { |record| envelope(record) }
+      end
+
+      # Looks in the table of every context this store has registered or used.
+      def read_by_event_ids(event_ids)
+        ids = event_ids.map(&:to_s).uniq
+        return {} if ids.empty?
+
+        models.each_with_object({}) do |model, found|
+          model.where(event_id: ids - found.keys).each do |record|
+            found[record.event_id] = envelope(record)
+          end
+        end
+      end
+
+      def transaction(&)
+        base_class.transaction(&)
+      end
+
+      private
+
+      def models
+        @lock.synchronize { @models.values }
+      end
+
+      # The model of a context's table, built once; no constant lookup involved.
+      def model_for(context)
+        @lock.synchronize do
+          @models[context] ||= begin
+            table = "#{context.gsub(DomainContext::NAMESPACE_SEPARATOR, DomainContext::TABLE_SEPARATOR)}" \
+                    "#{DomainContext::TABLE_SUFFIX}"
+            Class.new(base_class) do
+              self.table_name = table
+              define_singleton_method(:name) { "TCB::EventStore::ActiveRecord::Record(#{table})" }
+            end
+          end
+        end
+      end
+
+      def extra_classes
+        return [] unless TCB.respond_to?(:config)
+
+        Array(TCB.config.extra_serialization_classes).select { |klass| klass.is_a?(Class) && klass.name }
+                                                      .reject { |klass| Configuration::BASE_SERIALIZATION_CLASSES.include?(klass) }
+      end
+
+      def current_version(model, stream)
+        model.where(stream_id: stream.to_s).maximum(:version) || 0
+      end
+
+      def build_envelopes(stream, events, current, occurred_at, correlation_id, causation_id)
+        events.each_with_index.map do |event, index|
+          Envelope.new(event: event, event_id: SecureRandom.uuid, stream_id: stream.to_s, version: current + index + 1,
+                       occurred_at: occurred_at, correlation_id: correlation_id, causation_id: causation_id)
+        end
+      end
+
+      def row(envelope)
+        dumped = codec.dump(envelope.event)
+        { event_id: envelope.event_id, stream_id: envelope.stream_id, version: envelope.version,
+          event_type: dumped["type"], schema_version: dumped["schema_version"],
+          payload: JSON.generate(dumped["data"]), occurred_at: envelope.occurred_at,
+          correlation_id: envelope.correlation_id, causation_id: envelope.causation_id, created_at: Time.now.utc }
+      end
+
+      def envelope(record)
+        Envelope.new(event: codec.load(record.event_type, record.schema_version, JSON.parse(record.payload)),
+                     event_id: record.event_id, stream_id: record.stream_id, version: record.version,
+                     occurred_at: record.occurred_at.getutc, correlation_id: record.correlation_id,
+                     causation_id: record.causation_id)
+      end
+    end
+  end
+end
