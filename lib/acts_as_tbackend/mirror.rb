@@ -54,13 +54,16 @@ module ActsAsTbackend
       return DISABLED.dup unless ActsAsTbackend.enabled?
 
       payload = { store: store.to_s, event_type: event_type.to_s, fact_id: fact["id"], async: async }
-      Instrumentation.instrument(:mirror, payload) do
+      result = Instrumentation.instrument(:mirror, payload) do
         if async
           enqueue(fact, durability)
         else
           ActsAsTbackend.client.write_fact_once_safe(fact, durability: durability)
         end
       end
+      # The app-facing matchers (acts_as_tbackend/testing) see every fact handed over.
+      Testing.record(fact, result, event_type) if defined?(ActsAsTbackend::Testing)
+      result
     end
 
     def enqueue(fact, durability)
@@ -122,10 +125,12 @@ module ActsAsTbackend
       end
     end
 
-    # The soft result for a fact that could not be built or sent.
+    # The soft result for a fact that could not be built or sent; retryable when the
+    # exception says so (QueueFull, a strict-mode TransportError).
     def error_result(exception)
       message = Redact.call("#{exception.class.name}: #{exception.message}", ActsAsTbackend.config.token)
-      { ok: false, status: "error", committed: false, retryable: false, response: nil, error: message }
+      retryable = (exception.respond_to?(:retryable?) && exception.retryable?) == true
+      { ok: false, status: "error", committed: false, retryable: retryable, response: nil, error: message }
     end
   end
 end
