@@ -19,7 +19,7 @@ module TCB
     class ActiveRecord
       # Appends without expected_version retry this often when another writer takes the
       # version they read as next.
-      APPEND_ATTEMPTS = 5
+      APPEND_ATTEMPTS = 50
 
       attr_reader :codec, :base_class
 

@@ -46,8 +46,10 @@ module TCB
       TRANSPORT_STATUSES = %w[unavailable timeout_unknown circuit_open].freeze
       WRITTEN_STATUSES = %w[committed_acked idempotent_replay].freeze
       # Appends without expected_version retry when another writer took the version they
-      # read as next (or when the daemon did not show the newest commit yet).
-      APPEND_ATTEMPTS = 5
+      # read as next (or when the daemon did not show the newest commit yet), after a short
+      # random pause so that racing writers stop colliding.
+      APPEND_ATTEMPTS = 50
+      RETRY_PAUSE = 0.002
       # How far before its index entry a commit may carry a transaction_time (wall clocks
       # step back); bounds the stream reads a lookup needs.
       CLOCK_SLACK = 60.0
@@ -118,7 +120,10 @@ module TCB
           envelopes = build_envelopes(stream, events, head[:version], occurred_at, correlation_id, causation_id)
           return envelopes if write_commit(stream, envelopes, head)
 
-          next if expected_version.nil? && attempt < APPEND_ATTEMPTS
+          if expected_version.nil? && attempt < APPEND_ATTEMPTS
+            sleep(rand * RETRY_PAUSE * [attempt, 5].min)
+            next
+          end
 
           raise WrongExpectedVersion.new(stream_id: stream.to_s, expected_version: expected_version,
                                          actual_version: [head_of(stream)[:version], head[:version] + 1].max)
