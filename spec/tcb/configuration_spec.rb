@@ -91,6 +91,14 @@ RSpec.describe "TCB.configure and TCB.reset!" do
     expect(bus).to be_shutdown
   end
 
+  it "warns when configure wires no domain modules (reset! forgets them)" do
+    configure_tcb(Sales)
+    TCB.reset!
+    configure_tcb
+    expect(log_io.string).to include("WARN").and include("no domain modules")
+    expect(TCB.config.event_bus.registry.handlers_for(Sales::OrderPlaced)).to eq([])
+  end
+
   describe "reset!" do
     it "resets everything: bus stopped, config and domain modules dropped, in-memory stores emptied" do
       store = TCB::EventStore::InMemory.new

@@ -41,6 +41,7 @@ module TCB
         candidate = config
         begin
           yield candidate if block_given?
+          warn_without_modules(candidate)
           candidate.wire!
           candidate.freeze
         rescue Exception # rubocop:disable Lint/RescueException -- an interrupt mid-configure must not leave it live either
@@ -68,6 +69,15 @@ module TCB
     end
 
     private
+
+    # reset! forgets the domain modules; a setup that set them once (the tcb README's)
+    # would otherwise configure a runtime without a single handler, silently.
+    def warn_without_modules(candidate)
+      return unless candidate.domain_modules.empty?
+
+      candidate.logger.warn("[TCB] configure: no domain modules, so no handler is wired. TCB.reset! forgets them: " \
+                            "set TCB.domain_modules = [...] before each TCB.configure (see docs/tcb.md)")
+    end
 
     def discard(candidate)
       @config = nil
