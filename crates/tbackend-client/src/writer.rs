@@ -1098,7 +1098,7 @@ mod tests {
         let sink = Scripted::new(|id, n| {
             let h = id
                 .bytes()
-                .fold(u32::from(n) * 7919, |h, b| h.wrapping_mul(31) ^ b as u32);
+                .fold(n.wrapping_mul(7919), |h, b| h.wrapping_mul(31) ^ b as u32);
             match h % 6 {
                 0 => Status::TimeoutUnknown,
                 1 => Status::RejectedBeforeCommit,
@@ -1374,7 +1374,6 @@ mod tests {
         for n in 0..12 {
             put(&w, "k", &format!("f{n:02}"));
         }
-        assert!(crate::lane::later(Instant::now(), Duration::ZERO) <= Instant::now());
         assert!(wait(|| w.stats().delivered == 5));
         assert_eq!(w.stats().spooled, 7);
         // Stopped without delivering the rest: what a crash leaves, acks included.
