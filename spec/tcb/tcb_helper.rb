@@ -52,7 +52,8 @@ module TCBSpec
 end
 
 RSpec.configure do |config|
-  config.define_derived_metadata(file_path: %r{/spec/tcb/}) { |metadata| metadata[:tcb] = true }
+  # The store and generator specs (spec/tcb/stores, spec/tcb/generators) set TCB up themselves.
+  config.define_derived_metadata(file_path: %r{/spec/tcb/(?!stores/|generators/)}) { |metadata| metadata[:tcb] = true }
   config.include TCBSpec::Helpers, :tcb
   # Every example starts unconfigured; a leftover bus would leak a thread into the next.
   config.around(:each, :tcb) do |example|
