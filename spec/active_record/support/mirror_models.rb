@@ -77,6 +77,11 @@ module TbackendSpec
       acts_as_tbackend store: "orders_async", async: true
     end
 
+    class SyncOrder < ActiveRecord::Base
+      self.table_name = "mirror_orders"
+      acts_as_tbackend store: "orders_sync", async: false
+    end
+
     # No updated_at: ids come from the content digest.
     class Note < ActiveRecord::Base
       self.table_name = "mirror_notes"
