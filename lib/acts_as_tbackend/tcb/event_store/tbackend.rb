@@ -178,7 +178,7 @@ module TCB
 
       # The stream's last version and the transaction_time of its last commit.
       def head_of(stream)
-        answer = read_call { |c| c.latest_for(store: events_store(stream.context), key: stream.to_s, timeout: @timeout) }
+        answer = read_call(stream) { |c| c.latest_for(store: events_store(stream.context), key: stream.to_s, timeout: @timeout) }
         fact = answer.dig(:response, :fact)
         return { version: 0, transaction_time: 0.0 } unless fact
 
@@ -187,7 +187,7 @@ module TCB
       end
 
       def commits(stream, as_of: nil, since: nil)
-        answer = read_call do |c|
+        answer = read_call(stream) do |c|
           c.facts_for(store: events_store(stream.context), key: stream.to_s, since: since, as_of: as_of, timeout: @timeout)
         end
         answer.dig(:response, :facts).sort_by { |fact| fact[:value][:first_version] }
@@ -221,7 +221,7 @@ module TCB
         return true if WRITTEN_STATUSES.include?(result[:status])
         return false if result[:status] == "duplicate_fact_id_conflict"
 
-        fail_write!(result, "append to #{stream}")
+        fail_call!(result, "append to #{stream}")
       end
 
       def commit_fact(stream, envelopes, transaction_time)
@@ -260,12 +260,12 @@ module TCB
         results = write_call { |c| c.write_facts_once(facts, **write_options.except(:attempts)) }
         facts.zip(results).each do |fact, result|
           result = write_call { |c| c.write_fact_once_safe(fact, **write_options) } unless WRITTEN_STATUSES.include?(result[:status])
-          fail_write!(result, "index #{stream}") unless WRITTEN_STATUSES.include?(result[:status])
+          fail_call!(result, "index #{stream}") unless WRITTEN_STATUSES.include?(result[:status])
         end
       end
 
       def index_entries(context, key)
-        answer = read_call { |c| c.facts_for(store: index_store(context), key: key, timeout: @timeout) }
+        answer = read_call(key) { |c| c.facts_for(store: index_store(context), key: key, timeout: @timeout) }
         answer.dig(:response, :facts)
       end
 
@@ -291,11 +291,11 @@ module TCB
         { durability: @durability, timeout: @timeout, attempts: @attempts }
       end
 
-      def read_call
+      def read_call(what)
         result = guarded { yield client }
         return result if result[:ok]
 
-        fail_write!(result, "read")
+        fail_call!(result, "read of #{what}")
       end
 
       def write_call(&)
@@ -309,7 +309,7 @@ module TCB
         raise Unavailable.new("TBackend #{e.result&.dig(:status) || 'unavailable'}: #{e.message}", result: e.result)
       end
 
-      def fail_write!(result, what)
+      def fail_call!(result, what)
         message = "TBackend #{result[:status]} on #{what}: #{result[:error] || result[:response].inspect}"
         raise Unavailable.new(message, result: result) if TRANSPORT_STATUSES.include?(result[:status]) || result[:retryable]
 
