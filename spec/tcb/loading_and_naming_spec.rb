@@ -102,6 +102,8 @@ RSpec.describe "TCB loading and naming" do
       expect(envelope).to respond_to(:email)
       expect(envelope.version).to be_nil # its own fields win
       expect { envelope.nope }.to raise_error(NoMethodError)
+      expect(Array(envelope)).to eq([envelope]) # conversions are not delegated
+      expect(envelope).not_to respond_to(:to_a)
     end
   end
 

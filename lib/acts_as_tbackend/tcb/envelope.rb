@@ -8,6 +8,8 @@ module TCB
   class Envelope
     ATTRIBUTES = %i[event event_id stream_id version occurred_at correlation_id causation_id].freeze
 
+    NOT_DELEGATED = %i[each deconstruct deconstruct_keys call].freeze
+
     attr_reader(*ATTRIBUTES)
 
     def self.wrap(event, correlation_id: nil, causation_id: nil)
@@ -48,14 +50,15 @@ module TCB
     # Block subscribers receive the envelope, and handlers written as `|event| event.email`
     # (the tcb README's own examples) would fail on it. The event's readers answer through
     # the envelope; the envelope's own fields win on a clash.
+    # Conversions stay the envelope's own: Array(envelope) must not splat a Struct event.
     def method_missing(name, *args, &)
-      return super unless event.respond_to?(name)
+      return super if !event.respond_to?(name) || name.start_with?("to_") || NOT_DELEGATED.include?(name)
 
       event.public_send(name, *args, &)
     end
 
     def respond_to_missing?(name, include_private = false)
-      event.respond_to?(name) || super
+      (event.respond_to?(name) && !name.start_with?("to_") && !NOT_DELEGATED.include?(name)) || super
     end
   end
 end

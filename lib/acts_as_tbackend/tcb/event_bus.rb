@@ -35,10 +35,6 @@ module TCB
       install_signal_handlers(shutdown_signals, on_signal) if handle_signals
     end
 
-    def sync?
-      @sync
-    end
-
     # The dispatcher thread (nil in sync mode). In a forked child, a new one.
     def dispatcher
       return nil if @sync
@@ -91,6 +87,8 @@ module TCB
     # `timeout` seconds, then drops what is left. Returns the final EventBusShutdown.
     def shutdown(drain: true, timeout: 5.0)
       return nil if shutdown? || @state == :draining
+
+      timeout ||= @shutdown_timeout # never wait forever
 
       notify_lifecycle(EventBusShutdown.new(status: :initiated, drain_requested: drain, timeout_seconds: timeout,
                                             events_drained: 0, occurred_at: Time.now.utc))
