@@ -3,6 +3,7 @@
 require "spec_helper"
 require "acts_as_tbackend/tcb"
 require "acts_as_tbackend/tcb/lint"
+require "acts_as_tbackend/tcb/event_store/json_codec"
 require "active_record"
 require "tmpdir"
 
