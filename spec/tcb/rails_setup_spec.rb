@@ -42,15 +42,27 @@ RSpec.describe "The documented Rails setup" do
         end
       RUBY
       "config/initializers/tcb.rb" => <<~RUBY
-        # The setup from docs/tcb.md, verbatim.
-        Rails.application.config.to_prepare do
-          TCB.reset!(graceful_shutdown_time: 10)
-          TCB.domain_modules = [Sales, Warehouse]
-          TCB.configure do |c|
-            c.event_bus = Rails.env.test? ? TCB::EventBus.new(sync: true) : TCB::EventBus.new
-            c.event_store = TCB::EventStore::InMemory.new
+        # The setup from docs/tcb.md (its domain modules and stores).
+        require "acts_as_tbackend/tcb"
+
+        module DomainRuntime
+          def self.setup!
+            TCB.reset!(graceful_shutdown_time: 10.0)
+            TCB.domain_modules = [Sales, Warehouse]
+            TCB.configure do |c|
+              c.event_bus =
+                if Rails.env.test?
+                  TCB::EventBus.new(sync: true)
+                else
+                  TCB::EventBus.new(max_queue_size: 10_000, shutdown_timeout: 30.0,
+                                    handle_signals: Rails.env.production?)
+                end
+              c.event_store = TCB::EventStore::InMemory.new
+            end
           end
         end
+
+        Rails.application.config.to_prepare { DomainRuntime.setup! }
       RUBY
     }
   end
