@@ -23,19 +23,26 @@ module ActsAsTbackend
   # - warn: one line on $stderr.
   # - raise_in_test: raises MirrorFailure, but only under RAILS_ENV/RACK_ENV=test or
   #   TBACKEND_FORCE_TEST_MODE=1, so it is safe to leave in a shared configuration.
-  # - enqueue_retry: accepted, behaves like ignore (as in 0.2); see docs/mirror.md.
+  # - enqueue_retry: a retryable failure (OutboxFlusher's `retryable`/`unknown`) hands
+  #   `fact` to the async writer, whose native thread retries it with backoff (and keeps
+  #   it in the spool when one is set), or to MirrorRetryJob when `retry_backend` is
+  #   "active_job". 0.2 accepted the name and did nothing.
   module FailurePolicy
     POLICIES = Config::FAILURE_POLICIES
+    RETRY_LATER = %w[retryable unknown].freeze
 
     module_function
 
-    def apply(result, policy: ActsAsTbackend.config.failure_policy, context: {})
+    # `fact` and `durability` are what enqueue_retry sends again; without a fact (it could
+    # not be built) there is nothing to retry.
+    def apply(result, policy: ActsAsTbackend.config.failure_policy, context: {}, fact: nil, durability: nil)
       name = policy_name(policy)
       return result if success?(result)
 
       case name
       when "warn" then write_line(describe(result, context))
       when "raise_in_test" then raise MirrorFailure.new(describe(result, context), result: result) if test_env?
+      when "enqueue_retry" then enqueue_retry(result, fact, durability, context) if fact
       end
       result
     end
@@ -50,10 +57,30 @@ module ActsAsTbackend
     end
 
     # `[ActsAsTbackend] mirror failure (store=orders, event_type=create): status=unavailable error="boom"`
-    def describe(result, context)
+    def describe(result, context, what = "mirror failure")
       fields = context.map { |name, value| "#{name}=#{value}" }.join(", ")
       status, error = result.is_a?(Hash) ? [result[:status], result[:error]] : [nil, result.inspect]
-      "[ActsAsTbackend] mirror failure (#{fields}): status=#{status} error=#{error.inspect}"
+      "[ActsAsTbackend] #{what} (#{fields}): status=#{status} error=#{error.inspect}"
+    end
+
+    # The enqueue's own failure (a full queue under "raise", a job backend that is down)
+    # is one line on $stderr: the policy must not turn a soft failure into an exception.
+    def enqueue_retry(result, fact, durability, context)
+      return unless RETRY_LATER.include?(OutboxFlusher.flush_status(result))
+
+      if retry_backend == "active_job"
+        MirrorRetryJob.perform_later(fact, durability)
+      else
+        queued = ActsAsTbackend.async_writer.enqueue(fact, durability: durability)
+        write_line(describe(queued, context, "enqueue_retry failed")) unless success?(queued)
+      end
+    rescue StandardError => e
+      write_line(describe(Mirror.error_result(e), context, "enqueue_retry failed"))
+    end
+
+    def retry_backend
+      config = ActsAsTbackend.config
+      config.respond_to?(:retry_backend) ? config.retry_backend.to_s : "spool"
     end
 
     # One write, so lines from concurrent threads never interleave; not Kernel#warn, which
@@ -68,6 +95,6 @@ module ActsAsTbackend
 
       raise ConfigurationError, "failure_policy must be one of #{POLICIES.join(', ')}, got #{policy.inspect}"
     end
-    private_class_method :write_line, :policy_name
+    private_class_method :enqueue_retry, :retry_backend, :write_line, :policy_name
   end
 end

@@ -45,7 +45,7 @@ module ActsAsTbackend
     # transport errors pass through, as from the client.
     def deliver(fact, store:, event_type:, durability: nil, async: false)
       result = write(fact, store: store, event_type: event_type, durability: durability, async: async)
-      FailurePolicy.apply(result, context: { store: store, event_type: event_type })
+      FailurePolicy.apply(result, context: { store: store, event_type: event_type }, fact: fact, durability: durability)
     end
 
     # @api private: the write itself (synchronous, or handed to the async writer), with

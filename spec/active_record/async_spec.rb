@@ -22,7 +22,7 @@ RSpec.describe "acts_as_tbackend: async" do
         expect(sync_seconds).to be >= 0.5
 
         daemon.control({ "op" => "clear" })
-        facts = eventually(15) { (found = facts_in("orders_async")).any? && found }
+        facts = eventually(15) { (found = facts_in("orders_async", polling: true))&.any? && found }
         expect(facts.map { |f| [f[:key], f[:value][:status]] }).to eq([["orders_async:#{order.id}", "fast"]])
       end
 
@@ -34,7 +34,7 @@ RSpec.describe "acts_as_tbackend: async" do
         sync_seconds, = timed { models::SyncOrder.create!(status: "sync") }
         expect(sync_seconds).to be >= 0.5
         daemon.control({ "op" => "clear" })
-        expect(eventually(15) { facts_in("mirror_orders").any? }).to be(true)
+        expect(eventually(15) { facts_in("mirror_orders", polling: true)&.any? }).to be(true)
       end
 
       it "enqueues each committed change exactly once, nothing of a rollback, in order per key" do

@@ -91,13 +91,22 @@ RSpec.describe "acts_as_tbackend: failures and failure policies" do
         end
       end
 
+      it "enqueue_retry: a change whose write failed reaches the daemon later, through the async writer" do
+        ActsAsTbackend.config.failure_policy = "enqueue_retry"
+        daemon.kill!
+        order = models::Order.create!(status: "retried")
+        daemon.restart
+        facts = eventually(15) { (found = facts_in("mirror_orders", polling: true))&.any? && found }
+        expect(facts.map { |f| [f[:key], f[:value][:status]] }).to eq([["mirror_orders:#{order.id}", "retried"]])
+      end
+
       it "recovers by itself when the daemon comes back (same port, no reset!)" do
         daemon.kill!
         models::Order.create!(status: "lost")
         daemon.restart
         landed = eventually(10) do
           models::Order.create!(status: "back")
-          facts_in("mirror_orders").any?
+          facts_in("mirror_orders", polling: true)&.any?
         end
         expect(landed).to be(true)
         expect(facts_in("mirror_orders").map { |f| f[:value][:status] }.uniq).to eq(["back"])

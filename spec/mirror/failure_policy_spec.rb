@@ -84,8 +84,50 @@ RSpec.describe ActsAsTbackend::FailurePolicy do
     end
   end
 
-  it "enqueue_retry: accepted, and like ignore" do
-    expect(captured_stderr { described_class.apply(failure, policy: :enqueue_retry, context: context) }).to eq("")
+  describe "enqueue_retry (0.2 accepted it and did nothing)" do
+    include TbackendSpec::ClientHelpers
+
+    around do |example|
+      TbackendSpec::TestDaemon.with do |d|
+        @daemon = d
+        client_for(d)
+        example.run
+      ensure
+        ActsAsTbackend.reset!
+      end
+    end
+
+    let(:fact) { ActsAsTbackend::Fact.build(id: unique("retry"), store: "orders", key: "orders:1", value: { "a" => 1 }) }
+
+    def stored_ids
+      ActsAsTbackend.client.facts_by_seq(store: "orders")[:response][:facts].map { |f| f[:id] }
+    end
+
+    %w[unavailable timeout_unknown circuit_open rejected_before_commit].each do |status|
+      it "hands the fact of a #{status} failure to the async writer, which delivers it" do
+        result = failure.merge(status: status)
+        out = captured_stderr { described_class.apply(result, policy: :enqueue_retry, context: context, fact: fact) }
+        expect(out).to eq("")
+        expect(eventually(10) { stored_ids == [fact["id"]] }).to be(true)
+        expect(ActsAsTbackend.async_writer.stats[:enqueued]).to eq(1)
+      end
+    end
+
+    it "retries nothing that cannot succeed later, or without a fact" do
+      %w[duplicate_fact_id_conflict error config_error].each do |status|
+        result = failure.merge(status: status, retryable: false)
+        described_class.apply(result, policy: :enqueue_retry, context: context, fact: fact)
+      end
+      described_class.apply(failure, policy: :enqueue_retry, context: context)
+      expect(ActsAsTbackend.async_writer.stats[:enqueued]).to eq(0)
+      expect(stored_ids).to eq([])
+    end
+
+    it "reports an enqueue that fails as one line, without raising" do
+      bad = fact.merge("value" => { "x" => "\xff".b.force_encoding("UTF-8") })
+      out = captured_stderr { described_class.apply(failure, policy: :enqueue_retry, context: context, fact: bad) }
+      expect(out).to start_with("[ActsAsTbackend] enqueue_retry failed (store=orders, event_type=create): status=error")
+    end
   end
 
   it "rejects an unknown policy with an ArgumentError" do

@@ -74,7 +74,8 @@ module ActsAsTbackend
         return if @settled
 
         @settled = true
-        FailurePolicy.apply(@failure || write, context: { store: @store, event_type: @event_type })
+        FailurePolicy.apply(@failure || write, context: { store: @store, event_type: @event_type },
+                                               fact: @fact, durability: @durability)
       rescue MirrorFailure
         raise if raise_failures
       rescue StandardError
