@@ -291,6 +291,24 @@ RSpec.describe TCB::EventBus do
       ActiveRecord::Base.connection.drop_table(:tcb_bus_rows, if_exists: true) if defined?(ActiveRecord::Base)
     end
 
+    it "lets force_shutdown cut a drain short" do
+      gate = Queue.new
+      b = bus
+      b.subscribe(Ping) do |e|
+        gate.pop if e.event.n.zero?
+        got << e.event.n
+      end
+      5.times { |n| b.publish(Ping.new(n)) }
+      draining = Thread.new { b.shutdown(drain: true, timeout: 30) }
+      expect(eventually(2) { b.instance_variable_get(:@state) == :draining }).to be(true)
+      b.force_shutdown
+      gate << :go
+      join_all([draining], 5)
+      expect(drain(got, 1)).to eq([0])
+      expect(eventually(2) { !b.dispatcher.alive? }).to be(true)
+      expect(got).to be_empty # 1 … 4 were dropped
+    end
+
     it "wakes publishers blocked on a full queue with ShutdownError instead of leaving them hanging" do
       gate = Queue.new
       b = bus(max_queue_size: 1)

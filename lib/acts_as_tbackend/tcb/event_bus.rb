@@ -3,6 +3,7 @@
 require_relative "event_bus/events"
 require_relative "event_bus/registry"
 require_relative "event_bus/signals"
+require_relative "event_bus/lifecycle"
 
 module TCB
   # Pub/sub for events, routed by exact class.
@@ -16,6 +17,7 @@ module TCB
   # and returns; the handler running at that moment finishes, then the thread ends.
   class EventBus
     include Signals
+    include Lifecycle
 
     # subscribe, unsubscribe or publish on a bus that was shut down.
     class ShutdownError < TCB::Error; end
@@ -31,6 +33,7 @@ module TCB
       @shutdown_timeout = shutdown_timeout
       @registry = Registry.new
       @state = :running
+      @mutex = Mutex.new
       start_dispatcher unless sync
       install_signal_handlers(shutdown_signals, on_signal) if handle_signals
     end
@@ -86,13 +89,13 @@ module TCB
     # Stops accepting events, delivers the queued ones (`drain: true`) for at most
     # `timeout` seconds, then drops what is left. Returns the final EventBusShutdown.
     def shutdown(drain: true, timeout: 5.0)
-      return nil if shutdown? || @state == :draining
-
       timeout ||= @shutdown_timeout # never wait forever
+      return drop_queue if !drain && @state == :draining # a force while draining
+      return nil unless claim_shutdown(drain)
 
       notify_lifecycle(EventBusShutdown.new(status: :initiated, drain_requested: drain, timeout_seconds: timeout,
                                             events_drained: 0, occurred_at: Time.now.utc))
-      completed = @sync ? stop_sync : stop_async(drain, timeout)
+      completed = @sync || wait_for_dispatcher(timeout)
       restore_signal_handlers
       finish(drain, timeout, completed)
     end
@@ -236,41 +239,6 @@ module TCB
       end
     rescue ShutdownError
       nil # the bus was force-stopped meanwhile; the failure is already logged
-    end
-
-    # Shutdown events go straight to their subscribers in the caller's thread: the queue is
-    # closing (or already dropped) when they happen.
-    def notify_lifecycle(event)
-      deliver(Envelope.wrap(event))
-    end
-
-    def stop_sync
-      @state = :shutdown
-      true
-    end
-
-    def stop_async(drain, timeout)
-      restart_after_fork
-      @mutex.synchronize do
-        @state = drain ? :draining : :shutdown
-        @queue.clear unless drain
-        @not_empty.broadcast
-        @not_full.broadcast
-      end
-      completed = Thread.current.equal?(@dispatcher) || !@dispatcher.join(timeout).nil?
-      @mutex.synchronize do
-        @state = :shutdown
-        @queue.clear
-        @not_full.broadcast
-      end
-      completed
-    end
-
-    def finish(drain, timeout, completed)
-      event = EventBusShutdown.new(status: completed ? :completed : :timeout_exceeded, drain_requested: drain,
-                                   timeout_seconds: timeout, events_drained: @drained || 0, occurred_at: Time.now.utc)
-      notify_lifecycle(event)
-      event
     end
   end
 end
