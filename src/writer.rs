@@ -90,17 +90,15 @@ fn client_config(options: RHash) -> Result<Config, Error> {
     if let Some(n) = opt::<usize>(options, "max_in_flight")? {
         config.max_depth = n.max(1);
     }
-    if let Some(n) = opt::<u32>(options, "breaker_threshold")? {
-        config.breaker_threshold = n;
-    }
-    if let Some(d) = seconds(opt(options, "breaker_cooldown")?) {
-        config.breaker_cooldown = d;
-    }
     if let Some(d) = seconds(opt(options, "idle_reconnect")?) {
         config.idle_reconnect = d;
     }
     // One lane: the flusher is one thread that pipelines its whole batch on it.
     config.lanes = 1;
+    // No breaker: it protects callers from waiting on a dead daemon, and nobody waits
+    // here. The writer pauses with its own backoff (retry_base/max_backoff) instead of
+    // sitting out a cooldown after every blip.
+    config.breaker_threshold = 0;
     Ok(config)
 }
 

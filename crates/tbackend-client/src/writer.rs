@@ -172,7 +172,9 @@ pub struct WriterStats {
     pub failed: u64,
     /// Facts that exhausted `retry_attempts`.
     pub dead: u64,
-    /// Sends of a fact after its first.
+    /// Retries scheduled after an answer that may be retried (`timeout_unknown`,
+    /// `rejected_before_commit`, a retryable error); waits for an unreachable daemon
+    /// are not counted.
     pub retries: u64,
     /// Facts refused by a full queue under the drop policy ([`Writer::count_dropped`]).
     pub dropped: u64,
@@ -817,11 +819,7 @@ impl Shared {
                         st.delayed.push(Reverse((later(now, sleep), key)));
                     }
                 }
-                Verdict::Unreachable => {
-                    bump(&self.counters.retries);
-                    self.requeue_front(&mut st, key);
-                }
-                Verdict::Interrupted => self.requeue_front(&mut st, key),
+                Verdict::Unreachable | Verdict::Interrupted => self.requeue_front(&mut st, key),
             }
         }
         if answered {
@@ -1177,7 +1175,10 @@ mod tests {
         assert_eq!(s.conflicts, 1);
         assert_eq!(s.failed, 1);
         assert_eq!(s.dead, 0);
-        assert_eq!(s.retries, 7);
+        assert_eq!(
+            s.retries, 3,
+            "waits for an unreachable daemon are not retries"
+        );
     }
 
     #[test]
