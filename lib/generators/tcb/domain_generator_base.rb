@@ -14,6 +14,8 @@ module ActsAsTbackend
         TEMPLATES
       end
 
+      INITIALIZER = "config/initializers/tcb.rb"
+
       argument :command_specs, type: :array, default: [], banner: "command:attr,attr command:attr"
       class_option :skip_domain, type: :boolean, default: false, desc: "Skip the domain module and handlers"
       class_option :comments, type: :boolean, default: true, desc: "Inline guidance comments (--no-comments)"
@@ -36,6 +38,17 @@ module ActsAsTbackend
           create_file "app/domain/#{domain_file_path}/#{command.handler_file_name}.rb",
                       ruby_file(render_template("command_handler.rb.tt"))
         end
+      end
+
+      # Lists the module in the initializer tcb:install wrote, where TCB wires it at boot.
+      def register_in_initializer
+        return if options[:skip_domain]
+
+        initializer = File.join(destination_root, INITIALIZER)
+        return unless File.exist?(initializer)
+        return if File.read(initializer).match?(/^\s*#{Regexp.escape(module_name)},$/)
+
+        inject_into_file INITIALIZER, "    #{module_name},\n", after: /TCB\.domain_modules = \[\n/
       end
 
       private
