@@ -122,6 +122,18 @@ RSpec.describe TCB::EventBus do
       expect(class_failure.subscriber_location).to start_with("#{__FILE__}:")
     end
 
+    it "can be logged with the README's error-handling block, written against the failure event" do
+      logger = test_logger
+      b = bus(sync: true)
+      b.subscribe(TCB::SubscriberInvocationFailed) do |failure|
+        logger.error "#{failure.error_class}: #{failure.error_message}"
+        logger.error failure.error_backtrace.join("\n")
+      end
+      b.subscribe(Ping) { raise ArgumentError, "readme" }
+      b.publish(Ping.new(1))
+      expect(log_io.string).to include("ArgumentError: readme").and include(__FILE__)
+    end
+
     it "is logged on TCB.config.logger and instrumented as handler_failed.tcb by default" do
       TCB.config.logger = test_logger
       notifications = []
