@@ -81,25 +81,20 @@ module TCB
 
     def discard(candidate)
       @config = nil
-      bus = candidate.instance_variable_get(:@event_bus)
-      bus.force_shutdown if bus.respond_to?(:force_shutdown)
+      candidate.event_bus.force_shutdown if candidate.event_bus? && candidate.event_bus.respond_to?(:force_shutdown)
     rescue StandardError => e
       default_logger.error("TCB: shutting down the bus of a failed configure raised #{e.class}: #{e.message}")
     end
 
-    # In-memory stores are emptied too (tests rely on a clean slate); persistent stores
-    # are never touched: production calls reset! on every code reload.
+    # In-memory stores are emptied too, after the drain (tests rely on a clean slate);
+    # persistent stores are never touched: production calls reset! on every code reload.
     def shut_down(config, graceful_shutdown_time)
+      if config.event_bus?
+        bus = config.event_bus
+        graceful_shutdown_time ? bus.shutdown(drain: true, timeout: graceful_shutdown_time) : bus.force_shutdown
+      end
       config.event_store.reset! if config.event_store.is_a?(EventStore::InMemory)
       config.outbox_stores.each_value { |store| store.reset! if store.is_a?(OutboxStore::InMemory) }
-      return unless config.event_bus?
-
-      bus = config.event_bus
-      if graceful_shutdown_time
-        bus.shutdown(drain: true, timeout: graceful_shutdown_time)
-      else
-        bus.force_shutdown
-      end
     end
   end
 end
