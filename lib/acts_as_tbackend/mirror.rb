@@ -132,5 +132,7 @@ module ActsAsTbackend
       retryable = (exception.respond_to?(:retryable?) && exception.retryable?) == true
       { ok: false, status: "error", committed: false, retryable: retryable, response: nil, error: message }
     end
+
+    private_class_method :enqueue, :source_version, :content_digest, :canonical
   end
 end

@@ -154,6 +154,16 @@ RSpec.describe "acts_as_tbackend: lifecycle and transactions" do
         ActsAsTbackend.config.enabled = false
         models::Order.create!(status: "off")
         ActsAsTbackend.config.enabled = true
+        models::Order.transaction do
+          ActsAsTbackend.config.enabled = false
+          models::Order.create!(status: "off at save")
+          ActsAsTbackend.config.enabled = true
+        end
+        models::Order.transaction do
+          models::Order.create!(status: "off at commit")
+          ActsAsTbackend.config.enabled = false
+        end
+        ActsAsTbackend.config.enabled = true
         models::Order.create!(status: "on")
         expect(facts_in("mirror_orders").map { |f| f[:value][:status] }).to eq(["on"])
       end

@@ -13,6 +13,8 @@ module ActsAsTbackend
       # cannot become a fact (a raising `if:`, a NaN) is enlisted as its soft error and
       # reported through the failure policy after the commit, like a failed write.
       def self.capture(record, options, event_type)
+        return unless ActsAsTbackend.enabled?
+
         change = build(record, options, event_type)
         enlist(record.class.connection, change) if change
       end
