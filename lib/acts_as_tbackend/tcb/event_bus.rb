@@ -57,6 +57,7 @@ module TCB
         raise ArgumentError, "#{handler.inspect} is not a class with an instance method #call"
       end
 
+      restart_after_fork
       @registry.add(event_class, handler || block, handler ? :class : :block)
     end
 
