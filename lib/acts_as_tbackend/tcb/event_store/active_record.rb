@@ -2,7 +2,7 @@
 
 require "active_record"
 require "json"
-require_relative "expected_version"
+require_relative "appending"
 require_relative "json_codec"
 
 module TCB
@@ -57,9 +57,7 @@ module TCB
       # Called by TCB.configure for every module that persists: its event classes become
       # readable, and its table gets the model `<Module>::EventRecord`.
       def register_domain(domain_module)
-        registrations = domain_module.respond_to?(:persist_registrations) ? domain_module.persist_registrations : []
-        registrations.each { |registration| codec.register(registration.event_class) unless codec.registered?(registration.event_class) }
-        extra_classes.each { |klass| codec.register(klass) unless codec.registered?(klass) }
+        codec.register_domain(domain_module)
         model = model_for(DomainContext.from_module(domain_module).to_s)
         domain_module.send(:remove_const, :EventRecord) if domain_module.const_defined?(:EventRecord, false)
         domain_module.const_set(:EventRecord, model)
@@ -76,8 +74,9 @@ module TCB
           attempts += 1
           model.transaction(requires_new: true) do
             current = model.where(stream_id: stream.to_s).maximum(:version) || 0
-            ExpectedVersion.check!(stream, current, expected_version)
-            envelopes = build_envelopes(stream, events, current, occurred_at, correlation_id, causation_id)
+            Appending.check_expected_version!(stream, current, expected_version)
+            envelopes = Appending.build_envelopes(stream, events, after_version: current, occurred_at: occurred_at,
+                                                                  correlation_id: correlation_id, causation_id: causation_id)
             model.insert_all!(envelopes.map { |envelope| row(envelope) }) unless envelopes.empty?
             envelopes
           end
@@ -148,22 +147,8 @@ module TCB
         end
       end
 
-      def extra_classes
-        return [] unless TCB.respond_to?(:config)
-
-        Array(TCB.config.extra_serialization_classes).select { |klass| klass.is_a?(Class) && klass.name }
-                                                      .reject { |klass| Configuration::BASE_SERIALIZATION_CLASSES.include?(klass) }
-      end
-
       def current_version(model, stream)
         model.where(stream_id: stream.to_s).maximum(:version) || 0
-      end
-
-      def build_envelopes(stream, events, current, occurred_at, correlation_id, causation_id)
-        events.each_with_index.map do |event, index|
-          Envelope.new(event: event, event_id: SecureRandom.uuid, stream_id: stream.to_s, version: current + index + 1,
-                       occurred_at: occurred_at, correlation_id: correlation_id, causation_id: causation_id)
-        end
       end
 
       def row(envelope)

@@ -22,6 +22,8 @@ module TCB
     # `upcast("Orders::Placed", from: 1) { |data| data.merge("currency" => "EUR") }`.
     class JsonCodec
       TAG = "$tcb"
+      # Values written as tagged JSON, never as registered objects.
+      NATIVE = [Symbol, Time, Date, DateTime, BigDecimal].freeze
 
       # A stored type no registered class answers to, or an attribute value this codec
       # cannot write.
@@ -51,6 +53,16 @@ module TCB
           @by_type[registration.type] = registration
           @by_class[klass] = registration
         end
+        self
+      end
+
+      # The event classes a domain module persists, and the value classes the configuration
+      # lists in `extra_serialization_classes`; classes registered before keep their
+      # registration (and schema version).
+      def register_domain(domain_module)
+        classes = domain_module.respond_to?(:persist_registrations) ? domain_module.persist_registrations.map(&:event_class) : []
+        classes += Array(TCB.config.extra_serialization_classes).select { |klass| klass.is_a?(Class) && klass.name }
+        classes.each { |klass| register(klass) unless registered?(klass) || NATIVE.include?(klass) }
         self
       end
 

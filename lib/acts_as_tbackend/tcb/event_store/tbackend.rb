@@ -2,8 +2,9 @@
 
 require "acts_as_tbackend"
 require "time"
-require_relative "expected_version"
+require_relative "appending"
 require_relative "json_codec"
+require_relative "tbackend/ledger"
 
 module TCB
   module EventStore
@@ -43,8 +44,6 @@ module TCB
     class TBackend
       # Facts' schema_version: the layout of a commit's value.
       COMMIT_FORMAT = 1
-      TRANSPORT_STATUSES = %w[unavailable timeout_unknown circuit_open].freeze
-      WRITTEN_STATUSES = %w[committed_acked idempotent_replay].freeze
       # Appends without expected_version retry when another writer took the version they
       # read as next (or when the daemon did not show the newest commit yet), after a short
       # random pause so that racing writers stop colliding.
@@ -54,10 +53,6 @@ module TCB
       # step back); bounds the stream reads a lookup needs.
       CLOCK_SLACK = 60.0
       PREFIX_FORMAT = /\A[A-Za-z0-9_]+\z/
-
-      # A daemon answer that is neither success nor a transport failure: a bad token, an
-      # invalid fact, an ACL refusal. Retrying does not help; the configuration must change.
-      class Rejected < TCB::Error; end
 
       attr_reader :codec, :store_prefix
 
@@ -69,24 +64,20 @@ module TCB
                                "got #{store_prefix.inspect}"
         end
 
-        @client = client
+        @ledger = Ledger.new(client: client, durability: durability, attempts: attempts, timeout: timeout)
         @store_prefix = store_prefix.to_s
         @codec = codec
-        @durability = durability
-        @attempts = attempts
-        @timeout = timeout
         @lock = Mutex.new
         @store_names = {}
         @contexts = []
       end
 
       def client
-        @client || ActsAsTbackend.client
+        @ledger.client
       end
 
       def register_domain(domain_module)
-        registrations = domain_module.respond_to?(:persist_registrations) ? domain_module.persist_registrations : []
-        registrations.each { |r| codec.register(r.event_class) unless codec.registered?(r.event_class) }
+        codec.register_domain(domain_module)
         events_store(DomainContext.from_module(domain_module).to_s)
       end
 
@@ -114,10 +105,11 @@ module TCB
         loop do
           attempt += 1
           head = head_of(stream)
-          ExpectedVersion.check!(stream, head[:version], expected_version)
+          Appending.check_expected_version!(stream, head[:version], expected_version)
           return [] if events.empty?
 
-          envelopes = build_envelopes(stream, events, head[:version], occurred_at, correlation_id, causation_id)
+          envelopes = Appending.build_envelopes(stream, events, after_version: head[:version], occurred_at: occurred_at,
+                                                                correlation_id: correlation_id, causation_id: causation_id)
           return envelopes if write_commit(stream, envelopes, head)
 
           if expected_version.nil? && attempt < APPEND_ATTEMPTS
@@ -148,11 +140,12 @@ module TCB
       # One read of the context's index, then one read per stream the chain touched.
       def read_by_correlation(correlation_id, context:, occurred_after: nil, occurred_before: nil)
         entries = index_entries(context.to_s, "correlation:#{correlation_id}")
-        verified_envelopes(context.to_s, entries).select do |envelope|
+        chain = verified_envelopes(context.to_s, entries).select do |envelope|
           envelope.correlation_id == correlation_id.to_s &&
             (occurred_after.nil? || envelope.occurred_at > occurred_after) &&
             (occurred_before.nil? || envelope.occurred_at < occurred_before)
-        end.sort_by { |envelope| [envelope.occurred_at, envelope.stream_id, envelope.version] }
+        end
+        chain.sort_by { |envelope| [envelope.occurred_at, envelope.stream_id, envelope.version] }
       end
 
       # Event ids carry no context: they are looked up in the index of every context this
@@ -178,8 +171,7 @@ module TCB
 
       # The stream's last version and the transaction_time of its last commit.
       def head_of(stream)
-        answer = read_call(stream) { |c| c.latest_for(store: events_store(stream.context), key: stream.to_s, timeout: @timeout) }
-        fact = answer.dig(:response, :fact)
+        fact = @ledger.latest(events_store(stream.context), stream.to_s)
         return { version: 0, transaction_time: 0.0 } unless fact
 
         value = fact[:value]
@@ -187,10 +179,8 @@ module TCB
       end
 
       def commits(stream, as_of: nil, since: nil)
-        answer = read_call(stream) do |c|
-          c.facts_for(store: events_store(stream.context), key: stream.to_s, since: since, as_of: as_of, timeout: @timeout)
-        end
-        answer.dig(:response, :facts).sort_by { |fact| fact[:value][:first_version] }
+        @ledger.facts(events_store(stream.context), stream.to_s, since: since, as_of: as_of)
+               .sort_by { |fact| fact[:value][:first_version] }
       end
 
       def commit_envelopes(fact)
@@ -203,13 +193,6 @@ module TCB
         end
       end
 
-      def build_envelopes(stream, events, current, occurred_at, correlation_id, causation_id)
-        events.each_with_index.map do |event, index|
-          Envelope.new(event: event, event_id: SecureRandom.uuid, stream_id: stream.to_s, version: current + index + 1,
-                       occurred_at: occurred_at, correlation_id: correlation_id, causation_id: causation_id)
-        end
-      end
-
       # True when the commit is stored (inserted, or replayed by a retry); false when
       # another commit holds its first version.
       def write_commit(stream, envelopes, head)
@@ -217,11 +200,7 @@ module TCB
         # Strictly after the head's: the latest commit by transaction_time is the last one
         # by version, whatever the writers' clocks say.
         transaction_time = [Time.now.to_f, head[:transaction_time] + 0.000001].max
-        result = write_call { |c| c.write_fact_once_safe(commit_fact(stream, envelopes, transaction_time), **write_options) }
-        return true if WRITTEN_STATUSES.include?(result[:status])
-        return false if result[:status] == "duplicate_fact_id_conflict"
-
-        fail_call!(result, "append to #{stream}")
+        @ledger.write(commit_fact(stream, envelopes, transaction_time), "append to #{stream}")
       end
 
       def commit_fact(stream, envelopes, transaction_time)
@@ -231,7 +210,7 @@ module TCB
           "stream_id" => stream.to_s, "first_version" => first.version,
           "occurred_at" => first.occurred_at.iso8601(6),
           "correlation_id" => first.correlation_id, "causation_id" => first.causation_id,
-          "events" => envelopes.map { |envelope| codec.dump(envelope.event).merge("event_id" => envelope.event_id, "version" => envelope.version) }
+          "events" => envelopes.map { |e| codec.dump(e.event).merge("event_id" => e.event_id, "version" => e.version) }
         }
         ActsAsTbackend::Fact.build(id: commit_id(store, stream, first.version), store: store, key: stream.to_s, value: value,
                                    valid_time: first.occurred_at.to_r, transaction_time: transaction_time,
@@ -244,6 +223,12 @@ module TCB
       end
 
       # Entries for each event id, and one for the commit's correlation id, pipelined.
+      # The commit an index entry points at, if it holds the events the entry names.
+      def committed(by_first_version, pointer)
+        commit = by_first_version[pointer[:first_version]]
+        commit if commit && commit[:value][:events].map { |event| event[:event_id] } == pointer[:event_ids]
+      end
+
       def write_index(stream, envelopes)
         store = index_store(stream.context)
         pointer = { "stream_id" => stream.to_s, "first_version" => envelopes.first.version,
@@ -257,16 +242,11 @@ module TCB
           ActsAsTbackend::Fact.build(id: id, store: store, key: key, value: pointer, schema_version: COMMIT_FORMAT,
                                      producer: "tcb")
         end
-        results = write_call { |c| c.write_facts_once(facts, **write_options.except(:attempts)) }
-        facts.zip(results).each do |fact, result|
-          result = write_call { |c| c.write_fact_once_safe(fact, **write_options) } unless WRITTEN_STATUSES.include?(result[:status])
-          fail_call!(result, "index #{stream}") unless WRITTEN_STATUSES.include?(result[:status])
-        end
+        @ledger.write_all(facts, "index of #{stream}")
       end
 
       def index_entries(context, key)
-        answer = read_call(key) { |c| c.facts_for(store: index_store(context), key: key, timeout: @timeout) }
-        answer.dig(:response, :facts)
+        @ledger.facts(index_store(context), key)
       end
 
       # The envelopes of the commits the index entries point at, keeping only commits that
@@ -278,42 +258,10 @@ module TCB
 
           since = stream_entries.map { |entry| entry[:transaction_time] }.min - CLOCK_SLACK
           by_first_version = commits(stream, since: since).to_h { |fact| [fact[:value][:first_version], fact] }
-          stream_entries.flat_map do |entry|
-            commit = by_first_version[entry[:value][:first_version]]
-            next [] unless commit && commit[:value][:events].map { |e| e[:event_id] } == entry[:value][:event_ids]
-
+          stream_entries.filter_map { |entry| committed(by_first_version, entry[:value]) }.uniq.flat_map do |commit|
             commit_envelopes(commit)
-          end.uniq(&:event_id)
+          end
         end
-      end
-
-      def write_options
-        { durability: @durability, timeout: @timeout, attempts: @attempts }
-      end
-
-      def read_call(what)
-        result = guarded { yield client }
-        return result if result[:ok]
-
-        fail_call!(result, "read of #{what}")
-      end
-
-      def write_call(&)
-        guarded { yield client }
-      end
-
-      # Strict clients raise transport errors; they become Unavailable like soft ones.
-      def guarded
-        yield
-      rescue ActsAsTbackend::TransportError => e
-        raise Unavailable.new("TBackend #{e.result&.dig(:status) || 'unavailable'}: #{e.message}", result: e.result)
-      end
-
-      def fail_call!(result, what)
-        message = "TBackend #{result[:status]} on #{what}: #{result[:error] || result[:response].inspect}"
-        raise Unavailable.new(message, result: result) if TRANSPORT_STATUSES.include?(result[:status]) || result[:retryable]
-
-        raise Rejected, message
       end
     end
   end
