@@ -275,8 +275,9 @@ RSpec.describe TCB::EventBus do
     it "force_shutdown returns at once while a handler is inside a database transaction, which still commits whole" do
       TbackendSpec::Database.connect(:postgresql, database: "tcb_core")
       connection = ActiveRecord::Base.connection
-      connection.create_table(:tcb_bus_rows, force: true) { |t| t.string :name }
-      row = Class.new(ActiveRecord::Base) { self.table_name = "tcb_bus_rows" }
+      table = "tcb_bus_rows_#{Process.pid}" # concurrent runs share the database
+      connection.create_table(table, force: true) { |t| t.string :name }
+      row = Class.new(ActiveRecord::Base) { self.table_name = table }
       gate = Queue.new
       b = bus
       b.subscribe(Ping) do
@@ -300,7 +301,7 @@ RSpec.describe TCB::EventBus do
       expect(drain(got, 1)).to eq([:committed])
       expect(row.order(:id).pluck(:name)).to eq(%w[first second]) # Ping 2 was dropped, Ping 1 finished whole
     ensure
-      ActiveRecord::Base.connection.drop_table(:tcb_bus_rows, if_exists: true) if defined?(ActiveRecord::Base)
+      ActiveRecord::Base.connection.drop_table(table, if_exists: true) if table
     end
 
     it "lets force_shutdown cut a drain short" do
