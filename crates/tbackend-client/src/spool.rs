@@ -355,6 +355,8 @@ pub struct Spool {
     next_seq: u64,
     /// Set by an append since the last sync.
     dirty: bool,
+    /// Sync a segment before starting the next (the flusher only syncs the active one).
+    sync_on_roll: bool,
     /// Segments adopted from dead processes at open.
     pub adopted_segments: usize,
 }
@@ -363,7 +365,12 @@ impl Spool {
     /// Opens `dir` (created if missing) with a fresh segment of this process, adopts
     /// every segment no live process holds, and returns their unacknowledged facts
     /// (already copied into the new segment) with their locations, oldest first.
-    pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<(Spool, Vec<(Location, Entry)>)> {
+    /// Unless `fsync` is `Never`, a segment is synced before the next one starts.
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        fsync: Fsync,
+    ) -> io::Result<(Spool, Vec<(Location, Entry)>)> {
         fs::create_dir_all(dir)?;
         let mut spool = Spool {
             dir: dir.to_path_buf(),
@@ -372,39 +379,51 @@ impl Spool {
             next_segment: 0,
             next_seq: 0,
             dirty: false,
+            sync_on_roll: fsync != Fsync::Never,
             adopted_segments: 0,
         };
         spool.roll()?;
+        let adopted = spool.adopt_orphans()?;
+        Ok((spool, adopted))
+    }
+
+    /// Adopts every segment in the directory that no live process holds (its writer
+    /// died, or shut down with facts left): copies their unacknowledged facts into this
+    /// spool, syncs, deletes them. Returns the copies, oldest segment first.
+    pub fn adopt_orphans(&mut self) -> io::Result<Vec<(Location, Entry)>> {
         let mut adopted = Vec::new();
-        let mut orphans: Vec<PathBuf> = fs::read_dir(dir)?
+        let mut orphans: Vec<PathBuf> = fs::read_dir(&self.dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
                 name.starts_with("seg-")
-                    && (name.ends_with(SEGMENT_SUFFIX) || name.ends_with(".tmp"))
+                    && (name.ends_with(SEGMENT_SUFFIX) || (name.ends_with(".tmp") && stale(p)))
             })
-            .filter(|p| !spool.segments.values().any(|s| &s.path == p))
+            .filter(|p| !self.segments.values().any(|s| &s.path == p))
             .collect();
         // Oldest first (the name holds the creation time), so a key's facts from
         // several dead segments keep their order as far as it is known.
         orphans.sort_by_key(|p| segment_sort_key(p));
         for path in orphans {
             if let Some(entries) = adopt(&path)? {
-                spool.adopted_segments += 1;
+                self.adopted_segments += 1;
                 for e in entries {
-                    let loc = spool.append_fact(&e)?;
+                    let loc = self.append_fact(&e)?;
                     adopted.push((loc, e));
                 }
-                // Copied (and synced below) before the orphan goes away: a crash in
-                // between replays them twice, which the daemon answers as replays.
-                spool.sync()?;
+                // Copied and synced before the orphan goes away: a crash in between
+                // replays them twice, which the daemon answers as replays.
+                self.sync()?;
                 let _ = fs::remove_file(&path);
             }
         }
-        Ok((spool, adopted))
+        Ok(adopted)
     }
 
     fn roll(&mut self) -> io::Result<()> {
+        if self.sync_on_roll {
+            self.sync()?;
+        }
         let seg = Segment::create(&self.dir)?;
         self.segments.insert(self.next_segment, seg);
         self.next_segment += 1;
@@ -542,6 +561,16 @@ impl Spool {
     pub fn raw_fds(&self) -> Vec<i32> {
         self.segments.values().map(|s| s.file.as_raw_fd()).collect()
     }
+}
+
+/// A `.tmp` segment is locked a moment after it is created: only one left behind long
+/// ago (a crash between create and rename) is cleaned up, never one being born.
+fn stale(p: &Path) -> bool {
+    fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > std::time::Duration::from_secs(60))
 }
 
 fn segment_sort_key(p: &Path) -> (u128, u64, String) {
@@ -706,7 +735,7 @@ mod tests {
     fn a_dead_writers_segment_is_adopted_once_and_deleted() {
         let dir = tempdir("adopt");
         {
-            let (mut spool, adopted) = Spool::open(&dir, 1 << 20).unwrap();
+            let (mut spool, adopted) = Spool::open(&dir, 1 << 20, Fsync::Batch).unwrap();
             assert!(adopted.is_empty());
             let a = spool.append_fact(&entry("a", 0)).unwrap();
             spool.append_fact(&entry("a", 1)).unwrap();
@@ -719,7 +748,7 @@ mod tests {
                 .write_all(&torn[..torn.len() / 2])
                 .unwrap();
             // Held: another writer starting now adopts nothing.
-            let (_other, adopted) = Spool::open(&dir, 1 << 20).unwrap();
+            let (_other, adopted) = Spool::open(&dir, 1 << 20, Fsync::Batch).unwrap();
             assert!(adopted.is_empty());
             std::mem::forget(spool); // the process "dies": no destructor, fd closed below
         }
@@ -734,7 +763,7 @@ mod tests {
                 }
             }
         }
-        let (spool, adopted) = Spool::open(&dir, 1 << 20).unwrap();
+        let (spool, adopted) = Spool::open(&dir, 1 << 20, Fsync::Batch).unwrap();
         let ids: Vec<&str> = adopted.iter().map(|(_, e)| e.id.as_str()).collect();
         assert_eq!(ids, vec!["a-1", "b-2"]);
         assert_eq!(
@@ -757,7 +786,7 @@ mod tests {
     #[test]
     fn drained_segments_are_deleted_on_roll_over() {
         let dir = tempdir("compact");
-        let (mut spool, _) = Spool::open(&dir, 4096).unwrap();
+        let (mut spool, _) = Spool::open(&dir, 4096, Fsync::Batch).unwrap();
         let mut locs = Vec::new();
         for n in 0..200 {
             locs.push(spool.append_fact(&entry("k", n)).unwrap());
@@ -787,7 +816,7 @@ mod tests {
     #[test]
     fn dead_letters_append_lines() {
         let dir = tempdir("dead");
-        let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
+        let (spool, _) = Spool::open(&dir, 1 << 20, Fsync::Batch).unwrap();
         spool.dead_letter(b"{\"a\":1}\n").unwrap();
         spool.dead_letter(b"{\"a\":2}\n").unwrap();
         let text = fs::read_to_string(dir.join(DEAD_LETTER_FILE)).unwrap();

@@ -71,16 +71,20 @@ pub struct SpoolConfig {
     pub fsync_interval: Duration,
     /// A segment rolls over past this size; drained segments are deleted.
     pub segment_bytes: u64,
+    /// How often the flusher looks for segments of processes that died meanwhile (a
+    /// Puma worker killed while its siblings run) and adopts them.
+    pub adopt_interval: Duration,
 }
 
 impl SpoolConfig {
-    /// Defaults (`batch` every 50 ms, 8 MiB segments) in `dir`.
+    /// Defaults (`batch` every 50 ms, 8 MiB segments, adoption every 10 s) in `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> SpoolConfig {
         SpoolConfig {
             dir: dir.into(),
             fsync: Fsync::Batch,
             fsync_interval: Duration::from_millis(50),
             segment_bytes: 8 << 20,
+            adopt_interval: Duration::from_secs(10),
         }
     }
 }
@@ -235,6 +239,7 @@ struct State {
     pause_until: Option<Instant>,
     unreachable_streak: u32,
     last_sync: Instant,
+    next_adoption: Instant,
     closed: bool,
     rng: u64,
 }
@@ -290,12 +295,19 @@ impl Writer {
             pause_until: None,
             unreachable_streak: 0,
             last_sync: now,
+            next_adoption: later(
+                now,
+                config
+                    .spool
+                    .as_ref()
+                    .map_or(Duration::MAX, |s| s.adopt_interval),
+            ),
             closed: false,
             rng: seed ^ 0x9E37_79B9_7F4A_7C15,
         };
         let counters = Counters::default();
         if let Some(sc) = &config.spool {
-            let (spool, adopted) = Spool::open(&sc.dir, sc.segment_bytes)?;
+            let (spool, adopted) = Spool::open(&sc.dir, sc.segment_bytes, sc.fsync)?;
             state.spool = Some(spool);
             for (loc, entry) in adopted {
                 state.push(Some(loc), entry);
@@ -681,6 +693,9 @@ impl Shared {
                 let Reverse((_, key)) = st.delayed.pop().expect("peeked");
                 st.ready.push_back(key);
             }
+            if st.spool.is_some() && now >= st.next_adoption {
+                self.adopt(&mut st, now);
+            }
             let sync_file = match self.sync_interval() {
                 Some(every) if now.duration_since(st.last_sync) >= every => {
                     st.last_sync = now;
@@ -717,6 +732,9 @@ impl Shared {
                     if st.spool.as_ref().is_some_and(Spool::is_dirty) {
                         wake = earliest(wake, Some(st.last_sync + every));
                     }
+                }
+                if st.spool.is_some() {
+                    wake = earliest(wake, Some(st.next_adoption));
                 }
                 self.idle.store(true, Ordering::SeqCst);
                 drop(st);
@@ -842,6 +860,32 @@ impl Shared {
         if settled {
             self.progress.fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(&self.progress, i32::MAX);
+        }
+    }
+
+    /// Takes over the segments of writers that died since the last look.
+    fn adopt(&self, st: &mut State, now: Instant) {
+        let every = self
+            .config
+            .spool
+            .as_ref()
+            .map_or(Duration::MAX, |s| s.adopt_interval);
+        st.next_adoption = later(now, every);
+        let Some(spool) = st.spool.as_mut() else {
+            return;
+        };
+        match spool.adopt_orphans() {
+            Ok(adopted) => {
+                for (loc, entry) in adopted {
+                    st.push(Some(loc), entry);
+                    bump(&self.counters.adopted);
+                }
+            }
+            Err(e) => self
+                .log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .line(&format!("acts_as_tbackend: spool adoption failed: {e}")),
         }
     }
 
@@ -1403,6 +1447,50 @@ mod tests {
         );
         assert_eq!(next.stats().spooled, 0);
         drop(next);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_running_writer_adopts_the_segment_of_a_writer_that_died_meanwhile() {
+        let dir = tempdir("adopt-live");
+        let mut spool = SpoolConfig::new(&dir);
+        spool.adopt_interval = Duration::from_millis(30);
+        let config = WriterConfig {
+            spool: Some(spool),
+            ..fast()
+        };
+        let sink = Scripted::new(|_, _| Status::CommittedAcked);
+        let w = Writer::start(sink.clone(), config).unwrap();
+        // Another process's spool: alive (locked) while it holds facts, then gone.
+        let (mut other, _) = Spool::open(&dir, 1 << 20, Fsync::Batch).unwrap();
+        for n in 0..3 {
+            other
+                .append_fact(&entry("k", &format!("orphan-{n}")))
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            w.stats().adopted,
+            0,
+            "a live writer's segment is left alone"
+        );
+        drop(other);
+        assert!(wait(|| w.stats().delivered == 3));
+        assert_eq!(sink.sent_ids(), vec!["orphan-0", "orphan-1", "orphan-2"]);
+        assert_eq!(w.stats().adopted, 3);
+        assert_eq!(w.spool_segments().len(), 1);
+        let files = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .to_string_lossy()
+                    .ends_with(".spool")
+            })
+            .count();
+        assert_eq!(files, 1, "the orphan is deleted");
+        drop(w);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
