@@ -226,6 +226,17 @@ RSpec.describe TCB::EventBus do
     end
   end
 
+  it "validates its sizes, and ignores a high-water mark without a bound (as tcb does)" do
+    expect { bus(max_queue_size: 0) }.to raise_error(ArgumentError, /max_queue_size must be a positive Integer/)
+    expect { bus(high_water_mark: -1) }.to raise_error(ArgumentError, /high_water_mark/)
+    b = bus(high_water_mark: 1)
+    b.subscribe(TCB::EventBusQueuePressure) { |e| got << e.event }
+    b.subscribe(Ping) { |e| got << e.event }
+    3.times { |n| b.publish(Ping.new(n)) }
+    b.shutdown(timeout: 5)
+    expect(drain(got, 3)).to eq([Ping.new(0), Ping.new(1), Ping.new(2)])
+  end
+
   describe "shutdown" do
     it "drains the queue and reports :initiated then :completed with the count" do
       gate = Queue.new

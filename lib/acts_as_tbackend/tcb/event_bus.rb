@@ -109,16 +109,14 @@ module TCB
 
     private
 
+    # A high-water mark without a bound is accepted and inert, as in tcb 0.6.2: pressure is
+    # only measured against max_queue_size.
     def validate_sizes!(max_queue_size, high_water_mark)
-      if max_queue_size && !(max_queue_size.is_a?(Integer) && max_queue_size.positive?)
-        raise ArgumentError,
-              "max_queue_size must be a positive Integer"
-      end
-      return unless high_water_mark
-      raise ArgumentError, "high_water_mark needs max_queue_size" unless max_queue_size
-      return if high_water_mark.is_a?(Integer) && high_water_mark.between?(1, max_queue_size)
+      { max_queue_size: max_queue_size, high_water_mark: high_water_mark }.each do |name, value|
+        next if value.nil? || (value.is_a?(Integer) && value.positive?)
 
-      raise ArgumentError, "high_water_mark must be an Integer between 1 and max_queue_size"
+        raise ArgumentError, "#{name} must be a positive Integer, got #{value.inspect}"
+      end
     end
 
     def start_dispatcher
@@ -161,7 +159,7 @@ module TCB
 
     # Called with the lock held, right after a push; returns the size at the crossing.
     def pressure_crossed?
-      return nil if @high_water_mark.nil? || @above_mark || @queue.size < @high_water_mark
+      return nil if @high_water_mark.nil? || @max_queue_size.nil? || @above_mark || @queue.size < @high_water_mark
 
       @above_mark = true
       @queue.size
