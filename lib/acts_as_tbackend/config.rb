@@ -10,6 +10,9 @@ module ActsAsTbackend
     # block: wait up to queue_block_timeout for room; drop: warn and discard; raise: QueueFull.
     QUEUE_FULL_POLICIES = %w[block drop raise].freeze
     SPOOL_FSYNC_POLICIES = %w[always batch never].freeze
+    # Where `enqueue_retry` sends a failed mirror: the native async writer (its file spool
+    # when spool_path is set), or ActsAsTbackend::MirrorRetryJob on the app's ActiveJob.
+    RETRY_BACKENDS = %w[spool active_job].freeze
     # `breaker_threshold = 0`: the breaker never opens (dedicated Connections use it).
     BREAKER_DISABLED = 0
     TRUE_WORDS = %w[1 true yes on].freeze
@@ -45,7 +48,8 @@ module ActsAsTbackend
       spool_fsync: ["batch", "TBACKEND_SPOOL_FSYNC", :spool_fsync],
       retry_attempts: [10, "TBACKEND_RETRY_ATTEMPTS", :positive_integer],
       retry_base_backoff: [0.05, "TBACKEND_RETRY_BASE_BACKOFF", :seconds],
-      retry_max_backoff: [30.0, "TBACKEND_RETRY_MAX_BACKOFF", :seconds]
+      retry_max_backoff: [30.0, "TBACKEND_RETRY_MAX_BACKOFF", :seconds],
+      retry_backend: ["spool", "TBACKEND_RETRY_BACKEND", :retry_backend]
     }.freeze
 
     attr_reader(*SETTINGS.keys, :errors)
@@ -119,6 +123,7 @@ module ActsAsTbackend
       when :id_format then coerce_choice(value, ID_FORMATS, "id_format")
       when :queue_full_policy then coerce_choice(value, QUEUE_FULL_POLICIES, "queue_full_policy")
       when :spool_fsync then coerce_choice(value, SPOOL_FSYNC_POLICIES, "spool_fsync")
+      when :retry_backend then coerce_choice(value, RETRY_BACKENDS, "retry_backend")
       when :path then value.nil? || value.to_s.strip.empty? ? nil : value.to_s
       end
     end
