@@ -10,6 +10,23 @@ require "generators/tcb/domain/domain_generator"
 require "generators/tcb/outbox/outbox_generator"
 require_relative "../stores/store_helpers"
 
+module TcbGeneratorsSpec
+  # The reaction a developer adds to the generated Payments::Charges.
+  NOTIFY_LEDGER = <<~RUBY
+    # frozen_string_literal: true
+
+    module Payments
+      module Charges
+        class NotifyLedger
+          def call(event)
+            puts "LEDGER \#{event.charge_id} \#{event.amount}"
+          end
+        end
+      end
+    end
+  RUBY
+end
+
 # Contract §10 and defect 9: the tcb:* generators, run in-process for their output and in
 # the spec Rails app (spec/fixtures/rails_app) to migrate SQLite and PostgreSQL, boot,
 # dispatch through the facades and relay the outbox with the generated job.
@@ -57,7 +74,8 @@ RSpec.describe "tcb generators" do
                           ])
       domain = read("app/domain/payments/charges.rb")
       expect(domain).to include("module Payments\n  module Charges\n    include TCB::Domain\n",
-                                "def self.capture!(charge_id:, amount:)\n      TCB.dispatch(Capture.new(charge_id: charge_id, amount: amount))",
+                                "def self.capture!(charge_id:, amount:)\n      " \
+                                "TCB.dispatch(Capture.new(charge_id: charge_id, amount: amount))",
                                 "handle Capture, with(CaptureHandler)", "handle Refund, with(RefundHandler)",
                                 "# persist events(")
       expect(domain).not_to include("TCB.publish")
@@ -65,7 +83,8 @@ RSpec.describe "tcb generators" do
                                                                                 "TCB.record(", "TCB.publish(*events)")
       source = File.read(migration("create_payments__charges_events"))
       # Rails loads the class named like the file: a "::" in it (tcb 0.6.2) never loads.
-      expect(source).to include("class CreatePaymentsChargesEvents < ActiveRecord::Migration[#{ActiveRecord::Migration.current_version}]",
+      expect(source).to include("class CreatePaymentsChargesEvents < " \
+                                "ActiveRecord::Migration[#{ActiveRecord::Migration.current_version}]",
                                 "create_table :payments__charges_events do |t|")
       (files.select { |f| f.end_with?(".rb") }).each { |f| expect(compiles?(read(f))).to be(true), f }
     end
@@ -76,7 +95,8 @@ RSpec.describe "tcb generators" do
 
       expect(read("app/domain/http_gateway.rb")).to start_with("# frozen_string_literal: true\n\nmodule HTTPGateway\n")
       expect(File.read(migration("create_http_gateway_events")))
-        .to include("class CreateHttpGatewayEvents ", "create_table :#{TCB::DomainContext.from_module(HTTPGateway).events_table} do")
+        .to include("class CreateHttpGatewayEvents ",
+                    "create_table :#{TCB::DomainContext.from_module(HTTPGateway).events_table} do")
     end
 
     it "honours --skip-domain, --skip-migration and --no-comments" do
@@ -86,7 +106,8 @@ RSpec.describe "tcb generators" do
       generate("tcb:event_store", "billing", "charge:invoice_id", "--skip-migration", "--no-comments")
       expect(files.grep(/billing/)).to eq(["app/domain/billing.rb", "app/domain/billing/charge_handler.rb"])
       bare = read("app/domain/billing.rb")
-      expect(bare.lines.grep(/^\s*#/).map(&:strip)).to eq(["# frozen_string_literal: true", "# persist events(SomethingHappened, stream_id_from_event: :id)"])
+      expect(bare.lines.grep(/^\s*#/).map(&:strip)).to eq(["# frozen_string_literal: true",
+                                                           "# persist events(SomethingHappened, stream_id_from_event: :id)"])
     end
 
     it "gives long contexts index names PostgreSQL does not truncate" do
@@ -127,8 +148,8 @@ RSpec.describe "tcb generators" do
       generate("tcb:domain", "notifications", "ping", "--force")
 
       initializer = read("config/initializers/tcb.rb")
-      expect(initializer).to include("Rails.application.config.to_prepare do", "TCB.reset!",
-                                     "TCB.domain_modules = [\n    Notifications,\n    Payments::Charges,\n  ]\n", "TCB.configure do |c|")
+      expect(initializer).to include("Rails.application.config.to_prepare do", "TCB.reset!", "TCB.configure do |c|",
+                                     "TCB.domain_modules = [\n    Notifications,\n    Payments::Charges,\n  ]\n")
       expect(compiles?(initializer)).to be(true)
     end
   end
@@ -138,7 +159,7 @@ RSpec.describe "tcb generators" do
       generate("tcb:outbox", "payments/charges")
 
       expect(File.read(migration("create_payments__charges_outbox"))).to include("class CreatePaymentsChargesOutbox ",
-                                                                                  "create_table :payments__charges_outbox do")
+                                                                                 "create_table :payments__charges_outbox do")
       job = read("app/jobs/payments/charges/outbox_relay_job.rb")
       expect(job).to include("module Payments\n  module Charges\n    class OutboxRelayJob < ApplicationJob",
                              "outbox_store: TCB.config.outbox_store_for(Payments::Charges)",
@@ -207,19 +228,7 @@ RSpec.describe "tcb generators" do
            "events = TCB.record(events: [Captured.new(charge_id: command.charge_id, amount: command.amount)], " \
            "within: ApplicationRecord)")
       edit("app/domain/payments/charges/capture_handler.rb", "# TCB.publish(*events)", "TCB.publish(*events)")
-      File.write(File.join(@app, "app/domain/payments/charges/notify_ledger.rb"), <<~RUBY)
-        # frozen_string_literal: true
-
-        module Payments
-          module Charges
-            class NotifyLedger
-              def call(event)
-                puts "LEDGER \#{event.charge_id} \#{event.amount}"
-              end
-            end
-          end
-        end
-      RUBY
+      File.write(File.join(@app, "app/domain/payments/charges/notify_ledger.rb"), TcbGeneratorsSpec::NOTIFY_LEDGER)
       edit("config/initializers/tcb.rb", "# c.outbox_store_class = TCB::OutboxStore::ActiveRecord",
            "c.outbox_store_class = TCB::OutboxStore::ActiveRecord")
     end

@@ -78,7 +78,8 @@ RSpec.describe "ActiveRecord stores" do
 
       expect(TcbStoresSpec::HTTPGateway::EventRecord).to equal(model)
       expect(model.table_name).to eq("tcb_stores_spec__http_gateway_events")
-      event_store.append(stream_id: "tcb_stores_spec/http_gateway|example.org", events: [TcbStoresSpec::HTTPGateway::Pinged.new(host: "example.org")])
+      event_store.append(stream_id: "tcb_stores_spec/http_gateway|example.org",
+                         events: [TcbStoresSpec::HTTPGateway::Pinged.new(host: "example.org")])
       expect(event_store.read("tcb_stores_spec/http_gateway|example.org").map(&:event))
         .to eq([TcbStoresSpec::HTTPGateway::Pinged.new(host: "example.org")])
       expect(model.count).to eq(1)
@@ -135,8 +136,8 @@ RSpec.describe "ActiveRecord stores" do
 
       it "reads occurred_at back as the same instant, in UTC, and bounds correlation reads by instants" do
         at = Time.utc(2026, 6, 1, 22, 30, 0, 500_000)
-        envelope = event_store.append(stream_id: "#{orders_context}|45", events: [placed("45")], occurred_at: at.getlocal("+09:00"),
-                                      correlation_id: "zone-check").first
+        envelope = event_store.append(stream_id: "#{orders_context}|45", events: [placed("45")],
+                                      occurred_at: at.getlocal("+09:00"), correlation_id: "zone-check").first
 
         read = event_store.read("#{orders_context}|45").first
         expect(read.occurred_at).to eq(at)

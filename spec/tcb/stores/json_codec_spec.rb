@@ -82,7 +82,8 @@ RSpec.describe TCB::EventStore::JsonCodec do
 
   it "keeps the Ruby types JSON has no type for, at any depth" do
     values = {
-      "symbol" => :eur, "time" => Time.at(1_780_000_000, 123_456_789, :nsec).utc, "zoned" => Time.new(2026, 1, 2, 3, 4, 5, "+02:00"),
+      "symbol" => :eur, "time" => Time.at(1_780_000_000, 123_456_789, :nsec).utc,
+      "zoned" => Time.new(2026, 1, 2, 3, 4, 5, "+02:00"),
       "date" => Date.new(2026, 2, 28), "datetime" => DateTime.new(2026, 2, 28, 10, 30, 15.5r),
       "decimal" => BigDecimal("1234567890.0123456789"), "symbol_keys" => { a: 1, 2 => [:b] },
       "tag_lookalike" => { "$tcb" => "sym", "v" => "not a symbol" }, "nested" => [{ "deep" => [Date.new(2026, 1, 1)] }]
@@ -136,7 +137,9 @@ RSpec.describe TCB::EventStore::JsonCodec do
     end
 
     it "refuses data newer than the code, and a gap in the upcasters" do
-      expect { codec.load("JsonCodecSpec::Renamed", 4, {}) }.to raise_error(described_class::UnknownType, /newer than the registered 3/)
+      expect do
+        codec.load("JsonCodecSpec::Renamed", 4, {})
+      end.to raise_error(described_class::UnknownType, /newer than the registered 3/)
       codec.register(JsonCodecSpec::PositionalStruct, schema_version: 2)
       expect { codec.load("JsonCodecSpec::PositionalStruct", 1, {}) }
         .to raise_error(described_class::UnknownType, /no upcaster for JsonCodecSpec::PositionalStruct from schema_version 1/)

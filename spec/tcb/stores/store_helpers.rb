@@ -33,7 +33,8 @@ module TcbStoresSpec
     config = case base_class.name
              when "TcbStoresSpec::SqliteRecord" then TbackendSpec::Database.config_for(:sqlite)
              when "TcbStoresSpec::SqliteFileRecord"
-               { adapter: "sqlite3", database: File.join(Dir.mktmpdir("tcb-stores"), "stores.sqlite3"), pool: 10, timeout: 10_000 }
+               { adapter: "sqlite3", database: File.join(Dir.mktmpdir("tcb-stores"), "stores.sqlite3"), pool: 10,
+                 timeout: 10_000 }
              else TbackendSpec::Database.config_for(:postgresql, database: PG_DATABASE)
              end
     base_class.establish_connection(config)

@@ -58,8 +58,8 @@ RSpec.describe TCB::EventStore::TBackend do
       facts = client.facts_for(store: events_store_name, key: stream).dig(:response, :facts)
       expect(facts.size).to eq(1)
       fact = facts.first
-      expect(fact[:id]).to eq(ActsAsTbackend::Fact.derive_id(store: events_store_name, record_id: stream, event_type: "tcb.commit",
-                                                             source_version: 1, format: :digest))
+      expect(fact[:id]).to eq(ActsAsTbackend::Fact.derive_id(store: events_store_name, record_id: stream,
+                                                             event_type: "tcb.commit", source_version: 1, format: :digest))
       expect([fact[:key], fact[:valid_time], fact[:schema_version], fact[:causation], fact[:producer]])
         .to eq([stream, at.to_r.to_f, 1, "cause", "tcb"])
       expect(fact[:value]).to eq(
@@ -176,7 +176,8 @@ RSpec.describe TCB::EventStore::TBackend do
       @daemon.kill!
 
       expect { store.append(stream_id: stream, events: [noted("lost")]) }
-        .to raise_error(TCB::EventStore::Unavailable, /TBackend (unavailable|timeout_unknown) on read of #{Regexp.escape(stream)}/)
+        .to raise_error(TCB::EventStore::Unavailable,
+                        /TBackend (unavailable|timeout_unknown) on read of #{Regexp.escape(stream)}/)
       expect { store.read(stream) }.to raise_error(TCB::EventStore::Unavailable, /TBackend unavailable/)
 
       @daemon.restart

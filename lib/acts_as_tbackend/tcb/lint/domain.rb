@@ -8,6 +8,7 @@ module TCB
   # ("tcb/lint/orders" and "tcb/lint/orders_archive"), and events of every shape a store
   # must carry back into the app's classes.
   module Lint
+    # Orders, with an event of each shape.
     module Orders
       include TCB::HandlesEvents
 
@@ -37,6 +38,7 @@ module TCB
       persist events(Placed, Shipped, Noted, stream_id_from_event: :order_id)
     end
 
+    # A context whose name starts like Orders': correlation reads must not mix them.
     module OrdersArchive
       include TCB::HandlesEvents
 
@@ -47,11 +49,12 @@ module TCB
 
     DOMAIN_MODULES = [Orders, OrdersArchive].freeze
 
-    # Handlers the outbox lint names.
+    # Handlers the outbox lint names (never called: the lint tests stores, not the relay).
     class NotifyWarehouse
       def call(event); end
     end
 
+    # A second handler, so entries of one event can differ by handler.
     class NotifyBilling
       def call(event); end
     end

@@ -5,6 +5,7 @@ require "securerandom"
 # `it_behaves_like "a TCB event store"` with `let(:store)`. Pass `concurrent: false` for a
 # store whose connections cannot be used from several threads (an in-memory SQLite), and
 # `transactional: false` for one without `transaction { }` (TBackend).
+# rubocop:disable Metrics/BlockLength -- RSpec groups, exempt in spec/ too
 RSpec.shared_examples "a TCB event store" do |concurrent: true, transactional: true|
   let(:orders_context) { TCB::DomainContext.from_module(TCB::Lint::Orders).to_s }
   let(:archive_context) { TCB::DomainContext.from_module(TCB::Lint::OrdersArchive).to_s }
@@ -206,8 +207,8 @@ RSpec.shared_examples "a TCB event store" do |concurrent: true, transactional: t
   describe "read_by_event_ids" do
     it "maps each known event id to its envelope and skips unknown ids" do
       first = append(lint_stream, [placed("a"), shipped("a")])
-      other = store.append(stream_id: lint_stream(archive_context), events: [TCB::Lint::OrdersArchive::Archived.new(order_id: "z")],
-                           occurred_at: occurred_at)
+      archived = TCB::Lint::OrdersArchive::Archived.new(order_id: "z")
+      other = store.append(stream_id: lint_stream(archive_context), events: [archived], occurred_at: occurred_at)
       wanted = [first.last, other.first]
 
       found = store.read_by_event_ids(wanted.map(&:event_id) + [SecureRandom.uuid])
@@ -257,13 +258,18 @@ RSpec.shared_examples "a TCB event store" do |concurrent: true, transactional: t
 
       read = store.read(stream)
       expect(read.map(&:version)).to eq((1..writers * per_writer).to_a)
-      expect(read.map { |e| e.event.text }).to match_array(Array.new(writers) { |w| Array.new(per_writer) { |n| "#{w}-#{n}" } }.flatten)
+      written = (0...writers).flat_map { |w| (0...per_writer).map { |n| "#{w}-#{n}" } }
+      expect(read.map { |e| e.event.text }).to match_array(written)
     end
 
     it "appends every event of racing writers without expected_version" do
       stream = lint_stream
       threads = Array.new(4) do |writer|
-        Thread.new { 3.times { |n| store.append(stream_id: stream, events: [noted("o", "#{writer}-#{n}")], occurred_at: occurred_at) } }
+        Thread.new do
+          3.times do |n|
+            store.append(stream_id: stream, events: [noted("o", "#{writer}-#{n}")], occurred_at: occurred_at)
+          end
+        end
       end
       threads.each { |thread| expect(thread.join(60)).to be_truthy }
 
@@ -271,3 +277,4 @@ RSpec.shared_examples "a TCB event store" do |concurrent: true, transactional: t
     end
   end
 end
+# rubocop:enable Metrics/BlockLength

@@ -6,6 +6,7 @@ require "securerandom"
 # TCB::Lint::Orders (`YourOutboxStore.new(TCB::Lint::Orders)`), empty at the start of each
 # example. `concurrent: false` skips the racing relays (an in-memory SQLite has one
 # connection).
+# rubocop:disable Metrics/BlockLength -- RSpec groups, exempt in spec/ too
 RSpec.shared_examples "a TCB outbox store" do |concurrent: true|
   let(:now) { Time.now.utc.floor(6) }
 
@@ -66,7 +67,8 @@ RSpec.shared_examples "a TCB outbox store" do |concurrent: true|
 
     delivered = outbox_store.mark_delivered(entry, delivered_at: now + 1)
 
-    expect([delivered.status, delivered.delivered_at, delivered.locked_at, delivered.error]).to eq([:delivered, now + 1, nil, nil])
+    expect([delivered.status, delivered.delivered_at, delivered.locked_at,
+            delivered.error]).to eq([:delivered, now + 1, nil, nil])
     expect(find(entry).status).to eq(:delivered)
     expect(outbox_store.pending(now: now + 3600)).to be_empty
   end
@@ -146,3 +148,4 @@ RSpec.shared_examples "a TCB outbox store" do |concurrent: true|
     end
   end
 end
+# rubocop:enable Metrics/BlockLength
