@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require_relative "appending"
+
 module TCB
   module EventStore
     # The reference store: every other store answers the same calls the same way (the
@@ -22,11 +24,9 @@ module TCB
         occurred_at = occurred_at.getutc
         @lock.synchronize do
           stream = @streams.fetch(stream_id, [])
-          check_version!(stream_id, stream.size, expected_version)
-          envelopes = events.each_with_index.map do |event, index|
-            Envelope.new(event: event, event_id: SecureRandom.uuid, stream_id: stream_id, version: stream.size + index + 1,
-                         occurred_at: occurred_at, correlation_id: correlation_id, causation_id: causation_id)
-          end
+          Appending.check_expected_version!(stream_id, stream.size, expected_version)
+          envelopes = Appending.build_envelopes(stream_id, events, after_version: stream.size, occurred_at: occurred_at,
+                                                                   correlation_id: correlation_id, causation_id: causation_id)
           store(stream_id, stream, envelopes) unless envelopes.empty?
           envelopes
         end
@@ -95,19 +95,6 @@ module TCB
       end
 
       private
-
-      def check_version!(stream_id, actual, expected)
-        return if expected.nil?
-
-        wanted = expected == :none ? 0 : expected
-        unless wanted.is_a?(Integer) && wanted >= 0
-          raise ArgumentError,
-                "expected_version must be nil, :none or an Integer >= 0, got #{expected.inspect}"
-        end
-        return if wanted == actual
-
-        raise WrongExpectedVersion.new(stream_id: stream_id, expected_version: expected, actual_version: actual)
-      end
 
       def store(stream_id, stream, envelopes)
         @streams[stream_id] = stream + envelopes
