@@ -204,6 +204,41 @@ RSpec.describe TCB::EventStore::TBackend do
     end
   end
 
+  describe "as the event store of the TCB runtime" do
+    def configure_with(store)
+      TCB.reset!
+      TCB.domain_modules = [TCB::Lint::Orders]
+      TCB.configure do |c|
+        c.event_bus = TCB::EventBus.new(sync: true)
+        c.event_store = store
+      end
+    end
+
+    after { TCB.reset! }
+
+    it "records, reads streams and correlation chains through TCB" do
+      TbackendSpec::TestDaemon.with do |daemon|
+        configure_with(described_class.new(client: new_client(daemon.port)))
+        order_id = SecureRandom.uuid
+
+        recorded = TCB::Context.with(correlation_id: "chain-1", causation_id: nil) do
+          TCB.record(events: [noted("a", order_id: order_id), noted("b", order_id: order_id)])
+        end
+
+        expect(TCB.read(TCB::Lint::Orders).stream(order_id).to_a).to eq(recorded)
+        expect(TCB.read(TCB::Lint::Orders).stream(order_id).last(1).map { |e| e.event.text }).to eq(%w[b])
+        expect(TCB.read_correlation("chain-1").to_a).to eq(recorded)
+      end
+    end
+
+    it "makes TCB.record raise Unavailable when the daemon is down: domain writes are never dropped" do
+      configure_with(described_class.new(client: new_client(closed_port)))
+
+      expect { TCB.record(events: [noted("x", order_id: SecureRandom.uuid)]) }
+        .to raise_error(TCB::EventStore::Unavailable, /TBackend unavailable/)
+    end
+  end
+
   it "raises Unavailable, naming the status, when no daemon listens" do
     store = new_store(new_client(closed_port))
 
