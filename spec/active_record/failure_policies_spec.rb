@@ -85,14 +85,19 @@ RSpec.describe "acts_as_tbackend: failures and failure policies" do
             models::Order.transaction { orders.each { |o| o.update!(status: "u") } }
             orders.each(&:destroy!)
             models::Note.create!(body: "n")
+            # enqueue_retry queued the failed facts: not worth the writer's exit flush here.
+            ActsAsTbackend.shutdown_async_writer(timeout: 0.1)
           end
           expect(models::Order.count).to eq(0)
-          expect(ActsAsTbackend.client.stats).not_to be_empty
+          expect(models::Note.count).to eq(1)
         end
       end
 
       it "enqueue_retry: a change whose write failed reaches the daemon later, through the async writer" do
-        ActsAsTbackend.config.failure_policy = "enqueue_retry"
+        ActsAsTbackend.configure do |c|
+          c.failure_policy = "enqueue_retry"
+          c.retry_max_backoff = 0.2 # the writer's retries, kept short for the spec
+        end
         daemon.kill!
         order = models::Order.create!(status: "retried")
         daemon.restart
@@ -101,6 +106,7 @@ RSpec.describe "acts_as_tbackend: failures and failure policies" do
       end
 
       it "recovers by itself when the daemon comes back (same port, no reset!)" do
+        ActsAsTbackend.configure { |c| c.breaker_cooldown = 0.5 } # the failures open the breaker; keep its pause short
         daemon.kill!
         models::Order.create!(status: "lost")
         daemon.restart
