@@ -22,6 +22,9 @@ module TCB
     # subscribe, unsubscribe or publish on a bus that was shut down.
     class ShutdownError < TCB::Error; end
 
+    FORK_LOCK = Mutex.new
+    private_constant :FORK_LOCK
+
     attr_reader :registry, :max_queue_size, :high_water_mark, :shutdown_timeout
 
     def initialize(sync: false, max_queue_size: nil, high_water_mark: nil, handle_signals: false, shutdown_timeout: 30.0,
@@ -90,7 +93,7 @@ module TCB
     # Stops accepting events, delivers the queued ones (`drain: true`) for at most
     # `timeout` seconds, then drops what is left. Returns the final EventBusShutdown.
     def shutdown(drain: true, timeout: 5.0)
-      timeout ||= @shutdown_timeout # never wait forever
+      timeout ||= @shutdown_timeout || 30.0 # never wait forever
       return drop_queue if !drain && @state == :draining # a force while draining
       return nil unless claim_shutdown(drain)
 
@@ -120,7 +123,6 @@ module TCB
     end
 
     def start_dispatcher
-      @pid = Process.pid
       @mutex = Mutex.new
       @not_empty = ConditionVariable.new
       @not_full = ConditionVariable.new
@@ -129,15 +131,26 @@ module TCB
       @drained = 0
       @dispatcher = Thread.new { dispatch_loop }
       @dispatcher.name = "tcb-event-bus"
+      @pid = Process.pid # last: a matching pid tells other threads the bus is ready
     end
 
     # A forked child inherits the queue but not the thread: it starts its own dispatcher
-    # with an empty queue (the parent still delivers what it had queued).
+    # with an empty queue (the parent still delivers what it had queued). Once, whichever
+    # of the child's threads gets here first.
     def restart_after_fork
       return if @sync || @pid == Process.pid
 
-      @registry.after_fork!
-      start_dispatcher unless shutdown?
+      FORK_LOCK.synchronize do
+        next if @pid == Process.pid
+
+        @registry.after_fork!
+        if shutdown?
+          @mutex = Mutex.new
+          @pid = Process.pid
+        else
+          start_dispatcher
+        end
+      end
     end
 
     def enqueue(envelope, from_dispatcher:)
