@@ -283,7 +283,10 @@ impl Writer {
     /// first) and starts the flusher thread.
     pub fn start(sink: impl Sink, config: WriterConfig) -> std::io::Result<Writer> {
         let now = Instant::now();
-        let seed = now.elapsed().as_nanos() as u64 ^ (u64::from(std::process::id()) << 21) | 1;
+        let clock = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = clock ^ (u64::from(std::process::id()) << 21) | 1;
         let mut state = State {
             keys: HashMap::new(),
             ready: VecDeque::new(),
@@ -693,8 +696,9 @@ impl Shared {
                 let Reverse((_, key)) = st.delayed.pop().expect("peeked");
                 st.ready.push_back(key);
             }
+            let mut lines = Vec::new();
             if st.spool.is_some() && now >= st.next_adoption {
-                self.adopt(&mut st, now);
+                self.adopt(&mut st, now, &mut lines);
             }
             let sync_file = match self.sync_interval() {
                 Some(every) if now.duration_since(st.last_sync) >= every => {
@@ -738,6 +742,7 @@ impl Shared {
                 }
                 self.idle.store(true, Ordering::SeqCst);
                 drop(st);
+                self.log(lines);
                 if let Some(f) = sync_file {
                     let _ = f.sync_data();
                 }
@@ -749,6 +754,7 @@ impl Shared {
                 continue;
             }
             drop(st);
+            self.log(lines);
             if let Some(f) = sync_file {
                 let _ = f.sync_data();
             }
@@ -776,6 +782,7 @@ impl Shared {
         };
         let mut st = self.lock();
         let mut acks = Vec::new();
+        let mut lines = Vec::new();
         let queued_before = st.queued;
         let now = Instant::now();
         let cfg = &self.config;
@@ -783,7 +790,7 @@ impl Shared {
         for (key, error) in refused {
             if let Some(rec) = st.finish(&key, &mut acks) {
                 bump(&self.counters.failed);
-                self.dead_letter(&st, &rec, "error", "client_bug", &error);
+                self.dead_letter(&st, &rec, ("error", "client_bug", &error), &mut lines);
             }
         }
         for (key, outcome) in slots.into_iter().zip(outcomes) {
@@ -808,7 +815,8 @@ impl Shared {
                         });
                         let c = &outcome.classified;
                         let error = c.error.clone().unwrap_or_default();
-                        self.dead_letter(&st, &rec, reason, c.status.as_str(), &error);
+                        let why = (reason, c.status.as_str(), error.as_str());
+                        self.dead_letter(&st, &rec, why, &mut lines);
                     }
                 }
                 Verdict::Retry => {
@@ -829,7 +837,8 @@ impl Shared {
                                 .map(|t| t.to_string())
                                 .or_else(|| c.error.clone())
                                 .unwrap_or_default();
-                            self.dead_letter(&st, &rec, "exhausted", c.status.as_str(), &error);
+                            let why = ("exhausted", c.status.as_str(), error.as_str());
+                            self.dead_letter(&st, &rec, why, &mut lines);
                         }
                     } else {
                         bump(&self.counters.retries);
@@ -857,6 +866,7 @@ impl Shared {
         }
         let settled = st.queued < queued_before;
         drop(st);
+        self.log(lines);
         if settled {
             self.progress.fetch_add(1, Ordering::SeqCst);
             sys::futex_wake(&self.progress, i32::MAX);
@@ -864,7 +874,7 @@ impl Shared {
     }
 
     /// Takes over the segments of writers that died since the last look.
-    fn adopt(&self, st: &mut State, now: Instant) {
+    fn adopt(&self, st: &mut State, now: Instant, lines: &mut Vec<String>) {
         let every = self
             .config
             .spool
@@ -881,11 +891,17 @@ impl Shared {
                     bump(&self.counters.adopted);
                 }
             }
-            Err(e) => self
-                .log
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .line(&format!("acts_as_tbackend: spool adoption failed: {e}")),
+            Err(e) => lines.push(format!("acts_as_tbackend: spool adoption failed: {e}")),
+        }
+    }
+
+    fn log(&self, lines: Vec<String>) {
+        if lines.is_empty() {
+            return;
+        }
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        for line in lines {
+            log.line(&line);
         }
     }
 
@@ -897,9 +913,16 @@ impl Shared {
         }
     }
 
-    /// One log line (no values, no token) and, with a spool, the fact in the
-    /// dead-letter file.
-    fn dead_letter(&self, st: &State, rec: &Rec, reason: &str, status: &str, error: &str) {
+    /// One log line (no values, no token; written by the caller once the queue's mutex
+    /// is released, so a slow stderr never holds up `enqueue`) and, with a spool, the
+    /// fact in the dead-letter file.
+    fn dead_letter(
+        &self,
+        st: &State,
+        rec: &Rec,
+        (reason, status, error): (&str, &str, &str),
+        lines: &mut Vec<String>,
+    ) {
         let e = &rec.entry;
         let line = format!(
             "acts_as_tbackend: fact not delivered ({reason}): store={} id={} status={status} attempts={}{}",
@@ -912,10 +935,7 @@ impl Shared {
                 ""
             }
         );
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .line(&line);
+        lines.push(line);
         if let Some(spool) = &st.spool {
             let at = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -934,12 +954,9 @@ impl Shared {
                 e.durability.as_deref().map_or("null".to_string(), json_str),
             );
             if let Err(err) = spool.dead_letter(record.as_bytes()) {
-                self.log
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .line(&format!(
-                        "acts_as_tbackend: dead-letter file not written: {err}"
-                    ));
+                lines.push(format!(
+                    "acts_as_tbackend: dead-letter file not written: {err}"
+                ));
             }
         }
     }
