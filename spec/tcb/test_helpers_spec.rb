@@ -30,6 +30,14 @@ RSpec.describe "TCB test helpers" do
       end.to raise_error(RSpec::Expectations::ExpectationNotMetError, /published: nothing/)
     end
 
+    it "not_to have_published passes when none of the events was published, and fails naming the one that was" do
+      configure_tcb
+      expect { TCB.publish(Orders::Shipped.new(1)) }.not_to have_published(Orders::OrderPlaced)
+      expect do
+        expect { TCB.publish(Orders::OrderPlaced.new(1)) }.not_to have_published(Orders::OrderPlaced, Orders::Shipped)
+      end.to raise_error(RSpec::Expectations::ExpectationNotMetError, /expected Orders::OrderPlaced not to be published/)
+    end
+
     it "have_published waits for an async bus, and leaves no subscription behind" do
       configure_tcb(bus: TCB::EventBus.new)
       expect do
