@@ -141,7 +141,7 @@ module TCB
                     "#{DomainContext::TABLE_SUFFIX}"
             Class.new(base_class) do
               self.table_name = table
-              define_singleton_method(:name) { "TCB::EventStore::ActiveRecord::Record(#{table})" }
+              define_singleton_method(:name) { super() || "TCB::EventStore::ActiveRecord::Record(#{table})" }
             end
           end
         end

@@ -44,7 +44,7 @@ module TCB
         table = DomainContext.from_module(domain_module).outbox_table
         @model = Class.new(base_class) do
           self.table_name = table
-          define_singleton_method(:name) { "TCB::OutboxStore::ActiveRecord::Record(#{table})" }
+          define_singleton_method(:name) { super() || "TCB::OutboxStore::ActiveRecord::Record(#{table})" }
         end
       end
 
