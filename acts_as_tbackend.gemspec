@@ -17,7 +17,8 @@ Gem::Specification.new do |spec|
 
   spec.files = Dir.chdir(__dir__) do
     Dir[
-      "lib/**/*.rb", "lib/**/*.rake", "lib/**/*.tt", "ext/**/extconf.rb", "src/**/*.rs", "crates/*/Cargo.toml", "crates/*/src/**/*.rs",
+      "lib/**/*.rb", "lib/**/*.rake", "lib/**/*.tt", "ext/**/extconf.rb",
+      "src/**/*.rs", "crates/*/Cargo.toml", "crates/*/src/**/*.rs",
       "Cargo.toml", "Cargo.lock", "README.md", "CHANGELOG.md", "LICENSE"
     ].select { |path| File.file?(path) }
   end
