@@ -68,19 +68,14 @@ module ActsAsTbackend
     def enqueue_retry(result, fact, durability, context)
       return unless RETRY_LATER.include?(OutboxFlusher.flush_status(result))
 
-      if retry_backend == "active_job"
-        MirrorRetryJob.perform_later(fact, durability)
+      if ActsAsTbackend.config.retry_backend == "active_job"
+        MirrorRetryJob.enqueue_fact(fact, durability: durability)
       else
         queued = ActsAsTbackend.async_writer.enqueue(fact, durability: durability)
         write_line(describe(queued, context, "enqueue_retry failed")) unless success?(queued)
       end
     rescue StandardError => e
       write_line(describe(Mirror.error_result(e), context, "enqueue_retry failed"))
-    end
-
-    def retry_backend
-      config = ActsAsTbackend.config
-      config.respond_to?(:retry_backend) ? config.retry_backend.to_s : "spool"
     end
 
     # One write, so lines from concurrent threads never interleave; not Kernel#warn, which
@@ -95,6 +90,6 @@ module ActsAsTbackend
 
       raise ConfigurationError, "failure_policy must be one of #{POLICIES.join(', ')}, got #{policy.inspect}"
     end
-    private_class_method :enqueue_retry, :retry_backend, :write_line, :policy_name
+    private_class_method :enqueue_retry, :write_line, :policy_name
   end
 end
