@@ -188,13 +188,27 @@ RSpec.describe "ActiveRecord stores" do
 
     it "leaves an enclosing transaction usable after a lost race (the append runs in a savepoint)" do
       stream = "#{orders_context}|savepoint"
-      event_store.append(stream_id: stream, events: [placed("a")])
-
-      base_class.transaction do
-        expect { event_store.append(stream_id: stream, events: [placed("b")], expected_version: 0) }
-          .to raise_error(TCB::WrongExpectedVersion)
-        event_store.append(stream_id: stream, events: [placed("c")], expected_version: 1)
+      first_inserted = Queue.new
+      release = Queue.new
+      holder = Thread.new do
+        base_class.transaction do
+          event_store.append(stream_id: stream, events: [placed("a")], expected_version: :none)
+          first_inserted << true
+          release.pop
+        end
       end
+      first_inserted.pop
+      loser = Thread.new do
+        base_class.transaction do
+          # Reads version 0, then its insert waits for the holder and fails on the unique index.
+          event_store.append(stream_id: stream, events: [placed("b")], expected_version: :none)
+        rescue TCB::WrongExpectedVersion
+          event_store.append(stream_id: stream, events: [placed("c")], expected_version: 1)
+        end
+      end
+      expect(loser.join(0.3)).to be_nil
+      release << true
+      [holder, loser].each { |thread| expect(thread.join(10)).to be_truthy }
 
       expect(event_store.read(stream).map { |e| e.event.order_id }).to eq(%w[a c])
     end
