@@ -230,4 +230,29 @@ RSpec.describe "acts_as_tbackend: lifecycle and transactions" do
       end
     end
   end
+  # PostgreSQL only: SQLite's in-memory database is one per connection, so threads on
+  # their own connections would not share the table.
+  context "with threads, each on its own connection (postgresql)" do
+    let(:adapter) { :postgresql }
+    include_context "mirror model spec"
+
+    it "mirrors every committed change exactly once" do
+      threads = Array.new(8) do |t|
+        Thread.new do
+          ActiveRecord::Base.connection_pool.with_connection do
+            Array.new(15) do |i|
+              order = models::Order.create!(status: "t#{t}-#{i}")
+              models::Order.transaction { order.update!(status: "u#{t}-#{i}") }
+              order
+            end
+          end
+        end
+      end
+      orders = join_all(threads, 60).flatten
+      facts = facts_in("mirror_orders")
+      expect(facts.size).to eq(orders.size * 2)
+      expect(facts.map { |f| f[:id] }.uniq.size).to eq(facts.size)
+      expect(facts.group_by { |f| f[:key] }.transform_values(&:size).values.uniq).to eq([2])
+    end
+  end
 end
