@@ -122,6 +122,22 @@ RSpec.describe "ActiveRecord stores" do
       expect(event_store.read("#{orders_context}|44")).to eq([])
     end
 
+    it "keeps correlation reads to the exact context even when two contexts map to one table" do
+      # "shared_ctx/orders" and "shared_ctx__orders" both live in shared_ctx__orders_events.
+      stub_const("SharedCtx::Orders", Module.new)
+      stub_const("SharedCtx__orders", Module.new)
+      contexts = [SharedCtx::Orders, SharedCtx__orders].map { |mod| TCB::DomainContext.from_module(mod).to_s }
+      expect(contexts).to eq(%w[shared_ctx/orders shared_ctx__orders])
+      base_class.connection.drop_table("shared_ctx__orders_events", if_exists: true)
+      TCB::EventStore::ActiveRecord.create_table(SharedCtx::Orders, connection: base_class.connection)
+      contexts.each do |context|
+        event_store.append(stream_id: "#{context}|1", events: [placed("for #{context}")], correlation_id: "shared")
+      end
+
+      expect(contexts.map { |context| event_store.read_by_correlation("shared", context: context).map { |e| e.event.order_id } })
+        .to eq(contexts.map { |context| ["for #{context}"] })
+    end
+
     context "with ActiveRecord writing local times in another zone" do
       around do |example|
         zone = ENV.fetch("TZ", nil)
