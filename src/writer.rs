@@ -174,7 +174,7 @@ impl RbWriter {
         let config = writer_config(ruby, options, client.token.clone())?;
         let fsync_always = config.spool.as_ref().map(|s| s.fsync) == Some(Fsync::Always);
         let writer = Writer::start(Client::new(client), config)
-            .map_err(|e| configuration(ruby, format!("cannot open the spool: {e}")))?;
+            .map_err(|e| configuration(ruby, format!("cannot start the async writer: {e}")))?;
         Ok(RbWriter {
             holder: Mutex::new(Holder {
                 pid: std::process::id(),

@@ -81,7 +81,7 @@ RSpec.describe ActsAsTbackend::AsyncWriter do
       expect(writer.stats[:retries]).to be > 0
     end
 
-    it "reads back in order per key through facts_for" do
+    it "reads back in order per key through facts_for", :gc_stress do
       writer = async_writer_for(daemon)
       ids = Array.new(30) { |n| "history-#{n}" }
       ids.each_with_index { |id, n| writer.enqueue(fact(id, store: "history", key: "order:1", value: { "n" => n })) }
@@ -155,7 +155,7 @@ RSpec.describe ActsAsTbackend::AsyncWriter do
         expect(took).to be < 1
       end
 
-      it "drops with one rate-limited warning on $stderr" do
+      it "drops with one rate-limited warning on $stderr", :gc_stress do
         writer = async_writer_for(daemon, queue_size: 2, queue_full_policy: "drop", retry_attempts: 1000)
         stall(daemon)
         fill(writer, 2)
@@ -186,7 +186,7 @@ RSpec.describe ActsAsTbackend::AsyncWriter do
       end
     end
 
-    it "answers an invalid fact with the soft error a synchronous write gives, and queues nothing" do
+    it "answers an invalid fact with the soft error a synchronous write gives, and queues nothing", :gc_stress do
       writer = async_writer_for(daemon)
       bad = fact(unique, store: "async", value: { "x" => Float::NAN })
       expect(writer.enqueue(bad)).to eq(ActsAsTbackend.client.write_fact_once(bad))

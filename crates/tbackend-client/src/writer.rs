@@ -280,7 +280,8 @@ impl std::fmt::Debug for Writer {
 
 impl Writer {
     /// Opens the spool (adopting the segments of dead processes, whose facts are queued
-    /// first) and starts the flusher thread.
+    /// first) and starts the flusher thread. An error names the spool directory when
+    /// that is what failed.
     pub fn start(sink: impl Sink, config: WriterConfig) -> std::io::Result<Writer> {
         let now = Instant::now();
         let clock = SystemTime::now()
@@ -310,7 +311,10 @@ impl Writer {
         };
         let counters = Counters::default();
         if let Some(sc) = &config.spool {
-            let (spool, adopted) = Spool::open(&sc.dir, sc.segment_bytes, sc.fsync)?;
+            let (spool, adopted) =
+                Spool::open(&sc.dir, sc.segment_bytes, sc.fsync).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("spool {}: {e}", sc.dir.display()))
+                })?;
             state.spool = Some(spool);
             for (loc, entry) in adopted {
                 state.push(Some(loc), entry);
