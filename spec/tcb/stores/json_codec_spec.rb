@@ -136,6 +136,16 @@ RSpec.describe TCB::EventStore::JsonCodec do
         .to eq(JsonCodecSpec::Renamed.new(id: 2, full_name: "Bo", currency: "EUR"))
     end
 
+    it "upcasts nested objects from the version they were written at" do
+      event = JsonCodecSpec::KeywordEvent.new(id: 1, price: JsonCodecSpec::Money.new(cents: 5))
+      written = JSON.parse(JSON.generate(codec.dump(event)))
+      codec.register(JsonCodecSpec::Money, schema_version: 2, type: "JsonCodecSpec::Money")
+      codec.upcast("JsonCodecSpec::Money", from: 1) { |data| data.merge("currency" => "EUR") }
+
+      expect(codec.load(written["type"], written["schema_version"], written["data"]).price)
+        .to eq(JsonCodecSpec::Money.new(cents: 5, currency: "EUR"))
+    end
+
     it "refuses data newer than the code, and a gap in the upcasters" do
       expect do
         codec.load("JsonCodecSpec::Renamed", 4, {})

@@ -144,7 +144,8 @@ module TCB
                              "store's codec (or list it in c.extra_serialization_classes)"
         end
 
-        { TAG => "object", "type" => registration.type, "v" => encode_attributes(value) }
+        { TAG => "object", "type" => registration.type, "schema_version" => registration.schema_version,
+          "v" => encode_attributes(value) }
       end
 
       def tagged(tag, value)
@@ -168,13 +169,9 @@ module TCB
         when "time" then Time.iso8601(raw)
         when "decimal" then BigDecimal(raw)
         when "hash" then raw.to_h { |key, item| [decode(key), decode(item)] }
-        when "object" then load(value["type"], registered_version(value["type"]), raw)
+        when "object" then load(value["type"], value["schema_version"] || 1, raw)
         else raise UnknownType, "unknown tagged value #{value[TAG].inspect}"
         end
-      end
-
-      def registered_version(type)
-        @lock.synchronize { @by_type[type]&.schema_version } || 1
       end
 
       def upcast_data(registration, version, data)
