@@ -77,10 +77,11 @@ module ActsAsTbackend
     # in the spool for the next writer, or lost without one).
     def shutdown(timeout: 5.0)
       return true unless @native && Process.pid == pid
+      return @drained unless @drained.nil?
 
-      drained = @native.shutdown(Float(timeout))
-      warn_undelivered unless drained
-      drained
+      @drained = @native.shutdown(Float(timeout))
+      warn_undelivered unless @drained
+      @drained
     end
 
     # In a forked child: gives up the parent's writer without running it (its queue is

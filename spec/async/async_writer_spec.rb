@@ -228,6 +228,51 @@ RSpec.describe ActsAsTbackend::AsyncWriter do
       end
     end
 
+    it "spools a fact before enqueue returns, and drops it from the spool once delivered" do
+      Dir.mktmpdir do |dir|
+        %w[batch always never].each do |mode|
+          writer = async_writer_for(daemon, spool_path: dir, spool_fsync: mode, retry_attempts: 1000)
+          stall(daemon)
+          id = "spooled-#{mode}"
+          expect(writer.enqueue(fact(id, store: "spool"))[:status]).to eq("enqueued")
+          segment = writer.spool_segments.last
+          expect(File.binread(segment)).to include(id)
+          expect(writer.stats[:spooled]).to eq(1)
+          unstall(daemon)
+          expect(writer.flush(timeout: 10)).to be(true)
+          expect(writer.stats).to include(spooled: 0, delivered: 1)
+          ActsAsTbackend.shutdown_async_writer(timeout: 1)
+        end
+        expect(stored("spool").keys).to include("spooled-batch", "spooled-always", "spooled-never")
+      end
+    end
+
+    it "keeps what a shutdown could not deliver in the spool; the next writer delivers it" do
+      Dir.mktmpdir do |dir|
+        writer = async_writer_for(daemon, spool_path: dir, retry_attempts: 1000)
+        stall(daemon)
+        ids = Array.new(3) { |i| "kept-#{i}" }
+        ids.each { |id| writer.enqueue(fact(id, store: "kept", key: "k")) }
+        captured = StringIO.new
+        original = $stderr
+        $stderr = captured
+        begin
+          expect(writer.shutdown(timeout: 0.2)).to be(false)
+        ensure
+          $stderr = original
+        end
+        expect(captured.string).to include("3 fact(s) undelivered", "kept in the spool #{dir}")
+        unstall(daemon)
+        ActsAsTbackend.reset!
+        successor = async_writer_for(daemon, spool_path: dir)
+        expect(successor).not_to be(writer)
+        expect(successor.stats[:adopted]).to eq(3)
+        expect(successor.flush(timeout: 10)).to be(true)
+        facts = stored("kept")
+        expect(ids.map { |id| facts.fetch(id).first }).to eq(ids.map { |id| facts.fetch(id).first }.sort)
+      end
+    end
+
     it "reset! shuts the writer down with a bounded flush; the next call gets a new one" do
       writer = async_writer_for(daemon)
       writer.enqueue(fact("before-reset", store: "reset"))

@@ -470,6 +470,9 @@ impl Writer {
     /// lost without one). Later calls return at once; `stats` keeps working.
     pub fn shutdown(&self, timeout: Duration, cancel: &Cancel) -> bool {
         let sh = &*self.shared;
+        if sh.stop.load(Ordering::SeqCst) != RUNNING {
+            return sh.lock().queued == 0;
+        }
         sh.lock().closed = true;
         let drained = self.flush(Some(timeout), cancel);
         self.stop_thread();
@@ -1527,6 +1530,12 @@ mod tests {
         assert_eq!(w.stats().queued, 1);
         let refused = w.try_enqueue(entry("k", "b")).unwrap_err();
         assert_eq!(refused.reason, Refusal::ShutDown);
+        let t0 = Instant::now();
+        assert!(!w.shutdown(Duration::from_secs(5), &Cancel::new()), "again");
+        assert!(
+            t0.elapsed() < Duration::from_millis(100),
+            "a second shutdown returns at once"
+        );
     }
 
     #[test]
