@@ -51,6 +51,8 @@ module TCB
   module EventStore
     autoload :ActiveRecord, "acts_as_tbackend/tcb/event_store/active_record"
     autoload :TBackend, "acts_as_tbackend/tcb/event_store/tbackend"
+    autoload :Unavailable, "acts_as_tbackend/tcb/event_store/tbackend"
+    autoload :JsonCodec, "acts_as_tbackend/tcb/event_store/json_codec"
   end
 
   # Outbox stores, one instance per domain module with ensure_reaction.

@@ -4,7 +4,8 @@ module TCB
   # `TCB.read(Orders).stream(42).between_versions(5, 20).to_a`: an immutable builder; each
   # step returns a new query.
   class EventQuery
-    def initialize(store, domain_module, stream_id: nil, from_version: nil, to_version: nil, occurred_after: nil)
+    def initialize(store, domain_module, stream_id: nil, from_version: nil, to_version: nil, occurred_after: nil,
+                   as_of: nil)
       @store = store
       @domain_module = domain_module
       @context = DomainContext.from_module(domain_module)
@@ -12,6 +13,7 @@ module TCB
       @from_version = from_version
       @to_version = to_version
       @occurred_after = occurred_after
+      @as_of = as_of
       freeze
     end
 
@@ -37,14 +39,19 @@ module TCB
       with(occurred_after: time)
     end
 
+    # What the store knew at `time` (a temporal store such as TCB::EventStore::TBackend):
+    # events recorded later are not seen. Other stores raise ArgumentError on read.
+    def as_of(time)
+      with(as_of: time)
+    end
+
     def to_a
-      @store.read(stream_id!, from_version: @from_version, to_version: @to_version, occurred_after: @occurred_after)
+      read(from_version: @from_version, to_version: @to_version)
     end
 
     # The newest n events, oldest first.
     def last(count)
-      @store.read(stream_id!, from_version: @from_version, to_version: @to_version, occurred_after: @occurred_after,
-                              limit: count, order: :desc).reverse
+      read(from_version: @from_version, to_version: @to_version, limit: count, order: :desc).reverse
     end
 
     # Keyset pagination on version: each batch is one read from the last version seen, so
@@ -56,7 +63,7 @@ module TCB
       cursor = [from_version, @from_version].compact.max
       upper = [to_version, @to_version].compact.min
       loop do
-        batch = @store.read(stream_id!, from_version: cursor, to_version: upper, occurred_after: @occurred_after, limit: of)
+        batch = read(from_version: cursor, to_version: upper, limit: of)
         break if batch.empty?
 
         yield batch
@@ -71,7 +78,13 @@ module TCB
 
     def with(**changes)
       self.class.new(@store, @domain_module, stream_id: @stream_id, from_version: @from_version, to_version: @to_version,
-                                             occurred_after: @occurred_after, **changes)
+                                             occurred_after: @occurred_after, as_of: @as_of, **changes)
+    end
+
+    # `as_of:` only when asked for, so stores without point-in-time reads keep working.
+    def read(**options)
+      options[:as_of] = @as_of if @as_of
+      @store.read(stream_id!, occurred_after: @occurred_after, **options)
     end
 
     def stream_id!

@@ -155,6 +155,19 @@ RSpec.describe TCB::EventStore::TBackend do
       expect(store.read(stream, as_of: between, order: :desc, limit: 1).map(&:version)).to eq([1])
     end
 
+    it "answers as_of through TCB.read's query (to_a, last, in_batches); stores without it refuse" do
+      store.append(stream_id: stream, events: [noted("v1"), noted("v2")])
+      between = Time.now
+      store.append(stream_id: stream, events: [noted("v3")])
+      query = TCB::EventQuery.new(store, TCB::Lint::Orders).stream(stream.split("|", 2).last).as_of(between)
+
+      expect(query.to_a.map { |e| e.event.text }).to eq(%w[v1 v2])
+      expect(query.last(1).map(&:version)).to eq([2])
+      expect(query.in_batches(of: 1).to_a.flatten.map(&:version)).to eq([1, 2])
+      in_memory = TCB::EventQuery.new(TCB::EventStore::InMemory.new, TCB::Lint::Orders).stream("x").as_of(between)
+      expect { in_memory.to_a }.to raise_error(ArgumentError)
+    end
+
     it "serves EventQuery's last and in_batches" do
       7.times { |n| store.append(stream_id: stream, events: [noted("e#{n + 1}")]) }
       query = TCB::EventQuery.new(store, TCB::Lint::Orders).stream(stream.split("|", 2).last)
