@@ -112,6 +112,16 @@ RSpec.describe ActsAsTbackend::AsyncWriter do
       expect(writer.flush(timeout: 0.01)).to be(true)
     end
 
+    it "lets Timeout interrupt a flush at once" do
+      writer = async_writer_for(daemon, retry_attempts: 1000)
+      stall(daemon)
+      writer.enqueue(fact(unique, store: "async"))
+      took, = timed do
+        expect { Timeout.timeout(0.2) { writer.flush(timeout: 30) } }.to raise_error(Timeout::Error)
+      end
+      expect(took).to be < 1.5
+    end
+
     context "when the queue is full" do
       def fill(writer, count)
         count.times { |i| expect(writer.enqueue(fact("fill-#{i}", store: "full"))[:status]).to eq("enqueued") }

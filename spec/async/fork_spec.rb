@@ -6,10 +6,19 @@ require_relative "async_helpers"
 # Issue 4, fork (Puma cluster, Sidekiq): a forked child gets a fresh writer. It never
 # delivers the parent's in-memory queue (the parent does) and never touches the parent's
 # spool segment.
-RSpec.describe "AsyncWriter across fork", if: Process.respond_to?(:fork) do
+RSpec.describe "AsyncWriter across fork", if: Process.respond_to?(:fork) && File.directory?("/proc/self/fd") do
   include_context "async spec"
 
   with_daemon
+
+  # The files this process has open (Linux).
+  def open_files
+    Dir["/proc/self/fd/*"].filter_map do |fd|
+      File.readlink(fd)
+    rescue SystemCallError
+      nil
+    end
+  end
 
   # Runs `work` in a forked child; returns what it wrote to its result file as JSON.
   def in_child(dir, &work)
@@ -41,14 +50,16 @@ RSpec.describe "AsyncWriter across fork", if: Process.respond_to?(:fork) do
         flushed = child.flush(timeout: 20)
         { "fresh" => !child.equal?(parent), "pid" => child.pid == Process.pid, "flushed" => flushed,
           "stats" => child.stats, "segments" => child.spool_segments,
-          "parent_segment_kept" => parent_segments.all? { |s| File.exist?(s) } }
+          "parent_segment_kept" => parent_segments.all? { |s| File.exist?(s) },
+          "holds_parent_segment" => open_files.intersect?(parent_segments) }
       end
       # The child has built its writer by now or soon; its facts wait for the daemon too.
       sleep 0.2
       unstall(daemon)
       expect(wait_exit(pid, 30)).to be_success
       child = JSON.parse(File.read(path))
-      expect(child).to include("fresh" => true, "pid" => true, "flushed" => true, "parent_segment_kept" => true)
+      expect(child).to include("fresh" => true, "pid" => true, "flushed" => true, "parent_segment_kept" => true,
+                               "holds_parent_segment" => false)
       expect(child["stats"]).to include("enqueued" => 3, "delivered" => 3, "replays" => 0, "adopted" => 0)
       expect(child["segments"] & parent_segments).to be_empty
 
