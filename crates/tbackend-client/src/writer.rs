@@ -493,6 +493,9 @@ impl Writer {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
+        // Enqueues waiting for room see the shutdown now rather than at their deadline.
+        sh.progress.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(&sh.progress, i32::MAX);
     }
 
     /// Counts a fact the caller dropped because the queue was full.
@@ -1536,6 +1539,33 @@ mod tests {
             t0.elapsed() < Duration::from_millis(100),
             "a second shutdown returns at once"
         );
+    }
+
+    #[test]
+    fn shutdown_releases_an_enqueue_waiting_for_room() {
+        let sink = Scripted::new(|_, _| Status::CommittedAcked);
+        sink.hold();
+        let config = WriterConfig {
+            queue_size: 1,
+            ..fast()
+        };
+        let w = Arc::new(Writer::start(sink, config).unwrap());
+        put(&w, "k", "a");
+        let w2 = w.clone();
+        let waiter = std::thread::spawn(move || {
+            w2.enqueue(
+                entry("k", "b"),
+                Some(Duration::from_secs(30)),
+                &Cancel::new(),
+            )
+            .map(|_| ())
+            .map_err(|r| r.reason)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let t0 = Instant::now();
+        assert!(!w.shutdown(Duration::from_millis(10), &Cancel::new()));
+        assert_eq!(waiter.join().unwrap(), Err(Refusal::ShutDown));
+        assert!(t0.elapsed() < Duration::from_secs(2));
     }
 
     #[test]
