@@ -27,6 +27,14 @@ module ActsAsTbackend
       ActiveSupport.on_load(:active_record) { require "acts_as_tbackend/extension" }
     end
 
+    # With a spool, server processes start the writer at boot, so segments left by a
+    # crashed process are adopted and delivered even before this one writes anything.
+    # Rake tasks, consoles, runners and generators never do: they must not start
+    # delivering (or holding) another process's facts as a side effect.
+    config.after_initialize do
+      ActsAsTbackend.async_writer if ActsAsTbackend.config.spool_path && Railtie.server_process?
+    end
+
     rake_tasks do
       load File.expand_path("tasks/tbackend.rake", __dir__)
     end
@@ -39,6 +47,16 @@ module ActsAsTbackend
         settings.merge!(yaml_settings(path, Rails.env)) if path.file?
         settings.merge!(x_settings(app.config.x.tbackend))
         settings
+      end
+
+      # Puma (single or cluster), `rails server`, a Sidekiq server, or any process that sets
+      # TBACKEND_SERVER_PROCESS=1 (Unicorn, Passenger, a custom runner).
+      def server_process?
+        return ENV["TBACKEND_SERVER_PROCESS"] == "1" if ENV.key?("TBACKEND_SERVER_PROCESS")
+
+        return true if defined?(::Rails::Server) || File.basename($PROGRAM_NAME).start_with?("puma")
+
+        (defined?(::Sidekiq) && ::Sidekiq.respond_to?(:server?) && ::Sidekiq.server?) || false
       end
 
       # A bad setting does not stop the app from booting: it lands in `config.errors`,

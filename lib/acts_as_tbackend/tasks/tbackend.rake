@@ -36,4 +36,26 @@ namespace :tbackend do
     ).run
     exit(1) unless summary.complete && summary.failed.zero?
   end
+
+  namespace :spool do
+    desc "Show the async spool: its segments (held by a live process or orphaned), sizes and dead letters"
+    task status: :environment do
+      require "acts_as_tbackend/spool_status"
+      report = ActsAsTbackend::SpoolStatus.new(ActsAsTbackend.config).call
+      puts JSON.pretty_generate(report)
+    end
+
+    desc "Deliver what the spool holds now (orphaned segments included); exits 1 unless all settled " \
+         "(TIMEOUT=60 seconds)"
+    task flush: :environment do
+      config = ActsAsTbackend.config
+      abort "tbackend:spool:flush: spool_path is not set" if config.spool_path.nil?
+      writer = ActsAsTbackend.async_writer
+      settled = writer.flush(timeout: Float(ENV.fetch("TIMEOUT", "60")))
+      stats = writer.stats
+      puts JSON.pretty_generate(stats.merge(settled: settled))
+      writer.shutdown(timeout: 1.0)
+      exit(1) unless settled
+    end
+  end
 end

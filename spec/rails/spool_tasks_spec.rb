@@ -1,0 +1,90 @@
+# frozen_string_literal: true
+
+require "spec_helper"
+require "tmpdir"
+
+# Issue 4: `rake tbackend:spool:status` and `rake tbackend:spool:flush`. A process enqueues
+# with the daemon down and dies without flushing; status shows its orphaned segment, flush
+# delivers every fact once the daemon is up, and the spool is empty afterwards.
+RSpec.describe "rake tbackend:spool" do
+  include TbackendSpec::ClientHelpers
+
+  around do |example|
+    Dir.mktmpdir("tbackend-spool-tasks") do |dir|
+      @app = TbackendSpec::RailsApp.create(File.join(dir, "app").tap { |d| Dir.mkdir(d) })
+      @spool = File.join(dir, "spool")
+      example.run
+    end
+  ensure
+    ActsAsTbackend.reset!
+  end
+
+  attr_reader :app, :spool
+
+  def rake(task, port)
+    TbackendSpec::RailsApp.rake(app, task, env: { "TBACKEND_SPOOL_PATH" => spool, "TBACKEND_TEST_PORT" => port.to_s })
+  end
+
+  def json(output)
+    JSON.parse(output[output.index("{")..])
+  end
+
+  # Enqueues 50 facts with the daemon down and exits without flushing, as after a crash.
+  def leave_orphaned_segment
+    env = { "TBACKEND_SPOOL_PATH" => spool, "TBACKEND_TEST_PORT" => closed_port.to_s }
+    out, status = TbackendSpec::RailsApp.boot_and_run(app, <<~RUBY, env: env)
+      writer = ActsAsTbackend.async_writer
+      50.times do |i|
+        fact = ActsAsTbackend::Fact.build(id: "spooled-\#{i}", store: "spooled", key: "k\#{i % 5}", value: { "i" => i })
+        raise "not enqueued" unless writer.enqueue(fact)[:status] == "enqueued"
+      end
+      exit!(0)
+    RUBY
+    expect(status).to be_success, out
+  end
+
+  def expect_delivered_once(daemon)
+    facts = client_for(daemon).facts_by_seq(store: "spooled")[:response][:facts]
+    expect(facts.map { |f| f[:id] }).to match_array(Array.new(50) { |i| "spooled-#{i}" })
+    by_key = facts.group_by { |f| f[:key] }.transform_values { |list| list.map { |f| f[:value][:i] } }
+    by_key.each_value { |values| expect(values).to eq(values.sort) } # per-key order survives the spool
+  end
+
+  it "reports an orphaned segment, then delivers it exactly once" do
+    leave_orphaned_segment
+    out, status = rake("tbackend:spool:status", closed_port)
+    expect(status).to be_success, out
+    report = json(out)
+    expect(report).to include("spool_path" => spool, "held" => 0, "orphaned" => 1, "dead_letters" => 0)
+    expect(report["bytes"]).to be > 0
+
+    TbackendSpec::TestDaemon.with do |d|
+      out, status = rake("tbackend:spool:flush", d.port)
+      expect(status).to be_success, out
+      expect(json(out)).to include("settled" => true, "adopted" => 50, "delivered" => 50)
+      expect_delivered_once(d)
+
+      out, status = rake("tbackend:spool:status", d.port)
+      expect(status).to be_success, out
+      expect(json(out)).to include("orphaned" => 0, "bytes" => 0)
+    end
+  end
+
+  it "starts the writer at boot in server processes only, which then delivers orphaned segments" do
+    leave_orphaned_segment
+    TbackendSpec::TestDaemon.with do |d|
+      env = { "TBACKEND_SPOOL_PATH" => spool, "TBACKEND_TEST_PORT" => d.port.to_s }
+      probe = "w = ActsAsTbackend.instance_variable_get(:@async_writer); puts(w ? w.flush(timeout: 20) : 'no writer')"
+
+      out, status = TbackendSpec::RailsApp.boot_and_run(app, probe, env: env.merge("TBACKEND_SERVER_PROCESS" => "0"))
+      expect(status).to be_success, out
+      expect(out.lines.last.strip).to eq("no writer")
+      expect(client_for(d).facts_by_seq(store: "spooled")[:response][:facts]).to be_empty
+
+      out, status = TbackendSpec::RailsApp.boot_and_run(app, probe, env: env.merge("TBACKEND_SERVER_PROCESS" => "1"))
+      expect(status).to be_success, out
+      expect(out.lines.last.strip).to eq("true")
+      expect_delivered_once(d)
+    end
+  end
+end
