@@ -64,15 +64,19 @@ module ActsAsTbackend
     end
 
     # The memoised AsyncWriter for the current config: one per process. A forked child
-    # gets a fresh one; the parent's queue and spool segment stay the parent's.
+    # gets a fresh one; the parent's queue and spool segment stay the parent's. A writer
+    # built for a config that is no longer current is shut down (bounded flush) first.
     def async_writer
+      current = config
       writer = @async_writer
-      return writer if writer && writer.pid == Process.pid
+      return writer if writer && writer.pid == Process.pid && writer.config.equal?(current)
 
-      @async_writer_lock.synchronize do
+      stale = @async_writer_lock.synchronize do
         forget_inherited_async_writer
-        @async_writer ||= AsyncWriter.new(config)
+        @async_writer.equal?(writer) && writer && !writer.config.equal?(current) ? take_async_writer : nil
       end
+      stale&.shutdown(timeout: AsyncWriter::EXIT_FLUSH_TIMEOUT)
+      @async_writer_lock.synchronize { @async_writer ||= AsyncWriter.new(current) }
     end
 
     # `client.health`: never raises, never shows the token.
@@ -98,15 +102,19 @@ module ActsAsTbackend
     def shutdown_async_writer(timeout: nil)
       old = @async_writer_lock.synchronize do
         forget_inherited_async_writer
-        previous = @async_writer
-        @async_writer = nil
-        previous
+        take_async_writer
       end
       old&.shutdown(timeout: timeout || AsyncWriter::EXIT_FLUSH_TIMEOUT)
       nil
     end
 
     private
+
+    def take_async_writer
+      previous = @async_writer
+      @async_writer = nil
+      previous
+    end
 
     # A writer built by another process (we are a forked child) is never run or shut
     # down here: it is forgotten.

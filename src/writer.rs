@@ -43,10 +43,7 @@ impl Drop for Holder {
 
 fn forget(writer: Option<Arc<Writer>>) {
     if let Some(writer) = writer {
-        match Arc::try_unwrap(writer) {
-            Ok(w) => w.forget_after_fork(),
-            Err(shared) => std::mem::forget(shared),
-        }
+        writer.forget_after_fork();
     }
 }
 

@@ -293,6 +293,18 @@ RSpec.describe ActsAsTbackend::AsyncWriter do
       expect(ActsAsTbackend.async_writer).to be(ActsAsTbackend.async_writer)
     end
 
+    it "builds a new writer when the config is replaced, shutting the old one down first" do
+      writer = async_writer_for(daemon)
+      writer.enqueue(fact("old-config", store: "reconfigured"))
+      replacement = ActsAsTbackend::Config.new.tap { |c| c.port = daemon.port }
+      ActsAsTbackend.instance_variable_set(:@config, replacement)
+      successor = ActsAsTbackend.async_writer
+      expect(successor).not_to be(writer)
+      expect(successor.config).to be(replacement)
+      expect(writer.enqueue(fact(unique, store: "reconfigured"))[:status]).to eq("unavailable")
+      expect(stored("reconfigured").keys).to include("old-config")
+    end
+
     it "reset! with the daemon stalled returns within the bound and warns how much was left" do
       writer = async_writer_for(daemon, retry_attempts: 1000)
       stall(daemon)

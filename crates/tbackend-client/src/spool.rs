@@ -25,7 +25,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -344,6 +344,57 @@ pub struct Location {
     pub seq: u64,
 }
 
+/// The raw fds of a spool's open segments, readable without any lock: a forked child
+/// must close them even when the writer's mutex was held at fork time by a thread that
+/// does not exist in the child. Holds up to 64 (a spool has one or two segments unless
+/// a large backlog spans more; an fd beyond that stays open in a child until it exits).
+#[derive(Debug)]
+pub struct FdRegistry {
+    slots: [AtomicI32; 64],
+}
+
+impl FdRegistry {
+    fn new() -> FdRegistry {
+        FdRegistry {
+            slots: std::array::from_fn(|_| AtomicI32::new(-1)),
+        }
+    }
+
+    fn add(&self, fd: i32) {
+        for slot in &self.slots {
+            if slot
+                .compare_exchange(-1, fd, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Called before the fd is closed, so the registry never names a closed fd.
+    fn remove(&self, fd: i32) {
+        for slot in &self.slots {
+            if slot
+                .compare_exchange(fd, -1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// In a forked child: close(2) every registered fd (the parent keeps its lock,
+    /// which belongs to the open file it still holds) and forget them.
+    pub fn close_inherited(&self) {
+        for slot in &self.slots {
+            let fd = slot.swap(-1, Ordering::SeqCst);
+            if fd >= 0 {
+                crate::sys::close_inherited(fd);
+            }
+        }
+    }
+}
+
 /// The segments of one writer and how to reach them.
 #[derive(Debug)]
 pub struct Spool {
@@ -359,6 +410,15 @@ pub struct Spool {
     sync_on_roll: bool,
     /// Segments adopted from dead processes at open.
     pub adopted_segments: usize,
+    fds: Arc<FdRegistry>,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        for seg in self.segments.values() {
+            self.fds.remove(seg.file.as_raw_fd());
+        }
+    }
 }
 
 impl Spool {
@@ -381,6 +441,7 @@ impl Spool {
             dirty: false,
             sync_on_roll: fsync != Fsync::Never,
             adopted_segments: 0,
+            fds: Arc::new(FdRegistry::new()),
         };
         spool.roll()?;
         let adopted = spool.adopt_orphans()?;
@@ -425,6 +486,7 @@ impl Spool {
             self.sync()?;
         }
         let seg = Segment::create(&self.dir)?;
+        self.fds.add(seg.file.as_raw_fd());
         self.segments.insert(self.next_segment, seg);
         self.next_segment += 1;
         self.next_seq = 0;
@@ -493,6 +555,7 @@ impl Spool {
             if let Some(seg) = self.segments.remove(&id) {
                 // Unlink while still holding the lock: no other process can adopt it.
                 let _ = fs::remove_file(&seg.path);
+                self.fds.remove(seg.file.as_raw_fd());
             }
         }
     }
@@ -556,10 +619,9 @@ impl Spool {
         file.write_all(line)
     }
 
-    /// The raw fds of the segments, for a forked child that must close them without
-    /// running any destructor.
-    pub fn raw_fds(&self) -> Vec<i32> {
-        self.segments.values().map(|s| s.file.as_raw_fd()).collect()
+    /// The fds of the open segments, for a forked child ([`FdRegistry::close_inherited`]).
+    pub fn fd_registry(&self) -> Arc<FdRegistry> {
+        self.fds.clone()
     }
 }
 

@@ -34,7 +34,7 @@ use crate::cancel::Cancel;
 use crate::client::{Client, Outcome, Request};
 use crate::error::TransportError;
 use crate::lane::later;
-use crate::spool::{Entry, Fsync, Location, Spool};
+use crate::spool::{Entry, FdRegistry, Fsync, Location, Spool};
 use crate::sys;
 
 /// Where a [`Writer`] sends its requests. [`Client`] is the real one; tests script
@@ -261,6 +261,8 @@ struct Shared {
     stop: AtomicU8,
     counters: Counters,
     log: Mutex<LogLimiter>,
+    /// The spool's open segment fds, reachable without the queue's mutex (fork).
+    spool_fds: Option<Arc<FdRegistry>>,
 }
 
 /// The background writer. `Send + Sync`; dropping it stops the flusher (without
@@ -310,11 +312,13 @@ impl Writer {
             rng: seed ^ 0x9E37_79B9_7F4A_7C15,
         };
         let counters = Counters::default();
+        let mut spool_fds = None;
         if let Some(sc) = &config.spool {
             let (spool, adopted) =
                 Spool::open(&sc.dir, sc.segment_bytes, sc.fsync).map_err(|e| {
                     std::io::Error::new(e.kind(), format!("spool {}: {e}", sc.dir.display()))
                 })?;
+            spool_fds = Some(spool.fd_registry());
             state.spool = Some(spool);
             for (loc, entry) in adopted {
                 state.push(Some(loc), entry);
@@ -331,6 +335,7 @@ impl Writer {
             stop: AtomicU8::new(RUNNING),
             counters,
             log: Mutex::new(LogLimiter::default()),
+            spool_fds,
         });
         let runner = shared.clone();
         let thread = std::thread::Builder::new()
@@ -545,18 +550,15 @@ impl Writer {
 
     /// For a forked child: gives this writer up without running it or touching the
     /// parent's spool. The flusher thread does not exist in the child, so nothing is
-    /// sent twice; the inherited segment fds are closed (the parent keeps its lock) when
-    /// the queue's mutex was free at fork time, and leaked otherwise; the sink forgets
-    /// its inherited connections. Locks nothing that could be held.
-    pub fn forget_after_fork(self) {
+    /// sent twice; the inherited segment fds are closed (the parent keeps its lock);
+    /// the sink forgets its inherited connections. Locks nothing: the queue's mutex may
+    /// have been held at fork time by the flusher, which does not exist here. Takes an
+    /// `Arc` so that clones held by threads of the parent (which do not exist here
+    /// either) do not stand in the way; none of them is ever dropped.
+    pub fn forget_after_fork(self: Arc<Self>) {
         let sh = &*self.shared;
-        if let Ok(st) = sh.state.try_lock() {
-            if let Some(spool) = &st.spool {
-                for fd in spool.raw_fds() {
-                    sys::close_inherited(fd);
-                }
-            }
-            std::mem::forget(st);
+        if let Some(fds) = &sh.spool_fds {
+            fds.close_inherited();
         }
         sh.sink.forget();
         std::mem::forget(self);
@@ -1026,6 +1028,7 @@ mod tests {
     use super::*;
     use crate::spool::{decode_segment, pending_facts, DEAD_LETTER_FILE};
     use std::collections::HashMap as Map;
+    use std::os::fd::AsRawFd;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Condvar;
     use tbackend_core::Classified;
@@ -1566,6 +1569,70 @@ mod tests {
         assert!(!w.shutdown(Duration::from_millis(10), &Cancel::new()));
         assert_eq!(waiter.join().unwrap(), Err(Refusal::ShutDown));
         assert!(t0.elapsed() < Duration::from_secs(2));
+    }
+
+    /// The fds of this process open on `path`.
+    fn fds_of(path: &std::path::Path) -> Vec<i32> {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                (std::fs::read_link(e.path()).ok()? == path)
+                    .then(|| e.file_name().to_str()?.parse().ok())
+                    .flatten()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_forked_child_closes_the_spool_fds_even_with_the_queue_locked() {
+        let dir = tempdir("fork");
+        let config = WriterConfig {
+            spool: Some(SpoolConfig::new(&dir)),
+            ..fast()
+        };
+        let w =
+            Arc::new(Writer::start(Scripted::new(|_, _| Status::CommittedAcked), config).unwrap());
+        let w_clone = w.clone();
+        let segment = w.spool_segments()[0].clone();
+        let fds = fds_of(&segment);
+        assert_eq!(fds.len(), 1);
+        // The flusher may hold the queue's mutex at the moment of the fork; hold it here.
+        let shared = w.shared.clone();
+        let guard = shared.lock();
+        // SAFETY: the child only runs forget_after_fork (atomics, close(2); the scripted
+        // sink forgets nothing), fcntl(2) and _exit: no allocation, no lock.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            std::mem::forget(guard);
+            // Another thread of the parent held a clone at fork time.
+            std::mem::forget(w_clone);
+            w.forget_after_fork();
+            // SAFETY: F_GETFD on an fd number only reads the descriptor table.
+            let open = fds
+                .iter()
+                .any(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } != -1);
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(i32::from(open)) };
+        }
+        drop(guard);
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child kept the segment open (status {status})"
+        );
+        // The parent still holds its segment's lock.
+        let probe = std::fs::File::open(&segment).unwrap();
+        // SAFETY: flock on an fd this File owns.
+        let rc = unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, -1, "the parent's lock is gone");
+        put(&w, "k", "after-fork");
+        assert!(flushed(&w));
+        drop((w, w_clone));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
