@@ -73,7 +73,7 @@ module ActsAsTbackend
 
       stale = @async_writer_lock.synchronize do
         forget_inherited_async_writer
-        @async_writer.equal?(writer) && writer && !writer.config.equal?(current) ? take_async_writer : nil
+        take_async_writer if @async_writer && !@async_writer.config.equal?(current)
       end
       stale&.shutdown(timeout: AsyncWriter::EXIT_FLUSH_TIMEOUT)
       @async_writer_lock.synchronize { @async_writer ||= AsyncWriter.new(current) }
