@@ -252,6 +252,7 @@ RSpec.describe ActsAsTbackend::AsyncWriter do
           expect(writer.flush(timeout: 10)).to be(true)
           expect(writer.stats).to include(spooled: 0, delivered: 1)
           ActsAsTbackend.shutdown_async_writer(timeout: 1)
+          expect(Dir[File.join(dir, "*.spool")]).to be_empty
         end
         expect(stored("spool").keys).to include("spooled-batch", "spooled-always", "spooled-never")
       end

@@ -569,6 +569,17 @@ impl Spool {
         Some(self.segments[&self.active_id()].file.clone())
     }
 
+    /// Ends this spool: syncs, then deletes every segment with nothing pending (its lock
+    /// is still held while it is unlinked, so nobody can be adopting it). Segments with
+    /// pending facts stay for the next writer. The locks go with the files.
+    pub fn close(mut self) -> io::Result<()> {
+        let synced = self.sync();
+        for seg in self.segments.values().filter(|s| s.pending == 0) {
+            let _ = fs::remove_file(&seg.path);
+        }
+        synced
+    }
+
     /// Whether something was written since the last [`Spool::take_dirty`].
     pub fn is_dirty(&self) -> bool {
         self.dirty

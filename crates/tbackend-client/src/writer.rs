@@ -481,11 +481,17 @@ impl Writer {
         sh.lock().closed = true;
         let drained = self.flush(Some(timeout), cancel);
         self.stop_thread();
-        let spool = sh.lock().spool.take();
-        if let Some(mut spool) = spool {
-            let _ = spool.sync();
-        }
+        self.close_spool();
         drained
+    }
+
+    /// Syncs and closes the spool (deleting its drained segments) once the flusher is
+    /// stopped.
+    fn close_spool(&self) {
+        let spool = self.shared.lock().spool.take();
+        if let Some(spool) = spool {
+            let _ = spool.close();
+        }
     }
 
     fn stop_thread(&self) {
@@ -569,6 +575,7 @@ impl Drop for Writer {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
         self.stop_thread();
+        self.close_spool();
     }
 }
 
@@ -1289,6 +1296,17 @@ mod tests {
         assert_eq!(line["attempts"], 4);
         assert_eq!(line["fact"]["id"], "doomed");
         assert!(w.shutdown(Duration::from_secs(1), &Cancel::new()));
+        let segments = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .to_string_lossy()
+                    .ends_with(".spool")
+            })
+            .count();
+        assert_eq!(segments, 0, "a drained spool leaves no segment behind");
         // Nothing is left for a later writer to replay.
         let again = Writer::start(Scripted::new(|_, _| Status::CommittedAcked), config).unwrap();
         assert_eq!(again.stats().adopted, 0);
