@@ -35,7 +35,7 @@ pub struct RbClient {
     holder: Mutex<Holder>,
 }
 
-fn opt<T: TryConvert>(options: RHash, key: &str) -> Result<Option<T>, Error> {
+pub(crate) fn opt<T: TryConvert>(options: RHash, key: &str) -> Result<Option<T>, Error> {
     let ruby = Ruby::get_with(options);
     match options.get(ruby.to_symbol(key)) {
         Some(v) if !v.is_nil() => Ok(Some(T::try_convert(v)?)),
@@ -43,43 +43,49 @@ fn opt<T: TryConvert>(options: RHash, key: &str) -> Result<Option<T>, Error> {
     }
 }
 
-fn seconds(value: Option<f64>) -> Option<Duration> {
+pub(crate) fn seconds(value: Option<f64>) -> Option<Duration> {
     value
         .filter(|s| s.is_finite() && *s > 0.0)
         .map(Duration::from_secs_f64)
 }
 
+/// The client settings of an options Hash (`Native::Client.new`, `Native::Writer.new`).
+pub(crate) fn client_config(options: RHash) -> Result<Config, Error> {
+    let mut config = Config::default();
+    if let Some(host) = opt::<String>(options, "host")? {
+        config.host = host;
+    }
+    if let Some(port) = opt::<u16>(options, "port")? {
+        config.port = port;
+    }
+    config.token = opt::<String>(options, "token")?.filter(|t| !t.is_empty());
+    if let Some(d) = seconds(opt(options, "connect_timeout")?) {
+        config.connect_timeout = d;
+    }
+    if let Some(d) = seconds(opt(options, "request_timeout")?) {
+        config.request_timeout = d;
+    }
+    if let Some(n) = opt::<usize>(options, "lanes")? {
+        config.lanes = n.max(1);
+    }
+    if let Some(n) = opt::<usize>(options, "max_in_flight")? {
+        config.max_depth = n.max(1);
+    }
+    if let Some(n) = opt::<u32>(options, "breaker_threshold")? {
+        config.breaker_threshold = n;
+    }
+    if let Some(d) = seconds(opt(options, "breaker_cooldown")?) {
+        config.breaker_cooldown = d;
+    }
+    if let Some(d) = seconds(opt(options, "idle_reconnect")?) {
+        config.idle_reconnect = d;
+    }
+    Ok(config)
+}
+
 impl RbClient {
     pub fn new(options: RHash) -> Result<Self, Error> {
-        let mut config = Config::default();
-        if let Some(host) = opt::<String>(options, "host")? {
-            config.host = host;
-        }
-        if let Some(port) = opt::<u16>(options, "port")? {
-            config.port = port;
-        }
-        config.token = opt::<String>(options, "token")?.filter(|t| !t.is_empty());
-        if let Some(d) = seconds(opt(options, "connect_timeout")?) {
-            config.connect_timeout = d;
-        }
-        if let Some(d) = seconds(opt(options, "request_timeout")?) {
-            config.request_timeout = d;
-        }
-        if let Some(n) = opt::<usize>(options, "lanes")? {
-            config.lanes = n.max(1);
-        }
-        if let Some(n) = opt::<usize>(options, "max_in_flight")? {
-            config.max_depth = n.max(1);
-        }
-        if let Some(n) = opt::<u32>(options, "breaker_threshold")? {
-            config.breaker_threshold = n;
-        }
-        if let Some(d) = seconds(opt(options, "breaker_cooldown")?) {
-            config.breaker_cooldown = d;
-        }
-        if let Some(d) = seconds(opt(options, "idle_reconnect")?) {
-            config.idle_reconnect = d;
-        }
+        let config = client_config(options)?;
         let client = Client::new(config.clone());
         Ok(RbClient {
             config,

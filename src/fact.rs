@@ -140,6 +140,9 @@ pub fn epoch_seconds(ruby: &Ruby, field: &str, value: Value) -> Result<f64, Erro
         return time::parse_iso8601(&s.to_string()?).map_err(|e| bad(e.to_string()));
     } else if is_a(ruby, value, "Numeric") {
         value.funcall::<_, _, f64>("to_f", ())?
+    } else if is_a(ruby, value, "Time") {
+        // Not through `to_time`: plain Ruby gets Time#to_time only once `date` is loaded.
+        value.funcall::<_, _, f64>("to_f", ())?
     } else if is_a(ruby, value, "DateTime") {
         value
             .funcall::<_, _, Value>("to_time", ())?

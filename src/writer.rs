@@ -16,11 +16,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use magnus::{value::ReprValue, Error, RArray, RHash, Ruby, TryConvert, Value};
+use magnus::{value::ReprValue, Error, RArray, RHash, Ruby, Value};
 use tbackend_client::spool::{Entry, Fsync};
 use tbackend_client::writer::{Refusal, SpoolConfig, Writer, WriterConfig};
 use tbackend_client::{Cancel, Client, Config};
 
+use crate::client::{opt, seconds};
 use crate::errors::{configuration, invalid_fact};
 use crate::fact::{check_store, to_s};
 use crate::json::Encoder;
@@ -54,42 +55,9 @@ pub struct RbWriter {
     fsync_always: bool,
 }
 
-fn opt<T: TryConvert>(options: RHash, key: &str) -> Result<Option<T>, Error> {
-    let ruby = Ruby::get_with(options);
-    match options.get(ruby.to_symbol(key)) {
-        Some(v) if !v.is_nil() => Ok(Some(T::try_convert(v)?)),
-        _ => Ok(None),
-    }
-}
-
-fn seconds(value: Option<f64>) -> Option<Duration> {
-    value
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map(Duration::from_secs_f64)
-}
-
 /// The client settings, read from the same options Hash as `Native::Client.new`.
 fn client_config(options: RHash) -> Result<Config, Error> {
-    let mut config = Config::default();
-    if let Some(host) = opt::<String>(options, "host")? {
-        config.host = host;
-    }
-    if let Some(port) = opt::<u16>(options, "port")? {
-        config.port = port;
-    }
-    config.token = opt::<String>(options, "token")?.filter(|t| !t.is_empty());
-    if let Some(d) = seconds(opt(options, "connect_timeout")?) {
-        config.connect_timeout = d;
-    }
-    if let Some(d) = seconds(opt(options, "request_timeout")?) {
-        config.request_timeout = d;
-    }
-    if let Some(n) = opt::<usize>(options, "max_in_flight")? {
-        config.max_depth = n.max(1);
-    }
-    if let Some(d) = seconds(opt(options, "idle_reconnect")?) {
-        config.idle_reconnect = d;
-    }
+    let mut config = crate::client::client_config(options)?;
     // One lane: the flusher is one thread that pipelines its whole batch on it.
     config.lanes = 1;
     // No breaker: it protects callers from waiting on a dead daemon, and nobody waits

@@ -107,7 +107,7 @@ module ActsAsTbackend
     def open_native(config)
       return [nil, nil] unless config.valid?
 
-      [Native::Writer.new(@client.send(:native_options, config), writer_options(config)), nil]
+      [Native::Writer.new(@client.native_options, writer_options(config)), nil]
     rescue ConfigurationError => e
       # An unusable spool directory must not break the commit that first enqueues: every
       # enqueue answers config_error instead, naming the problem.

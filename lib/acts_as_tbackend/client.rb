@@ -96,6 +96,17 @@ module ActsAsTbackend
     end
     alias to_s inspect
 
+    # @api private: the options Native::Client.new and Native::Writer.new take.
+    def native_options(config = self.config)
+      {
+        host: config.host, port: config.port, token: config.token,
+        connect_timeout: config.connect_timeout, request_timeout: config.request_timeout,
+        lanes: config.pool_size, max_in_flight: config.max_in_flight,
+        breaker_threshold: config.breaker_threshold, breaker_cooldown: config.breaker_cooldown,
+        idle_reconnect: config.idle_reconnect
+      }
+    end
+
     # @api private: for Health and Tail, which must never raise.
     def native_call(&)
       call(strict: false, &)
@@ -186,16 +197,6 @@ module ActsAsTbackend
       message = Redact.call("#{exception.class.name}: #{exception.message}", config.token)
       one = { ok: false, status: "error", committed: false, retryable: false, response: nil, error: message }
       count ? Array.new(count) { one.dup } : one
-    end
-
-    def native_options(config)
-      {
-        host: config.host, port: config.port, token: config.token,
-        connect_timeout: config.connect_timeout, request_timeout: config.request_timeout,
-        lanes: config.pool_size, max_in_flight: config.max_in_flight,
-        breaker_threshold: config.breaker_threshold, breaker_cooldown: config.breaker_cooldown,
-        idle_reconnect: config.idle_reconnect
-      }
     end
   end
 

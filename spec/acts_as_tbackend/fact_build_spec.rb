@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "spec_helper"
+require "open3"
 require "date"
 require "bigdecimal"
 
@@ -47,6 +48,17 @@ RSpec.describe "ActsAsTbackend::Fact.build" do
       midnight = Time.utc(2026, 7, 3).to_f
       expect(build(valid_time: Date.new(2026, 7, 3)).fetch("valid_time")).to eq(midnight)
       expect(build(valid_time: "2026-07-03").fetch("valid_time")).to eq(midnight)
+    end
+
+    it "accepts a Time in a plain Ruby process that never loaded the date library" do
+      script = <<~RUBY
+        require "acts_as_tbackend"
+        abort "date is loaded" if defined?(Date)
+        print ActsAsTbackend::Fact.build(id: "i", store: "s", key: "k", value: {}, valid_time: Time.at(100.5))["valid_time"]
+      RUBY
+      out, status = Open3.capture2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script)
+      expect(status).to be_success, out
+      expect(out).to eq("100.5")
     end
 
     it "raises a clear ArgumentError for anything else" do

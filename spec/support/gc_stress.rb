@@ -33,7 +33,7 @@ module TbackendSpec
       def instrument!
         native = ActsAsTbackend::Native
         wrap(native.singleton_class, native.singleton_methods(false))
-        [native::Client, native::TailCursor].each do |klass|
+        [native::Client, native::TailCursor, native::Writer].each do |klass|
           wrap(klass.singleton_class, klass.singleton_methods(false))
           wrap(klass, klass.instance_methods(false))
         end
