@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require_relative "appending"
+require_relative "selecting"
 
 module TCB
   module EventStore
@@ -33,27 +34,22 @@ module TCB
       end
 
       def read(stream_id, from_version: nil, to_version: nil, occurred_after: nil, limit: nil, order: :asc)
-        raise ArgumentError, "order must be :asc or :desc, got #{order.inspect}" unless %i[asc desc].include?(order)
+        Selecting.check_order!(order)
 
         # `fetch` with a default, never a defaulting Hash: reading an unknown stream must
         # not create it (tcb 0.6.2 grew a hash entry per unknown stream read).
         stream = @lock.synchronize { @streams.fetch(stream_id.to_s, nil)&.dup } || []
-        selected = stream.select { |envelope| matches?(envelope, from_version, to_version, occurred_after) }
-        selected.reverse! if order == :desc
-        limit ? selected.first(limit) : selected
+        Selecting.stream(stream, from_version: from_version, to_version: to_version, occurred_after: occurred_after,
+                                 limit: limit, order: order)
       end
 
       # Exact context match: "orders" never returns "orders_archive" events.
       def read_by_correlation(correlation_id, context:, occurred_after: nil, occurred_before: nil)
         context = context.to_s
         all = @lock.synchronize { @by_event_id.values }
-        chain = all.select do |envelope|
-          envelope.correlation_id == correlation_id &&
-            StreamId.parse(envelope.stream_id).context == context &&
-            (occurred_after.nil? || envelope.occurred_at > occurred_after) &&
-            (occurred_before.nil? || envelope.occurred_at < occurred_before)
-        end
-        chain.sort_by { |envelope| [envelope.occurred_at, envelope.stream_id, envelope.version] }
+        in_context = all.select { |envelope| StreamId.parse(envelope.stream_id).context == context }
+        Selecting.correlation_chain(in_context, correlation_id: correlation_id, occurred_after: occurred_after,
+                                                occurred_before: occurred_before)
       end
 
       def read_by_event_ids(event_ids)
@@ -99,12 +95,6 @@ module TCB
       def store(stream_id, stream, envelopes)
         @streams[stream_id] = stream + envelopes
         envelopes.each { |envelope| @by_event_id[envelope.event_id] = envelope }
-      end
-
-      def matches?(envelope, from_version, to_version, occurred_after)
-        (from_version.nil? || envelope.version >= from_version) &&
-          (to_version.nil? || envelope.version <= to_version) &&
-          (occurred_after.nil? || envelope.occurred_at > occurred_after)
       end
     end
   end

@@ -3,6 +3,7 @@
 require "acts_as_tbackend"
 require "time"
 require_relative "appending"
+require_relative "selecting"
 require_relative "json_codec"
 require_relative "tbackend/ledger"
 
@@ -125,27 +126,20 @@ module TCB
       # `as_of:` answers from what the ledger knew at that moment: commits whose
       # transaction_time is later are not seen.
       def read(stream_id, from_version: nil, to_version: nil, occurred_after: nil, limit: nil, order: :asc, as_of: nil)
-        raise ArgumentError, "order must be :asc or :desc, got #{order.inspect}" unless %i[asc desc].include?(order)
+        Selecting.check_order!(order)
 
         stream = StreamId.parse(stream_id.to_s)
-        envelopes = commits(stream, as_of: as_of).flat_map { |commit| commit_envelopes(commit) }.select do |envelope|
-          (from_version.nil? || envelope.version >= from_version) &&
-            (to_version.nil? || envelope.version <= to_version) &&
-            (occurred_after.nil? || envelope.occurred_at > occurred_after)
-        end
-        envelopes.reverse! if order == :desc
-        limit ? envelopes.first(limit) : envelopes
+        envelopes = commits(stream, as_of: as_of).flat_map { |commit| commit_envelopes(commit) }
+        Selecting.stream(envelopes, from_version: from_version, to_version: to_version, occurred_after: occurred_after,
+                                    limit: limit, order: order)
       end
 
       # One read of the context's index, then one read per stream the chain touched.
       def read_by_correlation(correlation_id, context:, occurred_after: nil, occurred_before: nil)
         entries = index_entries(context.to_s, "correlation:#{correlation_id}")
-        chain = verified_envelopes(context.to_s, entries).select do |envelope|
-          envelope.correlation_id == correlation_id.to_s &&
-            (occurred_after.nil? || envelope.occurred_at > occurred_after) &&
-            (occurred_before.nil? || envelope.occurred_at < occurred_before)
-        end
-        chain.sort_by { |envelope| [envelope.occurred_at, envelope.stream_id, envelope.version] }
+        chain = verified_envelopes(context.to_s, entries)
+        Selecting.correlation_chain(chain, correlation_id: correlation_id.to_s, occurred_after: occurred_after,
+                                           occurred_before: occurred_before)
       end
 
       # Event ids carry no context: they are looked up in the index of every context this
