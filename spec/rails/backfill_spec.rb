@@ -10,19 +10,18 @@ RSpec.describe "rake tbackend:backfill" do
 
   let(:rows) { 100_000 }
 
+  include_context "rails app"
+
   around do |example|
-    Dir.mktmpdir("tbackend-backfill") do |dir|
-      @app = TbackendSpec::RailsApp.create(dir)
-      TbackendSpec::TestDaemon.with do |d|
-        @daemon = d
-        example.run
-      end
-    ensure
-      ActsAsTbackend.reset!
+    TbackendSpec::TestDaemon.with do |d|
+      @daemon = d
+      example.run
     end
+  ensure
+    ActsAsTbackend.reset!
   end
 
-  attr_reader :app, :daemon
+  attr_reader :daemon
 
   def env
     { "TBACKEND_TEST_PORT" => daemon.port.to_s, "BATCH_SIZE" => "2000" }
@@ -57,13 +56,12 @@ RSpec.describe "rake tbackend:backfill" do
 
   it "resumes after a kill -9 from its checkpoint, mirrors every row once, and replays on a re-run" do
     TbackendSpec::RailsApp.load_schema(app, env: env)
-    out, status = TbackendSpec::RailsApp.boot_and_run(app, <<~RUBY, env: env)
+    in_app(<<~RUBY, env: env)
       now = Time.utc(2026, 1, 1)
       #{rows}.times.each_slice(10_000) do |slice|
         Order.insert_all(slice.map { |i| { number: "B-\#{i}", status: "new", created_at: now, updated_at: now } })
       end
     RUBY
-    expect(status).to be_success, out
 
     log = File.join(app, "backfill.log")
     pid = Process.spawn(TbackendSpec::RailsApp.env(env), RbConfig.ruby, "-S", "rake", "tbackend:backfill[Order]",

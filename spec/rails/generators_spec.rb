@@ -8,21 +8,7 @@ require "tmpdir"
 # really run — on SQLite and PostgreSQL — and deliver, retry and dead-letter.
 RSpec.describe "acts_as_tbackend generators" do
   include TbackendSpec::ClientHelpers
-
-  around do |example|
-    Dir.mktmpdir("tbackend-generators") do |dir|
-      @app = TbackendSpec::RailsApp.create(dir)
-      example.run
-    end
-  end
-
-  attr_reader :app
-
-  def in_app(code, env: {})
-    out, status = TbackendSpec::RailsApp.boot_and_run(app, code, env: env)
-    expect(status).to be_success, out
-    out
-  end
+  include_context "rails app"
 
   def generate(name, *args)
     in_app(<<~RUBY)

@@ -14,14 +14,7 @@ RSpec.describe "Mirroring from a Puma cluster" do
   let(:hammer_seconds) { 3 }
   let(:hammer_threads) { 8 }
 
-  around do |example|
-    Dir.mktmpdir("tbackend-puma") do |dir|
-      @app = TbackendSpec::RailsApp.create(dir)
-      example.run
-    end
-  end
-
-  attr_reader :app
+  include_context "rails app"
 
   def free_port
     server = TCPServer.new("127.0.0.1", 0)

@@ -7,40 +7,26 @@ require "tmpdir"
 # the log subscriber, and `rake tbackend:health` gates deploys with its exit status.
 RSpec.describe "ActsAsTbackend::Railtie" do
   include TbackendSpec::ClientHelpers
-
-  around do |example|
-    Dir.mktmpdir("tbackend-rails") do |dir|
-      @app = TbackendSpec::RailsApp.create(dir)
-      example.run
-    end
-  end
-
-  attr_reader :app
-
-  def boot(code, env: {})
-    out, status = TbackendSpec::RailsApp.boot_and_run(app, code, env: env)
-    expect(status).to be_success, out
-    out
-  end
+  include_context "rails app"
 
   it "applies config/tbackend.yml for Rails.env, with config.x.tbackend on top" do
-    out = boot("c = ActsAsTbackend.config; puts [c.port, c.producer, c.request_timeout, c.errors].inspect",
-               env: { "TBACKEND_TEST_PORT" => "7555" })
+    out = in_app("c = ActsAsTbackend.config; puts [c.port, c.producer, c.request_timeout, c.errors].inspect",
+                 env: { "TBACKEND_TEST_PORT" => "7555" })
     expect(out.lines.last.strip).to eq('[7555, "dummy-from-yaml", 1.5, []]')
 
-    out = boot("puts ActsAsTbackend.config.producer", env: { "X_TBACKEND_PRODUCER" => "from-x" })
+    out = in_app("puts ActsAsTbackend.config.producer", env: { "X_TBACKEND_PRODUCER" => "from-x" })
     expect(out.lines.last.strip).to eq("from-x")
   end
 
   it "turns a bad setting into a config_error the health check reports, without stopping the boot" do
-    out = boot("h = ActsAsTbackend.health; puts [h[:status], h[:error]].inspect", env: { "X_TBACKEND_BOGUS" => "1" })
+    out = in_app("h = ActsAsTbackend.health; puts [h[:status], h[:error]].inspect", env: { "X_TBACKEND_BOGUS" => "1" })
     expect(out.lines.last).to include('"config_error"', "bogus_setting: unknown setting")
   end
 
   it "logs client calls through Rails.logger with names and statuses, never values" do
     TbackendSpec::TestDaemon.with do |d|
       log = File.join(app, "test.log")
-      boot(<<~RUBY, env: { "TBACKEND_TEST_PORT" => d.port.to_s, "RAILS_LOG" => log })
+      in_app(<<~RUBY, env: { "TBACKEND_TEST_PORT" => d.port.to_s, "RAILS_LOG" => log })
         fact = ActsAsTbackend::Fact.build(id: "log-1", store: "logged", key: "k", value: { "card" => "4111-secret" })
         ActsAsTbackend.client.write_fact_once(fact)
       RUBY

@@ -9,17 +9,18 @@ require "tmpdir"
 RSpec.describe "rake tbackend:spool" do
   include TbackendSpec::ClientHelpers
 
+  include_context "rails app"
+
   around do |example|
-    Dir.mktmpdir("tbackend-spool-tasks") do |dir|
-      @app = TbackendSpec::RailsApp.create(File.join(dir, "app").tap { |d| Dir.mkdir(d) })
-      @spool = File.join(dir, "spool")
+    Dir.mktmpdir("tbackend-spool") do |dir|
+      @spool = dir
       example.run
     end
   ensure
     ActsAsTbackend.reset!
   end
 
-  attr_reader :app, :spool
+  attr_reader :spool
 
   def rake(task, port)
     TbackendSpec::RailsApp.rake(app, task, env: { "TBACKEND_SPOOL_PATH" => spool, "TBACKEND_TEST_PORT" => port.to_s })
@@ -32,7 +33,7 @@ RSpec.describe "rake tbackend:spool" do
   # Enqueues 50 facts with the daemon down and exits without flushing, as after a crash.
   def leave_orphaned_segment
     env = { "TBACKEND_SPOOL_PATH" => spool, "TBACKEND_TEST_PORT" => closed_port.to_s }
-    out, status = TbackendSpec::RailsApp.boot_and_run(app, <<~RUBY, env: env)
+    in_app(<<~RUBY, env: env)
       writer = ActsAsTbackend.async_writer
       50.times do |i|
         fact = ActsAsTbackend::Fact.build(id: "spooled-\#{i}", store: "spooled", key: "k\#{i % 5}", value: { "i" => i })
@@ -40,7 +41,6 @@ RSpec.describe "rake tbackend:spool" do
       end
       exit!(0)
     RUBY
-    expect(status).to be_success, out
   end
 
   def expect_delivered_once(daemon)
@@ -76,13 +76,11 @@ RSpec.describe "rake tbackend:spool" do
       env = { "TBACKEND_SPOOL_PATH" => spool, "TBACKEND_TEST_PORT" => d.port.to_s }
       probe = "w = ActsAsTbackend.instance_variable_get(:@async_writer); puts(w ? w.flush(timeout: 20) : 'no writer')"
 
-      out, status = TbackendSpec::RailsApp.boot_and_run(app, probe, env: env.merge("TBACKEND_SERVER_PROCESS" => "0"))
-      expect(status).to be_success, out
+      out = in_app(probe, env: env.merge("TBACKEND_SERVER_PROCESS" => "0"))
       expect(out.lines.last.strip).to eq("no writer")
       expect(client_for(d).facts_by_seq(store: "spooled")[:response][:facts]).to be_empty
 
-      out, status = TbackendSpec::RailsApp.boot_and_run(app, probe, env: env.merge("TBACKEND_SERVER_PROCESS" => "1"))
-      expect(status).to be_success, out
+      out = in_app(probe, env: env.merge("TBACKEND_SERVER_PROCESS" => "1"))
       expect(out.lines.last.strip).to eq("true")
       expect_delivered_once(d)
     end

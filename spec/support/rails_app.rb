@@ -46,3 +46,22 @@ module TbackendSpec
     end
   end
 end
+
+# `include_context "rails app"`: a fresh copy of the app for each example, as `app`, and
+# `in_app(code, env:)`, which boots it, runs `code` and fails the example on a non-zero exit.
+RSpec.shared_context "rails app" do
+  around do |example|
+    Dir.mktmpdir("tbackend-rails-app") do |dir|
+      @app = TbackendSpec::RailsApp.create(dir)
+      example.run
+    end
+  end
+
+  attr_reader :app
+
+  def in_app(code, env: {})
+    out, status = TbackendSpec::RailsApp.boot_and_run(app, code, env: env)
+    expect(status).to be_success, out
+    out
+  end
+end

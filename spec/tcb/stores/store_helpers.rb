@@ -27,8 +27,11 @@ module TcbStoresSpec
 
   module_function
 
+  # `connected?` is no guide: an abstract class without a connection of its own answers
+  # for ActiveRecord::Base's (another suite's in-memory SQLite, say) until it has one.
   def connect(base_class)
-    return base_class.connection if base_class.connected?
+    @connected ||= {}
+    return base_class.connection if @connected[base_class] && base_class.connected?
 
     config = case base_class.name
              when "TcbStoresSpec::SqliteRecord" then TbackendSpec::Database.config_for(:sqlite)
@@ -38,6 +41,7 @@ module TcbStoresSpec
              else TbackendSpec::Database.config_for(:postgresql, database: PG_DATABASE)
              end
     base_class.establish_connection(config)
+    @connected[base_class] = true
     base_class.connection
   end
 
