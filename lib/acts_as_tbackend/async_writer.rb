@@ -50,16 +50,22 @@ module ActsAsTbackend
     # under the "raise" policy.
     def enqueue(fact, durability: nil)
       return DISABLED.dup unless config.enabled?
+      return @client.native_call { enqueue_native(fact, durability) } unless Instrumentation.listening?(:enqueue)
 
-      @client.native_call { enqueue_native(fact, durability) }
+      payload = { store: fact["store"] || fact[:store], fact_id: fact["id"] || fact[:id] } if fact.respond_to?(:[])
+      Instrumentation.instrument(:enqueue, payload || {}) { @client.native_call { enqueue_native(fact, durability) } }
     end
 
     # true once every fact enqueued before the call has a terminal result (delivered,
-    # conflict, failed or dead); false after `timeout` seconds.
+    # conflict, failed or dead); false after `timeout` seconds. Instrumented as
+    # `spool_flush.acts_as_tbackend` with `settled` and the writer's counters afterwards.
     def flush(timeout: 5.0)
       return true unless @native
+      return @native.flush(Float(timeout)) unless Instrumentation.listening?(:spool_flush)
 
-      @native.flush(Float(timeout))
+      Instrumentation.instrument(:spool_flush, timeout: timeout) do |payload|
+        @native.flush(Float(timeout)).tap { |settled| payload.merge!(settled: settled, **stats) }
+      end
     end
 
     # Counters (since this writer started) and gauges: queued (in memory, not yet

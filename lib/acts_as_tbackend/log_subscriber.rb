@@ -31,6 +31,21 @@ module ActsAsTbackend
       end
     end
 
+    def spool_flush(event)
+      payload = event.payload
+      line = "TBackend spool flush (#{event.duration.round(1)}ms) settled=#{payload[:settled]} " \
+             "delivered=#{payload[:delivered]} queued=#{payload[:queued]} dead=#{payload[:dead]}"
+      payload[:settled] == false ? warn(line) : debug(line)
+    end
+
+    def dead_letter(event)
+      payload = event.payload
+      error do
+        "TBackend dead letter store=#{payload[:store]} id=#{payload[:fact_id]} attempts=#{payload[:attempts]} " \
+          "status=#{payload[:status]}"
+      end
+    end
+
     def breaker_closed(event)
       info { "TBackend circuit breaker closed for #{event.payload[:host]}:#{event.payload[:port]}" }
     end

@@ -80,6 +80,22 @@ RSpec.describe ActsAsTbackend::Instrumentation do
     end
   end
 
+  it "reports the async writer: each enqueue, and a flush with its counters" do
+    TbackendSpec::TestDaemon.with do |d|
+      client_for(d)
+      id = unique
+      events = capture do
+        ActsAsTbackend.async_writer.enqueue(fact(id, value: { "secret" => "very secret value" }))
+        ActsAsTbackend.async_writer.flush(timeout: 10)
+      end
+      enqueue = events.find { |e| e.name == "enqueue.acts_as_tbackend" }
+      expect(enqueue.payload).to eq(store: "specs", fact_id: id, status: "enqueued", ok: true)
+      flush = events.find { |e| e.name == "spool_flush.acts_as_tbackend" }
+      expect(flush.payload).to include(timeout: 10, settled: true, delivered: 1, queued: 0)
+      expect_no_secrets(events)
+    end
+  end
+
   it "costs nothing visible without subscribers: calls return the same soft results" do
     TbackendSpec::TestDaemon.with do |d|
       client = client_for(d)
