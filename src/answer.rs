@@ -1,6 +1,6 @@
 //! Daemon answers and outcomes → the contract's soft result Hash.
 
-use magnus::{prelude::*, Error, IntoValue, RArray, RHash, Ruby, Value};
+use magnus::{prelude::*, value::LazyId, Error, IntoValue, RArray, RHash, Ruby, Value};
 use serde_json::Value as Json;
 use tbackend_client::Outcome;
 use tbackend_core::protocol::answer::{Flags, Status};
@@ -31,11 +31,40 @@ pub fn to_ruby(ruby: &Ruby, json: &Json) -> Result<Value, Error> {
         Json::Object(map) => {
             let hash = ruby.hash_new();
             for (key, value) in map {
-                hash.aset(ruby.to_symbol(key), to_ruby(ruby, value)?)?;
+                hash.aset(symbol(ruby, key), to_ruby(ruby, value)?)?;
             }
             hash.as_value()
         }
     })
+}
+
+// The daemon's own field names, interned once: every answer carries several of them.
+// Any other key (fact values are app data) becomes a dynamic Symbol the GC can free:
+// interning app data as static Ids would grow the symbol table without bound.
+static PROTOCOL_KEYS: [(&str, LazyId); 16] = [
+    ("ok", LazyId::new("ok")),
+    ("committed", LazyId::new("committed")),
+    ("durability", LazyId::new("durability")),
+    ("idempotent_replay", LazyId::new("idempotent_replay")),
+    ("seq_id", LazyId::new("seq_id")),
+    ("fact", LazyId::new("fact")),
+    ("facts", LazyId::new("facts")),
+    ("id", LazyId::new("id")),
+    ("store", LazyId::new("store")),
+    ("key", LazyId::new("key")),
+    ("value", LazyId::new("value")),
+    ("valid_time", LazyId::new("valid_time")),
+    ("transaction_time", LazyId::new("transaction_time")),
+    ("schema_version", LazyId::new("schema_version")),
+    ("error", LazyId::new("error")),
+    ("retryable", LazyId::new("retryable")),
+];
+
+fn symbol(ruby: &Ruby, name: &str) -> Value {
+    match PROTOCOL_KEYS.iter().find(|(known, _)| *known == name) {
+        Some((_, id)) => LazyId::get_inner_with(id, ruby).into_value_with(ruby),
+        None => ruby.to_symbol(name).as_value(),
+    }
 }
 
 /// The Ruby error class named in a transport failure's text (`"<ErrorClass>: <message>"`)
@@ -46,6 +75,18 @@ fn transport_class(status: Status) -> &'static str {
         Status::CircuitOpen => "ActsAsTbackend::CircuitOpenError",
         _ => "ActsAsTbackend::TimeoutError",
     }
+}
+
+// The result keys, interned once: every call builds one of these Hashes.
+static OK: LazyId = LazyId::new("ok");
+static STATUS: LazyId = LazyId::new("status");
+static COMMITTED: LazyId = LazyId::new("committed");
+static RETRYABLE: LazyId = LazyId::new("retryable");
+static RESPONSE: LazyId = LazyId::new("response");
+static ERROR: LazyId = LazyId::new("error");
+
+fn key(ruby: &Ruby, id: &LazyId) -> magnus::value::Id {
+    LazyId::get_inner_with(id, ruby)
 }
 
 /// `{ ok:, status:, committed:, retryable:, response:, error: }`.
@@ -81,12 +122,12 @@ pub fn result_hash(
     error: Option<String>,
 ) -> Result<RHash, Error> {
     let hash = ruby.hash_new();
-    hash.aset(ruby.to_symbol("ok"), flags.ok)?;
-    hash.aset(ruby.to_symbol("status"), status.as_str())?;
-    hash.aset(ruby.to_symbol("committed"), flags.committed)?;
-    hash.aset(ruby.to_symbol("retryable"), flags.retryable)?;
-    hash.aset(ruby.to_symbol("response"), response)?;
-    hash.aset(ruby.to_symbol("error"), error)?;
+    hash.aset(key(ruby, &OK), flags.ok)?;
+    hash.aset(key(ruby, &STATUS), status.as_str())?;
+    hash.aset(key(ruby, &COMMITTED), flags.committed)?;
+    hash.aset(key(ruby, &RETRYABLE), flags.retryable)?;
+    hash.aset(key(ruby, &RESPONSE), response)?;
+    hash.aset(key(ruby, &ERROR), error)?;
     Ok(hash)
 }
 
@@ -95,10 +136,10 @@ pub fn attempts_array(ruby: &Ruby, attempts: &[tbackend_client::Attempt]) -> Res
     let array = ruby.ary_new_capa(attempts.len());
     for a in attempts {
         let hash = ruby.hash_new();
-        hash.aset(ruby.to_symbol("ok"), a.ok)?;
-        hash.aset(ruby.to_symbol("status"), a.status.as_str())?;
-        hash.aset(ruby.to_symbol("committed"), a.committed)?;
-        hash.aset(ruby.to_symbol("retryable"), a.retryable)?;
+        hash.aset(key(ruby, &OK), a.ok)?;
+        hash.aset(key(ruby, &STATUS), a.status.as_str())?;
+        hash.aset(key(ruby, &COMMITTED), a.committed)?;
+        hash.aset(key(ruby, &RETRYABLE), a.retryable)?;
         array.push(hash)?;
     }
     Ok(array)

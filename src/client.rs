@@ -146,17 +146,26 @@ impl RbClient {
         let Some(client) = self.current() else {
             return Ok(Err(Status::Unavailable));
         };
+        Self::run_on(ruby, &client, work).map(Ok)
+    }
+
+    /// `run` on a client the caller already holds.
+    fn run_on<R: Send>(
+        ruby: &Ruby,
+        client: &Client,
+        work: impl FnOnce(&Client, &Cancel) -> R + Send,
+    ) -> Result<R, Error> {
         let cancel = Cancel::new();
         let mut work = Some(work);
         loop {
             let outcome = without_gvl(
-                || (work.take().expect("work runs at most once"))(&client, &cancel),
+                || (work.take().expect("work runs at most once"))(client, &cancel),
                 &|| cancel.cancel(),
             );
             match outcome {
                 NoGvl::Done(r) => {
                     ruby.thread_check_ints()?;
-                    return Ok(Ok(r));
+                    return Ok(r);
                 }
                 // An interrupt was pending before the work started: often only the
                 // timer's request to pass the GVL on. Serve it (a real Thread#raise or
@@ -187,13 +196,18 @@ impl RbClient {
     }
 
     fn one(&self, ruby: &Ruby, request: Request, timeout: Option<f64>) -> Result<RHash, Error> {
-        let timeout = seconds(timeout);
-        match self.run(ruby, |client, cancel| {
-            client.call(&request, timeout, cancel)
-        })? {
-            Ok(outcome) => soft_result(ruby, &outcome),
-            Err(_) => self.shut_down_result(ruby),
+        let Some(client) = self.current() else {
+            return self.shut_down_result(ruby);
+        };
+        // An open breaker answers in microseconds: not worth giving up the GVL for.
+        if let Some(outcome) = client.refused_outright() {
+            return soft_result(ruby, &outcome);
         }
+        let timeout = seconds(timeout);
+        let outcome = Self::run_on(ruby, &client, |client, cancel| {
+            client.call(&request, timeout, cancel)
+        })?;
+        soft_result(ruby, &outcome)
     }
 
     fn read(

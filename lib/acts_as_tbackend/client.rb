@@ -135,10 +135,12 @@ module ActsAsTbackend
       soft_error(e, count)
     end
 
-    # Only names and ids reach subscribers, never a value or the token.
-    def instrumented(event, fact = nil, **payload, &)
+    # Only names and ids reach subscribers, never a value or the token. Explicit keywords,
+    # not **options: an unobserved call allocates no payload Hash.
+    def instrumented(event, fact = nil, store: nil, durability: nil, count: nil, &)
       return yield unless Instrumentation.listening?(event)
 
+      payload = { store: store, durability: durability, count: count }.compact
       if fact.respond_to?(:[])
         payload[:store] ||= fact["store"] || fact[:store]
         payload[:fact_id] = fact["id"] || fact[:id]
@@ -159,10 +161,14 @@ module ActsAsTbackend
     BREAKER_STATUSES = %w[unavailable timeout_unknown circuit_open].freeze
     private_constant :BREAKER_STATUSES
 
-    # Breaker transitions become notifications. The native state is read only after a
-    # failure, or while the breaker was last seen open, so healthy calls pay nothing.
+    # Breaker transitions become notifications. The native state is read only when a
+    # result may mean a transition — a failure while the breaker was last seen closed, or
+    # anything but `circuit_open` while it was last seen open — and only when someone
+    # listens: healthy calls, and calls refused by an open breaker, pay a string compare.
     def track_breaker(result)
-      return unless @breaker_open || BREAKER_STATUSES.include?(result.is_a?(Hash) ? result[:status] : nil)
+      status = result.is_a?(Hash) ? result[:status] : nil
+      return if @breaker_open ? status == "circuit_open" : !BREAKER_STATUSES.include?(status)
+      return unless Instrumentation.listening?(:breaker_open) || Instrumentation.listening?(:breaker_closed)
 
       breaker = @native.stats[:breaker] || {}
       open = breaker[:state] != "closed"

@@ -88,6 +88,21 @@ impl Breaker {
         }
     }
 
+    /// Whether `admit` would refuse right now, without taking the probe slot: open and
+    /// cooling down, or half-open with the probe out. Lets a caller answer `circuit_open`
+    /// without giving up the GVL first.
+    pub(crate) fn refuses(&self) -> bool {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => false,
+            OPEN => {
+                let opened = self.opened_at.load(Ordering::Acquire);
+                let cooldown = self.cooldown.as_nanos().min(u64::MAX as u128) as u64;
+                self.now_ns() < opened.saturating_add(cooldown)
+            }
+            _ => true,
+        }
+    }
+
     pub(crate) fn record(&self, admission: Admission, verdict: Verdict) {
         match (admission, verdict) {
             (Admission::Probe, Verdict::Answered) => {

@@ -243,6 +243,22 @@ impl Client {
         inner.finish(req.op, ix, result, admission)
     }
 
+    /// The outcome every call would get right now without touching a socket — the client
+    /// is shut down, or the breaker is open (or half-open with its probe out) — or `None`.
+    /// Takes nothing (no probe slot), so a `None` caller goes on through [`Client::call`].
+    pub fn refused_outright(&self) -> Option<Outcome> {
+        let inner = &*self.inner;
+        if let Some(e) = inner.shared.closed_error() {
+            return Some(Outcome::client_side(Status::Unavailable, e));
+        }
+        inner.breaker.refuses().then(|| {
+            let e = TransportError::CircuitOpen {
+                endpoint: inner.shared.endpoint.clone(),
+            };
+            Outcome::client_side(Status::CircuitOpen, e)
+        })
+    }
+
     /// Sends every request pipelined across the lanes from this one thread and returns
     /// one outcome per request, in input order: the way to backfill at full daemon speed.
     ///
