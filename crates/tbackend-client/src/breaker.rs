@@ -191,6 +191,25 @@ mod tests {
     }
 
     #[test]
+    fn refuses_agrees_with_admit_and_takes_no_probe() {
+        let b = breaker(20);
+        assert!(!b.refuses());
+        for _ in 0..3 {
+            b.record(Admission::Normal, Verdict::Failed);
+        }
+        assert!(b.refuses());
+        assert_eq!(b.admit(), None);
+        std::thread::sleep(Duration::from_millis(30));
+        // Cooled down: not refused, and asking did not use up the probe.
+        assert!(!b.refuses());
+        assert!(!b.refuses());
+        assert_eq!(b.admit(), Some(Admission::Probe));
+        assert!(b.refuses(), "half-open with the probe out");
+        b.record(Admission::Probe, Verdict::Answered);
+        assert!(!b.refuses());
+    }
+
+    #[test]
     fn one_probe_after_cooldown() {
         let b = breaker(20);
         for _ in 0..3 {
