@@ -2,34 +2,14 @@
 
 require "spec_helper"
 require "active_job"
-require "logger"
-require "stringio"
 require_relative "support/mirror_models"
 
 # `enqueue_retry` with `retry_backend: "active_job"`: a change whose write failed becomes a
 # MirrorRetryJob, which writes the same fact once the daemon is back.
 RSpec.describe "acts_as_tbackend: enqueue_retry through ActiveJob" do
   include_context "mirror model spec"
+  include_context "active job test queue"
   let(:adapter) { :sqlite }
-
-  around do |example|
-    adapter = ActiveJob::Base.queue_adapter
-    logger = ActiveJob::Base.logger
-    ActiveJob::Base.queue_adapter = :test
-    ActiveJob::Base.logger = Logger.new(StringIO.new)
-    example.run
-  ensure
-    ActiveJob::Base.queue_adapter = adapter
-    ActiveJob::Base.logger = logger
-  end
-
-  def perform_enqueued
-    jobs = ActiveJob::Base.queue_adapter.enqueued_jobs
-    until jobs.empty?
-      job = jobs.shift
-      ActiveJob::Base.execute(job.transform_keys(&:to_s).merge("job_class" => job[:job].name))
-    end
-  end
 
   it "enqueues the failed change's fact, and the job writes it after the daemon is back" do
     ActsAsTbackend.configure do |c|

@@ -2,46 +2,20 @@
 
 require "spec_helper"
 require "active_job"
-require "logger"
-require "stringio"
 
 # Issue 4: `enqueue_retry` through ActiveJob. The job writes the same fact again (a replay
 # if it landed before), schedules the next attempt with backoff while the outcome is
 # retryable, and logs one dead letter when the attempts run out.
 RSpec.describe ActsAsTbackend::MirrorRetryJob do
   include_context "client spec"
-
-  let(:log) { StringIO.new }
-
-  around do |example|
-    adapter = ActiveJob::Base.queue_adapter
-    logger = ActiveJob::Base.logger
-    ActiveJob::Base.queue_adapter = :test
-    ActiveJob::Base.logger = Logger.new(log)
-    example.run
-  ensure
-    ActiveJob::Base.queue_adapter = adapter
-    ActiveJob::Base.logger = logger
-  end
-
-  def enqueued
-    ActiveJob::Base.queue_adapter.enqueued_jobs
-  end
-
-  # Performs the queued jobs one by one, the way a worker would, until none is left.
-  def drain
-    until enqueued.empty?
-      job = enqueued.shift
-      ActiveJob::Base.execute(job.transform_keys(&:to_s).merge("job_class" => job[:job].name))
-    end
-  end
+  include_context "active job test queue"
 
   it "writes the fact when the daemon answers" do
     TbackendSpec::TestDaemon.with do |d|
       client_for(d)
       one = fact(unique)
       described_class.enqueue_fact(one)
-      drain
+      perform_enqueued
       expect(ids_by_seq(ActsAsTbackend.client, "specs").values).to eq([one["id"]])
     end
   end
@@ -52,18 +26,17 @@ RSpec.describe ActsAsTbackend::MirrorRetryJob do
     one = fact(unique)
     described_class.enqueue_fact(one, durability: "durable")
     waits = Array.new(3) do
-      job = enqueued.shift
-      ActiveJob::Base.execute(job.transform_keys(&:to_s).merge("job_class" => job[:job].name))
-      next_job = enqueued.first
+      perform_next_job
+      next_job = enqueued_jobs.first
       expect(next_job[:args].first(2)).to eq([JSON.generate(one), "durable"])
       next_job[:at] - Time.now.to_f
     end
     expect(waits).to all(be <= 8.0)
-    expect(enqueued.first[:args].last).to eq(4)
+    expect(enqueued_jobs.first[:args].last).to eq(4)
 
     TbackendSpec::TestDaemon.with(port: port) do
       ActsAsTbackend.reset!
-      drain
+      perform_enqueued
       expect(ids_by_seq(ActsAsTbackend.client, "specs").values).to eq([one["id"]])
     end
   end
@@ -72,11 +45,11 @@ RSpec.describe ActsAsTbackend::MirrorRetryJob do
     client_for(Struct.new(:port).new(closed_port), retry_attempts: 3, retry_base_backoff: 0.01)
     one = fact(unique, value: { "card" => "4111-secret" })
     described_class.enqueue_fact(one)
-    drain
-    lines = log.string.lines.grep(/dead letter/)
+    perform_enqueued
+    lines = active_job_log.string.lines.grep(/dead letter/)
     expect(lines.size).to eq(1)
     expect(lines.first).to include("fact_id=#{one['id']}", "store=specs", "attempts=3", "status=unavailable")
-    expect(log.string).not_to include("4111-secret")
+    expect(active_job_log.string).not_to include("4111-secret")
   end
 
   it "does not retry a terminal outcome (an id conflict)" do
@@ -85,8 +58,8 @@ RSpec.describe ActsAsTbackend::MirrorRetryJob do
       id = unique
       ActsAsTbackend.client.write_fact_once(fact(id, value: { "v" => 1 }))
       described_class.enqueue_fact(fact(id, value: { "v" => 2 }))
-      drain
-      expect(log.string.lines.grep(/dead letter/).first).to include("status=duplicate_fact_id_conflict", "attempts=1")
+      perform_enqueued
+      expect(active_job_log.string.lines.grep(/dead letter/).first).to include("status=duplicate_fact_id_conflict", "attempts=1")
     end
   end
 end
