@@ -22,7 +22,7 @@ use crate::answer::{attempts_array, result_hash, soft_result};
 use crate::errors::invalid_fact;
 use crate::fact::{check_store, epoch_seconds, to_s};
 use crate::json::Encoder;
-use crate::nogvl::{without_gvl, NoGvl};
+use crate::nogvl::run_cancellable;
 
 struct Holder {
     pid: u32,
@@ -155,30 +155,7 @@ impl RbClient {
         client: &Client,
         work: impl FnOnce(&Client, &Cancel) -> R + Send,
     ) -> Result<R, Error> {
-        let cancel = Cancel::new();
-        let mut work = Some(work);
-        loop {
-            let outcome = without_gvl(
-                || (work.take().expect("work runs at most once"))(client, &cancel),
-                &|| cancel.cancel(),
-            );
-            match outcome {
-                NoGvl::Done(r) => {
-                    ruby.thread_check_ints()?;
-                    return Ok(r);
-                }
-                // An interrupt was pending before the work started: often only the
-                // timer's request to pass the GVL on. Serve it (a real Thread#raise or
-                // kill raises here), then start the work again.
-                NoGvl::NotStarted => ruby.thread_check_ints()?,
-                NoGvl::Panicked(message) => {
-                    return Err(crate::errors::internal(
-                        ruby,
-                        format!("acts_as_tbackend native client bug (please report): {message}"),
-                    ))
-                }
-            }
-        }
+        run_cancellable(ruby, "client", |cancel| work(client, cancel))
     }
 
     fn shut_down_result(&self, ruby: &Ruby) -> Result<RHash, Error> {

@@ -83,3 +83,35 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_string())
 }
+
+/// Runs `work` without the GVL, cancellable by any Ruby interrupt (`Thread#kill`,
+/// `Timeout`, `Thread#raise`, Ctrl-C), and back on the GVL: the one way every native
+/// call waits. An interrupt pending before the work starts is often only the timer's
+/// request to pass the GVL on: it is served (a real Thread#raise or kill raises here)
+/// and the work starts again. A panic becomes an `InternalError` naming `what`.
+pub fn run_cancellable<R: Send>(
+    ruby: &magnus::Ruby,
+    what: &str,
+    work: impl FnOnce(&tbackend_client::Cancel) -> R + Send,
+) -> Result<R, magnus::Error> {
+    let cancel = tbackend_client::Cancel::new();
+    let mut work = Some(work);
+    loop {
+        match without_gvl(
+            || (work.take().expect("work runs at most once"))(&cancel),
+            &|| cancel.cancel(),
+        ) {
+            NoGvl::Done(r) => {
+                ruby.thread_check_ints()?;
+                return Ok(r);
+            }
+            NoGvl::NotStarted => ruby.thread_check_ints()?,
+            NoGvl::Panicked(message) => {
+                return Err(crate::errors::internal(
+                    ruby,
+                    format!("acts_as_tbackend native {what} bug (please report): {message}"),
+                ))
+            }
+        }
+    }
+}

@@ -19,13 +19,13 @@ use std::time::Duration;
 use magnus::{value::ReprValue, Error, RArray, RHash, Ruby, Value};
 use tbackend_client::spool::{Entry, Fsync};
 use tbackend_client::writer::{Refusal, SpoolConfig, Writer, WriterConfig};
-use tbackend_client::{Cancel, Client, Config};
+use tbackend_client::{Client, Config};
 
 use crate::client::{opt, seconds};
 use crate::errors::{configuration, invalid_fact};
 use crate::fact::{check_store, to_s};
 use crate::json::Encoder;
-use crate::nogvl::{without_gvl, NoGvl};
+use crate::nogvl::run_cancellable;
 
 struct Holder {
     pid: u32,
@@ -97,31 +97,6 @@ fn writer_config(
         config.spool = Some(spool);
     }
     Ok(config)
-}
-
-/// Runs `work` without the GVL; `Err` for a pending interrupt or a native panic.
-fn blocking<R: Send>(ruby: &Ruby, work: impl FnOnce(&Cancel) -> R + Send) -> Result<R, Error> {
-    let cancel = Cancel::new();
-    let mut work = Some(work);
-    loop {
-        match without_gvl(
-            || (work.take().expect("work runs at most once"))(&cancel),
-            &|| cancel.cancel(),
-        ) {
-            NoGvl::Done(r) => {
-                ruby.thread_check_ints()?;
-                return Ok(r);
-            }
-            // Often only the timer asking to pass the GVL on: serve it, start again.
-            NoGvl::NotStarted => ruby.thread_check_ints()?,
-            NoGvl::Panicked(message) => {
-                return Err(crate::errors::internal(
-                    ruby,
-                    format!("acts_as_tbackend native writer bug (please report): {message}"),
-                ))
-            }
-        }
-    }
 }
 
 fn field(ruby: &Ruby, hash: RHash, name: &str) -> Option<Value> {
@@ -217,12 +192,12 @@ impl RbWriter {
         };
         let wait = seconds(wait);
         let result = if rb_self.fsync_always {
-            blocking(ruby, |cancel| writer.enqueue(entry, wait, cancel))?
+            run_cancellable(ruby, "writer", |cancel| writer.enqueue(entry, wait, cancel))?
         } else {
             match writer.try_enqueue(entry) {
                 Err(refused) if refused.reason == Refusal::Full && wait.is_some() => {
                     let entry = *refused.entry;
-                    blocking(ruby, |cancel| writer.enqueue(entry, wait, cancel))?
+                    run_cancellable(ruby, "writer", |cancel| writer.enqueue(entry, wait, cancel))?
                 }
                 other => other,
             }
@@ -242,7 +217,7 @@ impl RbWriter {
             return Ok(true);
         };
         let timeout = seconds(timeout).unwrap_or(Duration::ZERO);
-        blocking(ruby, |cancel| writer.flush(Some(timeout), cancel))
+        run_cancellable(ruby, "writer", |cancel| writer.flush(Some(timeout), cancel))
     }
 
     /// Flushes for at most `timeout`, then stops the flusher and closes the spool; `true`
@@ -252,7 +227,7 @@ impl RbWriter {
             return Ok(true);
         };
         let timeout = seconds(timeout).unwrap_or(Duration::ZERO);
-        blocking(ruby, |cancel| writer.shutdown(timeout, cancel))
+        run_cancellable(ruby, "writer", |cancel| writer.shutdown(timeout, cancel))
     }
 
     pub fn count_dropped(&self) {
