@@ -27,7 +27,6 @@ module ActsAsTbackend
     EXIT_FLUSH_TIMEOUT = 5.0
     # Least seconds between two "dropped" warnings; each names how many were dropped.
     DROP_WARNING_INTERVAL = 10.0
-    DISABLED = { ok: true, status: "disabled", committed: nil, retryable: false, response: nil, error: nil }.freeze
 
     attr_reader :config, :pid
 
@@ -49,7 +48,7 @@ module ActsAsTbackend
     # non-retryable `error` a synchronous write gives an invalid fact. Raises QueueFull
     # under the "raise" policy.
     def enqueue(fact, durability: nil)
-      return DISABLED.dup unless config.enabled?
+      return Client::DISABLED.dup unless config.enabled?
       return @client.native_call { enqueue_native(fact, durability) } unless Instrumentation.listening?(:enqueue)
 
       payload = { store: fact["store"] || fact[:store], fact_id: fact["id"] || fact[:id] } if fact.respond_to?(:[])

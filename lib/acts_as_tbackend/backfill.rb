@@ -15,7 +15,6 @@ module ActsAsTbackend
   # after `attempts` tries stops the run there, checkpoint intact: nothing is skipped.
   class Backfill
     EVENT_TYPE = "backfill"
-    RETRYABLE = %w[unavailable timeout_unknown circuit_open rejected_before_commit].freeze
 
     Summary = Struct.new(:written, :replayed, :skipped, :failed, :last_id, :complete, keyword_init: true)
 
@@ -96,7 +95,7 @@ module ActsAsTbackend
         case result[:status]
         when "committed_acked" then summary.written += 1
         when "idempotent_replay" then summary.replayed += 1
-        when *RETRYABLE then next fact
+        when *Client::RETRY_SAFE_STATUSES then next fact
         else
           summary.failed += 1
           @progress.note("fact #{fact['id']}: #{result[:status]}")

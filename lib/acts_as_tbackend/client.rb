@@ -12,6 +12,22 @@ module ActsAsTbackend
       "timeout_unknown" => TimeoutError,
       "circuit_open" => CircuitOpenError
     }.freeze
+    # A request that got no daemon answer (strict mode raises these).
+    TRANSPORT_STATUSES = TRANSPORT_ERRORS.keys.freeze
+    # Nothing was stored, or it is not known whether it was: sending the same fact again
+    # is safe (its id makes a repeat a replay) and may succeed.
+    RETRY_SAFE_STATUSES = (TRANSPORT_STATUSES + %w[rejected_before_commit]).freeze
+    # What the mirror paths answer while the connector is disabled.
+    DISABLED = { ok: true, status: "disabled", committed: nil, retryable: false, response: nil, error: nil }.freeze
+
+    # The soft result for an exception that stands for a failed call (an invalid value, a
+    # bug of ours, a strict-mode TransportError caught by a caller that must not raise);
+    # retryable when the exception says so. The token never shows.
+    def self.error_result(exception, token = ActsAsTbackend.config.token)
+      message = Redact.call("#{exception.class.name}: #{exception.message}", token)
+      retryable = (exception.respond_to?(:retryable?) && exception.retryable?) == true
+      { ok: false, status: "error", committed: false, retryable: retryable, response: nil, error: message }
+    end
 
     attr_reader :config
 
@@ -158,16 +174,13 @@ module ActsAsTbackend
       )
     end
 
-    BREAKER_STATUSES = %w[unavailable timeout_unknown circuit_open].freeze
-    private_constant :BREAKER_STATUSES
-
     # Breaker transitions become notifications. The native state is read only when a
     # result may mean a transition — a failure while the breaker was last seen closed, or
     # anything but `circuit_open` while it was last seen open — and only when someone
     # listens: healthy calls, and calls refused by an open breaker, pay a string compare.
     def track_breaker(result)
       status = result.is_a?(Hash) ? result[:status] : nil
-      return if @breaker_open ? status == "circuit_open" : !BREAKER_STATUSES.include?(status)
+      return if @breaker_open ? status == "circuit_open" : !TRANSPORT_STATUSES.include?(status)
       return unless Instrumentation.listening?(:breaker_open) || Instrumentation.listening?(:breaker_closed)
 
       breaker = @native.stats[:breaker] || {}
@@ -200,8 +213,7 @@ module ActsAsTbackend
     end
 
     def soft_error(exception, count)
-      message = Redact.call("#{exception.class.name}: #{exception.message}", config.token)
-      one = { ok: false, status: "error", committed: false, retryable: false, response: nil, error: message }
+      one = self.class.error_result(exception, config.token)
       count ? Array.new(count) { one.dup } : one
     end
   end

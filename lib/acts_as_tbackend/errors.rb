@@ -3,7 +3,15 @@
 module ActsAsTbackend
   # Root of every error this gem raises on purpose. `retryable?` tells a caller whether
   # sending the same request again may succeed (the fact id makes a retry safe).
+  # `result` is the soft result the error stands for, when there is one.
   class Error < StandardError
+    attr_reader :result
+
+    def initialize(message = nil, result: nil)
+      super(message)
+      @result = result
+    end
+
     def retryable?
       false
     end
@@ -26,13 +34,6 @@ module ActsAsTbackend
   # A request that got no daemon answer. Raised only in strict mode; otherwise the same
   # failure is a soft result with the matching status.
   class TransportError < Error
-    attr_reader :result
-
-    def initialize(message = nil, result: nil)
-      super(message)
-      @result = result
-    end
-
     # The request can be sent again: fact ids make a repeated write a replay.
     def retryable?
       true

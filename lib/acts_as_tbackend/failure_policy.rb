@@ -4,13 +4,6 @@ module ActsAsTbackend
   # Raised by the `raise_in_test` policy, in test environments only, when a mirror write
   # soft-failed. `result` is the soft result that failed.
   class MirrorFailure < Error
-    attr_reader :result
-
-    def initialize(message = nil, result: nil)
-      super(message)
-      @result = result
-    end
-
     def retryable?
       result.is_a?(Hash) && result[:retryable] ? true : false
     end
@@ -75,7 +68,7 @@ module ActsAsTbackend
         write_line(describe(queued, context, "enqueue_retry failed")) unless success?(queued)
       end
     rescue StandardError => e
-      write_line(describe(Mirror.error_result(e), context, "enqueue_retry failed"))
+      write_line(describe(Client.error_result(e), context, "enqueue_retry failed"))
     end
 
     # One write, so lines from concurrent threads never interleave; not Kernel#warn, which

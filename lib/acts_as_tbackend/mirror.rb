@@ -8,7 +8,6 @@ module ActsAsTbackend
   # change gets the same id whichever path sends it.
   module Mirror
     TOMBSTONE = { "_tombstone" => true }.freeze
-    DISABLED = { ok: true, status: "disabled", committed: nil, retryable: false, response: nil, error: nil }.freeze
 
     module_function
 
@@ -33,12 +32,12 @@ module ActsAsTbackend
     # policy. Disabled: no fact is built, nothing is sent. A record that cannot become a
     # fact (NaN, invalid UTF-8, a bad store name) gives a soft `error` result.
     def mirror!(record:, store:, event_type:, durability: nil, **build_options)
-      return DISABLED.dup unless ActsAsTbackend.enabled?
+      return Client::DISABLED.dup unless ActsAsTbackend.enabled?
 
       fact = build_fact(record: record, store: store, event_type: event_type, **build_options)
       deliver(fact, store: store, event_type: event_type, durability: durability)
     rescue InvalidFact, TypeError, EncodingError => e
-      FailurePolicy.apply(error_result(e), context: { store: store, event_type: event_type })
+      FailurePolicy.apply(Client.error_result(e), context: { store: store, event_type: event_type })
     end
 
     # @api private: writes a built fact and applies the failure policy. Strict mode's
@@ -51,12 +50,12 @@ module ActsAsTbackend
     # @api private: the write itself (synchronous, or handed to the async writer), with
     # no failure policy. Disabled: nothing is sent.
     def write(fact, store:, event_type:, durability: nil, async: false)
-      return DISABLED.dup unless ActsAsTbackend.enabled?
+      return Client::DISABLED.dup unless ActsAsTbackend.enabled?
 
       payload = { store: store.to_s, event_type: event_type.to_s, fact_id: fact["id"], async: async }
       result = Instrumentation.instrument(:mirror, payload) do
         if async
-          enqueue(fact, durability)
+          ActsAsTbackend.async_writer.enqueue(fact, durability: durability)
         else
           ActsAsTbackend.client.write_fact_once_safe(fact, durability: durability)
         end
@@ -64,14 +63,6 @@ module ActsAsTbackend
       # The app-facing matchers (acts_as_tbackend/testing) see every fact handed over.
       Testing.record(fact, result, event_type) if defined?(ActsAsTbackend::Testing)
       result
-    end
-
-    def enqueue(fact, durability)
-      unless ActsAsTbackend.respond_to?(:async_writer)
-        return error_result(ConfigurationError.new("async: true needs ActsAsTbackend.async_writer, which is not loaded"))
-      end
-
-      ActsAsTbackend.async_writer.enqueue(fact, durability: durability)
     end
 
     # Every fact stored under the key, oldest first (by seq). An empty Array when there
@@ -125,14 +116,6 @@ module ActsAsTbackend
       end
     end
 
-    # The soft result for a fact that could not be built or sent; retryable when the
-    # exception says so (QueueFull, a strict-mode TransportError).
-    def error_result(exception)
-      message = Redact.call("#{exception.class.name}: #{exception.message}", ActsAsTbackend.config.token)
-      retryable = (exception.respond_to?(:retryable?) && exception.retryable?) == true
-      { ok: false, status: "error", committed: false, retryable: retryable, response: nil, error: message }
-    end
-
-    private_class_method :enqueue, :source_version, :content_digest, :canonical
+    private_class_method :source_version, :content_digest, :canonical
   end
 end

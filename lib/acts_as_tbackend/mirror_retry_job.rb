@@ -22,9 +22,6 @@ module ActsAsTbackend
       perform_later(JSON.generate(fact), durability&.to_s, 1)
     end
 
-    # Outcomes worth another attempt: nothing stored yet, or not known.
-    RETRY_STATUSES = %w[unavailable timeout_unknown circuit_open rejected_before_commit].freeze
-
     def perform(fact_json, durability = nil, attempt = 1)
       fact = fact_json.is_a?(String) ? JSON.parse(fact_json) : fact_json
       result = ActsAsTbackend.client.write_fact_once(fact, durability: durability)
@@ -51,7 +48,7 @@ module ActsAsTbackend
     end
 
     def retry?(result)
-      RETRY_STATUSES.include?(result[:status]) || result[:retryable] == true
+      Client::RETRY_SAFE_STATUSES.include?(result[:status]) || result[:retryable] == true
     end
 
     def dead_letter(fact, result, attempt)

@@ -49,7 +49,7 @@ module ActsAsTbackend
     def write(client, fact, durability, timeout)
       client.write_fact_once(fact, durability: durability, timeout: timeout)
     rescue TransportError => e
-      e.result || Mirror.error_result(e)
+      e.result || Client.error_result(e)
     end
     private_class_method :write
   end

@@ -28,7 +28,7 @@ module ActsAsTbackend
                                  **options.sanitizer_options)
         new(options, event_type, fact: fact)
       rescue StandardError => e
-        new(options, event_type, failure: Mirror.error_result(e))
+        new(options, event_type, failure: Client.error_result(e))
       end
 
       def self.enlist(connection, change)
@@ -87,9 +87,9 @@ module ActsAsTbackend
       def write
         Mirror.write(@fact, store: @store, event_type: @event_type, durability: @durability, async: @async)
       rescue TransportError => e
-        e.result || Mirror.error_result(e)
+        e.result || Client.error_result(e)
       rescue StandardError => e
-        Mirror.error_result(e)
+        Client.error_result(e)
       end
     end
   end

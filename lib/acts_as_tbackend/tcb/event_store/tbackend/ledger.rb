@@ -11,7 +11,6 @@ module TCB
       # not (a domain write that did not happen has to stop the caller), so every call here
       # returns what was asked for or raises Unavailable / Rejected.
       class Ledger
-        TRANSPORT_STATUSES = %w[unavailable timeout_unknown circuit_open].freeze
         STORED_STATUSES = %w[committed_acked idempotent_replay].freeze
         CONFLICT = "duplicate_fact_id_conflict"
 
@@ -75,7 +74,8 @@ module TCB
 
         def fail!(result, what)
           message = "TBackend #{result[:status]} on #{what}: #{result[:error] || result[:response].inspect}"
-          raise Unavailable.new(message, result: result) if TRANSPORT_STATUSES.include?(result[:status]) || result[:retryable]
+          transport = ActsAsTbackend::Client::TRANSPORT_STATUSES.include?(result[:status])
+          raise Unavailable.new(message, result: result) if transport || result[:retryable]
 
           raise Rejected, message
         end
