@@ -20,7 +20,7 @@ use tbackend_core::protocol::request::RequestBuilder;
 
 use crate::answer::{attempts_array, result_hash, soft_result};
 use crate::errors::invalid_fact;
-use crate::fact::{check_store, epoch_seconds, to_s};
+use crate::fact::{check_store, epoch_seconds, fact_store, to_s};
 use crate::json::Encoder;
 use crate::nogvl::run_cancellable;
 
@@ -209,7 +209,7 @@ impl RbClient {
         fact: Value,
         durability: Option<String>,
     ) -> Result<Request, Error> {
-        check_fact_store(ruby, fact)?;
+        fact_store(ruby, fact)?;
         let mut encoder = Encoder::new(ruby, self.config.max_request_bytes);
         encoder
             .encode(fact)
@@ -490,23 +490,6 @@ impl RbClient {
 
     pub fn rb_shutdown(&self) {
         self.shutdown();
-    }
-}
-
-/// A write whose fact names a store the daemon would refuse or lose fails here.
-fn check_fact_store(ruby: &Ruby, fact: Value) -> Result<(), Error> {
-    let Some(hash) = RHash::from_value(fact) else {
-        return Err(invalid_fact(ruby, "fact must be a Hash"));
-    };
-    let store = hash
-        .get("store")
-        .or_else(|| hash.get(ruby.to_symbol("store")));
-    match store {
-        Some(store) => {
-            let name = to_s(store)?;
-            check_store(ruby, &name)
-        }
-        None => Err(invalid_fact(ruby, "fact has no store")),
     }
 }
 

@@ -128,6 +128,28 @@ pub fn check_store(ruby: &Ruby, name: &str) -> Result<(), Error> {
     store::validate_store_name(name).map_err(|e| invalid_fact(ruby, e.to_string()))
 }
 
+/// A fact Hash's field, under a String or a Symbol key (`Fact.build` makes String keys,
+/// hand-written facts often use Symbols); nil counts as absent.
+pub fn fact_field(ruby: &Ruby, hash: RHash, name: &str) -> Option<Value> {
+    hash.get(name)
+        .or_else(|| hash.get(ruby.to_symbol(name)))
+        .filter(|v| !v.is_nil())
+}
+
+/// A fact to be written: a Hash whose store the daemon would neither refuse nor lose.
+/// Returns the Hash and the store name.
+pub fn fact_store(ruby: &Ruby, fact: Value) -> Result<(RHash, String), Error> {
+    let Some(hash) = RHash::from_value(fact) else {
+        return Err(invalid_fact(ruby, "fact must be a Hash"));
+    };
+    let Some(store) = fact_field(ruby, hash, "store") else {
+        return Err(invalid_fact(ruby, "fact has no store"));
+    };
+    let store = to_s(store)?;
+    check_store(ruby, &store)?;
+    Ok((hash, store))
+}
+
 /// Float epoch seconds for a time given as Time/TimeWithZone, DateTime, Date (UTC
 /// midnight: a date has no zone, and the machine's must not leak in), Numeric or an
 /// ISO-8601 String. The 0.2 gem called `to_f` on whatever it got: a String became

@@ -16,14 +16,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use magnus::{value::ReprValue, Error, RArray, RHash, Ruby, Value};
+use magnus::{Error, RArray, RHash, Ruby, Value};
 use tbackend_client::spool::{Entry, Fsync};
 use tbackend_client::writer::{Refusal, SpoolConfig, Writer, WriterConfig};
 use tbackend_client::{Client, Config};
 
 use crate::client::{opt, seconds};
-use crate::errors::{configuration, invalid_fact};
-use crate::fact::{check_store, to_s};
+use crate::errors::configuration;
+use crate::fact::{fact_field, fact_store, to_s};
 use crate::json::Encoder;
 use crate::nogvl::run_cancellable;
 
@@ -99,12 +99,6 @@ fn writer_config(
     Ok(config)
 }
 
-fn field(ruby: &Ruby, hash: RHash, name: &str) -> Option<Value> {
-    hash.get(name)
-        .or_else(|| hash.get(ruby.to_symbol(name)))
-        .filter(|v| !v.is_nil())
-}
-
 impl RbWriter {
     /// `Native::Writer.new(client_options, writer_options)`: opens the spool (adopting
     /// what dead processes left) and starts the flusher thread.
@@ -141,19 +135,12 @@ impl RbWriter {
     }
 
     fn entry(&self, ruby: &Ruby, fact: Value, durability: Option<String>) -> Result<Entry, Error> {
-        let Some(hash) = RHash::from_value(fact) else {
-            return Err(invalid_fact(ruby, "fact must be a Hash"));
-        };
-        let store = match field(ruby, hash, "store") {
-            Some(v) => to_s(v)?,
-            None => return Err(invalid_fact(ruby, "fact has no store")),
-        };
-        check_store(ruby, &store)?;
-        let key = field(ruby, hash, "key")
+        let (hash, store) = fact_store(ruby, fact)?;
+        let key = fact_field(ruby, hash, "key")
             .map(to_s)
             .transpose()?
             .unwrap_or_default();
-        let id = field(ruby, hash, "id")
+        let id = fact_field(ruby, hash, "id")
             .map(to_s)
             .transpose()?
             .unwrap_or_default();
