@@ -54,7 +54,10 @@ module ActsAsTbackend
       def server_process?
         return ENV["TBACKEND_SERVER_PROCESS"] == "1" if ENV.key?("TBACKEND_SERVER_PROCESS")
 
-        return true if defined?(::Rails::Server) || File.basename($PROGRAM_NAME).start_with?("puma")
+        # Puma's program name is its executable's path at first, then its process title
+        # ("puma 5.6.5 (tcp://0.0.0.0:3000) [app]", "puma: cluster worker 0: …").
+        puma = File.basename($PROGRAM_NAME.split.first.to_s).start_with?("puma")
+        return true if defined?(::Rails::Server) || puma
 
         (defined?(::Sidekiq) && ::Sidekiq.respond_to?(:server?) && ::Sidekiq.server?) || false
       end

@@ -70,6 +70,17 @@ RSpec.describe "rake tbackend:spool" do
     end
   end
 
+  it "recognises a Puma process by its program name, and a console or runner as no server" do
+    env = { "TBACKEND_SPOOL_PATH" => spool, "TBACKEND_TEST_PORT" => closed_port.to_s }
+    probe = "require './config/environment'; puts(ActsAsTbackend.instance_variable_get(:@async_writer) ? 'writer' : 'none')"
+    outputs = ["$PROGRAM_NAME = 'puma 5.6.5 (tcp://127.0.0.1:3000) [app]'; #{probe}", probe].map do |code|
+      out, status = TbackendSpec::RailsApp.run(app, "-e", code, env: env)
+      expect(status).to be_success, out
+      out.lines.last.strip
+    end
+    expect(outputs).to eq(%w[writer none])
+  end
+
   it "starts the writer at boot in server processes only, which then delivers orphaned segments" do
     leave_orphaned_segment
     TbackendSpec::TestDaemon.with do |d|
