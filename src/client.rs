@@ -90,7 +90,7 @@ impl RbClient {
         Ok(RbClient {
             config,
             holder: Mutex::new(Holder {
-                pid: std::process::id(),
+                pid: tbackend_client::process_id(),
                 client: Some(client),
             }),
         })
@@ -105,7 +105,7 @@ impl RbClient {
     /// The client for this process: rebuilt after a fork, `None` after shutdown.
     fn current(&self) -> Option<Client> {
         let mut holder = self.holder();
-        let pid = std::process::id();
+        let pid = tbackend_client::process_id();
         if holder.pid != pid {
             if let Some(inherited) = holder.client.take() {
                 inherited.forget_after_fork();

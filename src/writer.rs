@@ -36,7 +36,7 @@ impl Drop for Holder {
     fn drop(&mut self) {
         // Garbage-collected in a forked child: the flusher thread is the parent's, so
         // the writer must be forgotten, never stopped and joined.
-        if self.pid != std::process::id() {
+        if self.pid != tbackend_client::process_id() {
             forget(self.writer.take());
         }
     }
@@ -111,7 +111,7 @@ impl RbWriter {
             .map_err(|e| configuration(ruby, format!("cannot start the async writer: {e}")))?;
         Ok(RbWriter {
             holder: Mutex::new(Holder {
-                pid: std::process::id(),
+                pid: tbackend_client::process_id(),
                 writer: Some(Arc::new(writer)),
             }),
             max_request_bytes,
@@ -126,7 +126,7 @@ impl RbWriter {
     /// The writer, if it belongs to this process and is not shut down.
     fn current(&self) -> Option<Arc<Writer>> {
         let mut holder = self.holder();
-        let pid = std::process::id();
+        let pid = tbackend_client::process_id();
         if holder.pid != pid {
             forget(holder.writer.take());
             holder.pid = pid;

@@ -35,4 +35,5 @@ pub use client::{Attempt, BreakerStats, Client, Outcome, Request, RetryPolicy, S
 pub use config::Config;
 pub use error::{Endpoint, TimeoutPhase, TransportError};
 pub use lane::LaneStats;
+pub use sys::process_id;
 pub use tbackend_core::{Classified, ErrorKind, OpKind, Status};

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{FromRawFd, RawFd};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,32 @@ extern "C" fn bump_fork_generation() {
     FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
+fn register_atfork() {
+    ATFORK.call_once(|| {
+        // SAFETY: registers a plain extern "C" fn that only bumps an atomic, which is
+        // all a child handler may safely do.
+        unsafe { libc::pthread_atfork(None, None, Some(bump_fork_generation)) };
+    });
+}
+
+/// The pid, cached per fork generation as `generation << 32 | pid` (0: not cached yet).
+static PID: AtomicU64 = AtomicU64::new(0);
+
+/// `getpid()` without a system call on every use: the pid is cached until the next
+/// fork, which the pthread_atfork child handler counts (every fork through libc, Ruby's
+/// included, runs it). Callers check it on every call to notice they run in a child.
+pub fn process_id() -> u32 {
+    register_atfork();
+    let generation = u64::from(FORK_GENERATION.load(Ordering::Acquire));
+    let cached = PID.load(Ordering::Acquire);
+    if cached != 0 && cached >> 32 == generation {
+        return cached as u32;
+    }
+    let pid = std::process::id();
+    PID.store(generation << 32 | u64::from(pid), Ordering::Release);
+    pid
+}
+
 struct WakeFd {
     fd: RawFd,
     generation: u32,
@@ -106,11 +132,7 @@ thread_local! {
 /// This thread's wake eventfd, created on first use (`None` if the process is out of
 /// fds: waits then fall back to short poll timeouts).
 pub(crate) fn thread_wake_fd() -> Option<RawFd> {
-    ATFORK.call_once(|| {
-        // SAFETY: registers a plain extern "C" fn that only bumps an atomic, which is
-        // all a child handler may safely do.
-        unsafe { libc::pthread_atfork(None, None, Some(bump_fork_generation)) };
-    });
+    register_atfork();
     let generation = FORK_GENERATION.load(Ordering::Relaxed);
     WAKE_FD
         .try_with(|cell| {

@@ -42,3 +42,29 @@ fn forget_after_fork_leaves_the_parent_connection_alone() {
     assert_eq!(after.lanes[0].generation, before.lanes[0].generation);
     assert_eq!(open_connections(&d), 1);
 }
+
+#[test]
+fn process_id_is_the_childs_own_after_fork() {
+    let parent = tbackend_client::process_id();
+    assert_eq!(parent, std::process::id());
+    assert_eq!(tbackend_client::process_id(), parent, "cached");
+    // SAFETY: the child reads an atomic, calls getpid(2) and _exit: all
+    // async-signal-safe (the atfork registration already ran in the parent).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let seen = tbackend_client::process_id();
+        // SAFETY: getpid(2) and _exit(2) only.
+        let real = unsafe { libc::getpid() } as u32;
+        let code = if seen == real && seen != parent { 0 } else { 1 };
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child saw the parent's pid (status {status})"
+    );
+    assert_eq!(tbackend_client::process_id(), parent);
+}
