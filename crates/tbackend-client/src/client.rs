@@ -23,6 +23,11 @@ use crate::lane::{self, later, Failure, Lane, LaneStats, Mode, Shared, Slot, Sub
 use crate::sys;
 use crate::tail::Cursor;
 
+/// A batch writes its frames to a lane in groups of at most this many, one system call
+/// each (sooner whenever it is about to wait for an answer): fewer calls, while the
+/// daemon still gets work long before the whole batch is queued.
+const COALESCE_FRAMES: usize = 32;
+
 /// One request: its kind (which the status table depends on) and its body, one complete
 /// JSON object built by the caller (with core's `RequestBuilder`, token included).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,7 +291,25 @@ impl Client {
         // Per lane, this batch's requests in flight, oldest first.
         let mut pending: Vec<VecDeque<Pending>> =
             inner.lanes.iter().map(|_| VecDeque::new()).collect();
-        let wait = |lane: usize, p: Pending, out: &mut Vec<Option<Outcome>>| {
+        // Per lane, frames queued but not yet written (see `Mode::Detached`).
+        let mut unflushed: Vec<usize> = vec![0; inner.lanes.len()];
+        let flush = |unflushed: &mut Vec<usize>| {
+            for (ix, n) in unflushed.iter_mut().enumerate() {
+                if *n > 0 {
+                    inner.lanes[ix].flush_out();
+                    *n = 0;
+                }
+            }
+        };
+        let wait = |lane: usize,
+                    p: Pending,
+                    out: &mut Vec<Option<Outcome>>,
+                    unflushed: &mut Vec<usize>| {
+            // About to block: what is still queued must go out first (an answer that is
+            // already there needs nothing sent).
+            if !p.slot.is_done() {
+                flush(unflushed);
+            }
             let result = inner.lanes[lane].wait_detached(sh, &p.slot, p.deadline, budget, cancel);
             out[p.index] = Some(inner.finish(reqs[p.index].op, lane, result, p.admission));
         };
@@ -309,6 +332,7 @@ impl Client {
                 let deadline = later(Instant::now(), budget);
                 let mode = Mode::Detached {
                     park_on_full: pending[ix].is_empty(),
+                    defer_write: true,
                 };
                 let submitted = {
                     let _armed = cancel.arm(&slot.word, wake);
@@ -324,13 +348,18 @@ impl Client {
                             deadline,
                             admission,
                         });
+                        unflushed[ix] += 1;
+                        if unflushed[ix] >= COALESCE_FRAMES {
+                            inner.lanes[ix].flush_out();
+                            unflushed[ix] = 0;
+                        }
                         break;
                     }
                     Err(SubmitError::Full) => {
                         let oldest = pending[ix]
                             .pop_front()
                             .expect("Full only with own requests queued");
-                        wait(ix, oldest, &mut out);
+                        wait(ix, oldest, &mut out, &mut unflushed);
                     }
                     Err(SubmitError::Failed(f)) => {
                         out[index] = Some(inner.finish(req.op, ix, Err(f), admission));
@@ -339,9 +368,10 @@ impl Client {
                 }
             }
         }
+        flush(&mut unflushed);
         for (ix, queue) in pending.into_iter().enumerate() {
             for p in queue {
-                wait(ix, p, &mut out);
+                wait(ix, p, &mut out, &mut unflushed);
             }
         }
         out.into_iter()

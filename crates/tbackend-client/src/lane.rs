@@ -141,7 +141,7 @@ impl Slot {
         })
     }
 
-    fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.word.load(Ordering::Acquire) & DONE != 0
     }
 
@@ -218,6 +218,7 @@ struct LaneState {
     connect_error: String,
     last_error: Option<String>,
     connects: u64,
+    socket_writes: u64,
     rng: u64,
 }
 
@@ -235,6 +236,8 @@ pub struct LaneStats {
     pub generation: u64,
     /// The last connection failure or teardown reason.
     pub last_error: Option<String>,
+    /// `write(2)` calls on the lane's connections so far (a batch groups its frames).
+    pub socket_writes: u64,
 }
 
 pub(crate) struct Lane {
@@ -255,8 +258,15 @@ pub(crate) enum Mode {
     /// Waits right after submitting (single calls).
     Wait,
     /// Waits later (batches): never becomes the reader at submit time. With
-    /// `park_on_full` false, a full pipeline is reported instead of waited for.
-    Detached { park_on_full: bool },
+    /// `park_on_full` false, a full pipeline is reported instead of waited for. With
+    /// `defer_write`, the frame is only queued behind the lane's unsent output, to go out
+    /// with the frames after it in one write at [`Lane::flush_out`] (or when the reader
+    /// next flushes): a batch then costs a system call per group of requests, not one
+    /// each.
+    Detached {
+        park_on_full: bool,
+        defer_write: bool,
+    },
 }
 
 pub(crate) enum Role {
@@ -297,6 +307,7 @@ impl Lane {
                 connect_error: String::new(),
                 last_error: None,
                 connects: 0,
+                socket_writes: 0,
                 rng: seed | 1,
             }),
             in_flight: AtomicUsize::new(0),
@@ -455,7 +466,8 @@ impl Lane {
                 if matches!(
                     mode,
                     Mode::Detached {
-                        park_on_full: false
+                        park_on_full: false,
+                        ..
                     }
                 ) {
                     return Err(SubmitError::Full);
@@ -466,7 +478,16 @@ impl Lane {
                 st = self.park(st, slot, deadline);
                 continue;
             }
-            if let Err((error, nothing_written)) = self.write_frame(&mut st, &conn, frame) {
+            let defer_write = matches!(
+                mode,
+                Mode::Detached {
+                    defer_write: true,
+                    ..
+                }
+            );
+            if defer_write {
+                st.pending_out.extend_from_slice(frame);
+            } else if let Err((error, nothing_written)) = self.write_frame(&mut st, &conn, frame) {
                 self.teardown(&mut st, error.clone(), true);
                 // Not one byte left: the request cannot have reached the daemon, so it
                 // is safe to send on a fresh connection, whatever the op.
@@ -505,14 +526,29 @@ impl Lane {
                 }
                 Mode::Detached { .. } => Role::Detached,
             };
-            if !st.pending_out.is_empty() && !matches!(role, Role::Reader(..)) {
-                // The reader polls for input only: tell it there is output to flush.
-                if let (true, Some(fd)) = (st.reader, st.reader_wake) {
-                    sys::eventfd_signal(fd);
-                }
+            if !defer_write && !matches!(role, Role::Reader(..)) {
+                poke_reader_to_flush(&st);
             }
             return Ok(role);
         }
+    }
+
+    /// Writes what [`Mode::Detached`] submissions with `defer_write` queued, as far as the
+    /// socket takes it now; the rest is left to the reader, which is told to flush it.
+    pub(crate) fn flush_out(&self) {
+        let mut st = self.lock();
+        let Link::Up(conn) = &st.link else {
+            return;
+        };
+        let conn = conn.clone();
+        if st.pending_out.is_empty() {
+            return;
+        }
+        if let Err(error) = flush_pending(&mut st, &conn) {
+            self.teardown(&mut st, error, true);
+            return;
+        }
+        poke_reader_to_flush(&st);
     }
 
     /// Waits for a slot submitted with [`Mode::Detached`].
@@ -743,6 +779,7 @@ impl Lane {
         }
         let mut off = 0;
         while off < frame.len() {
+            st.socket_writes += 1;
             match (&conn.stream).write(&frame[off..]) {
                 Ok(n) => off += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -961,6 +998,7 @@ impl Lane {
             reconnects: st.connects.saturating_sub(1),
             generation: st.generation,
             last_error: st.last_error.clone(),
+            socket_writes: st.socket_writes,
         }
     }
 
@@ -1008,6 +1046,16 @@ fn hand_off(st: &LaneState) {
     }
 }
 
+/// The reader polls for input only: tell it when there is output to flush.
+fn poke_reader_to_flush(st: &LaneState) {
+    if st.pending_out.is_empty() {
+        return;
+    }
+    if let (true, Some(fd)) = (st.reader, st.reader_wake) {
+        sys::eventfd_signal(fd);
+    }
+}
+
 fn complete_all(done: &mut Vec<(Arc<Slot>, Vec<u8>)>) {
     for (slot, body) in done.drain(..) {
         slot.complete(Ok(body));
@@ -1018,6 +1066,7 @@ fn complete_all(done: &mut Vec<(Arc<Slot>, Vec<u8>)>) {
 fn flush_pending(st: &mut LaneState, conn: &Conn) -> Result<(), TransportError> {
     let mut off = 0;
     while off < st.pending_out.len() {
+        st.socket_writes += 1;
         match (&conn.stream).write(&st.pending_out[off..]) {
             Ok(n) => off += n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,

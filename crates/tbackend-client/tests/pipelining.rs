@@ -101,6 +101,32 @@ fn twelve_threads_one_lane_every_answer_is_its_own() {
     assert_eq!(stats.lanes[0].in_flight, 0);
 }
 
+/// A batch groups its frames: far fewer socket writes than requests, every one answered.
+#[test]
+fn call_batch_groups_its_writes() {
+    let d = start(opts());
+    let c = Client::new(Config {
+        max_depth: 256,
+        ..config(&d)
+    });
+    assert_status(&call(&c, &ping()), Status::Ok);
+    let before = c.stats().lanes[0].socket_writes;
+    let reqs: Vec<_> = (0..1000)
+        .map(|i| write("grouped", &format!("g{i}"), &format!("k{i}"), json!(i)))
+        .collect();
+    let outcomes = c.call_batch(&reqs, None, &Cancel::new());
+    assert!(outcomes
+        .iter()
+        .all(|o| o.classified.status == Status::CommittedAcked));
+    let writes = c.stats().lanes[0].socket_writes - before;
+    // One write per group of 32 at most, plus the partial writes a full socket forces.
+    assert!(
+        writes <= 1000 / 32 + 40,
+        "{writes} socket writes for 1000 requests"
+    );
+    assert_eq!(all_facts(&d, "grouped").len(), 1000);
+}
+
 /// 1,000 writes in one batch over 2 lanes: outcomes come back in input order.
 #[test]
 fn call_batch_of_1000_preserves_order() {
