@@ -10,6 +10,7 @@
 //! holder's mutex is only taken with the GVL held, and Ruby forks only with the GVL
 //! held, so it can never be inherited locked.
 
+use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,6 +24,10 @@ use crate::errors::invalid_fact;
 use crate::fact::{check_store, epoch_seconds, fact_store, to_s};
 use crate::json::Encoder;
 use crate::nogvl::run_cancellable;
+
+/// A batch hands its facts to the wire in groups of this many: the first group is
+/// written (and its answers coming back) while the next is encoded.
+const BATCH_GROUP: usize = 64;
 
 struct Holder {
     pid: u32,
@@ -286,31 +291,68 @@ impl RbClient {
         durability: Option<String>,
         timeout: Option<f64>,
     ) -> Result<RArray, Error> {
-        let mut requests = Vec::with_capacity(facts.len());
-        let mut slots: Vec<Result<usize, Error>> = Vec::with_capacity(facts.len());
-        for fact in facts.into_iter() {
-            match rb_self.write_request(ruby, fact, durability.clone()) {
-                Ok(request) => {
-                    slots.push(Ok(requests.len()));
-                    requests.push(request);
-                }
-                Err(e) => slots.push(Err(e)),
+        let results = ruby.ary_new_capa(facts.len());
+        let Some(client) = rb_self.current() else {
+            for fact in facts.into_iter() {
+                results.push(
+                    match rb_self.write_request(ruby, fact, durability.clone()) {
+                        Ok(_) => rb_self.shut_down_result(ruby)?,
+                        Err(e) => invalid_result(ruby, e)?,
+                    },
+                )?;
             }
-        }
-        let timeout = seconds(timeout);
-        let outcomes: Option<Vec<Outcome>> = rb_self
-            .run(ruby, |client, cancel| {
-                client.call_batch(&requests, timeout, cancel)
-            })?
-            .ok();
-        let results = ruby.ary_new_capa(slots.len());
-        for slot in slots {
-            let result = match (slot, &outcomes) {
-                (Ok(i), Some(outcomes)) => soft_result(ruby, &outcomes[i])?,
-                (Ok(_), None) => rb_self.shut_down_result(ruby)?,
-                (Err(e), _) => invalid_result(ruby, e)?,
-            };
-            results.push(result)?;
+            return Ok(results);
+        };
+        let mut batch = client.batch(seconds(timeout));
+        // Per fact in input order: whether it was refused (its result is then next in
+        // `invalid`, a Ruby Array so the GC sees it) or went into the batch.
+        let mut refused: VecDeque<bool> = VecDeque::with_capacity(facts.len());
+        let invalid = ruby.ary_new();
+        let mut invalid_taken = 0;
+        let mut ready: VecDeque<Outcome> = VecDeque::new();
+        let mut group = Vec::with_capacity(BATCH_GROUP);
+        let mut facts = facts.into_iter().peekable();
+        while facts.peek().is_some() {
+            // Encoding needs the GVL; the group before is on the wire meanwhile.
+            for fact in facts.by_ref().take(BATCH_GROUP) {
+                match rb_self.write_request(ruby, fact, durability.clone()) {
+                    Ok(request) => {
+                        refused.push_back(false);
+                        group.push(request);
+                    }
+                    Err(e) => {
+                        invalid.push(invalid_result(ruby, e)?)?;
+                        refused.push_back(true);
+                    }
+                }
+            }
+            let last = facts.peek().is_none();
+            Self::run_on(ruby, &client, |_, cancel| {
+                batch.submit(&group, cancel);
+                if last {
+                    batch.finish(cancel);
+                } else {
+                    batch.collect_ready(cancel);
+                }
+            })?;
+            group.clear();
+            ready.extend(batch.take_ready());
+            // Answers already in become Ruby results while the rest are on their way.
+            loop {
+                let result = match refused.front() {
+                    None => break,
+                    Some(false) => match ready.pop_front() {
+                        Some(outcome) => soft_result(ruby, &outcome)?.as_value(),
+                        None => break,
+                    },
+                    Some(true) => {
+                        invalid_taken += 1;
+                        invalid.entry::<Value>(invalid_taken - 1)?
+                    }
+                };
+                refused.pop_front();
+                results.push(result)?;
+            }
         }
         Ok(results)
     }

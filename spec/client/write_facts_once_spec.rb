@@ -28,6 +28,23 @@ RSpec.describe "ActsAsTbackend::Client#write_facts_once" do
     expect(again.map { |r| r.dig(:response, :seq_id) }).to eq((1..1_000).to_a.reverse)
   end
 
+  it "puts the first facts on the wire while it still encodes the last ones" do
+    client = client_for(daemon)
+    received = -> { daemon_status(daemon)["requests_received"] }
+    before = received.call
+    received_meanwhile = nil
+    probe = Object.new
+    probe.define_singleton_method(:to_json) do |*|
+      received_meanwhile = received.call - before
+      '"probe"'
+    end
+    facts = Array.new(1_000) { |i| fact("overlap-#{i}", store: "overlap") }
+    facts[999] = fact("overlap-999", store: "overlap", value: { "probe" => probe })
+    results = client.write_facts_once(facts)
+    expect(results.map { |r| r[:error] }.compact).to eq([])
+    expect(received_meanwhile).to be >= 900
+  end
+
   it "gives an invalid fact in the middle its own soft error and writes all the others" do
     client = client_for(daemon)
     facts = Array.new(1_000) { |i| fact("mixed-#{i}", store: "mixed") }

@@ -1,6 +1,5 @@
 //! [`Client`]: the lanes of one endpoint, its breaker, and the calls.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -15,18 +14,14 @@ use tbackend_core::protocol::request::RequestBuilder;
 use tbackend_core::{Classified, ErrorKind, OpKind, Status};
 
 use crate::backoff::full_jitter;
+use crate::batch::Batch;
 use crate::breaker::{Admission, Breaker, BreakerState, Verdict};
 use crate::cancel::Cancel;
 use crate::config::Config;
 use crate::error::TransportError;
-use crate::lane::{self, later, Failure, Lane, LaneStats, Mode, Shared, Slot, SubmitError};
+use crate::lane::{self, later, Failure, Lane, LaneStats, Shared};
 use crate::sys;
 use crate::tail::Cursor;
-
-/// A batch writes its frames to a lane in groups of at most this many, one system call
-/// each (sooner whenever it is about to wait for an answer): fewer calls, while the
-/// daemon still gets work long before the whole batch is queued.
-const COALESCE_FRAMES: usize = 32;
 
 /// One request: its kind (which the status table depends on) and its body, one complete
 /// JSON object built by the caller (with core's `RequestBuilder`, token included).
@@ -164,12 +159,12 @@ pub struct Stats {
     pub connections_opened: u64,
 }
 
-struct Inner {
-    shared: Shared,
-    breaker: Breaker,
+pub(crate) struct Inner {
+    pub(crate) shared: Shared,
+    pub(crate) breaker: Breaker,
     /// Never dropped after `forget_after_fork`: a forked child must not run the
     /// destructors of state another thread of the parent may have been using.
-    lanes: ManuallyDrop<Box<[Lane]>>,
+    pub(crate) lanes: ManuallyDrop<Box<[Lane]>>,
     rng: AtomicU64,
 }
 
@@ -276,107 +271,20 @@ impl Client {
         timeout: Option<Duration>,
         cancel: &Cancel,
     ) -> Vec<Outcome> {
-        struct Pending {
-            index: usize,
-            slot: Arc<Slot>,
-            deadline: Instant,
-            admission: Admission,
-        }
-        let inner = &*self.inner;
-        let sh = &inner.shared;
-        let budget = timeout.unwrap_or(sh.config.request_timeout);
-        let window = budget.max(sh.config.request_timeout);
-        let wake = sys::thread_wake_fd();
-        let mut out: Vec<Option<Outcome>> = vec![None; reqs.len()];
-        // Per lane, this batch's requests in flight, oldest first.
-        let mut pending: Vec<VecDeque<Pending>> =
-            inner.lanes.iter().map(|_| VecDeque::new()).collect();
-        // Per lane, frames queued but not yet written (see `Mode::Detached`).
-        let mut unflushed: Vec<usize> = vec![0; inner.lanes.len()];
-        let flush = |unflushed: &mut Vec<usize>| {
-            for (ix, n) in unflushed.iter_mut().enumerate() {
-                if *n > 0 {
-                    inner.lanes[ix].flush_out();
-                    *n = 0;
-                }
-            }
-        };
-        let wait = |lane: usize,
-                    p: Pending,
-                    out: &mut Vec<Option<Outcome>>,
-                    unflushed: &mut Vec<usize>| {
-            // About to block: what is still queued must go out first (an answer that is
-            // already there needs nothing sent).
-            if !p.slot.is_done() {
-                flush(unflushed);
-            }
-            let result = inner.lanes[lane].wait_detached(sh, &p.slot, p.deadline, budget, cancel);
-            out[p.index] = Some(inner.finish(reqs[p.index].op, lane, result, p.admission));
-        };
-        for (index, req) in reqs.iter().enumerate() {
-            let (frame, admission) = match inner.admit(req) {
-                Admitted::Send(frame, admission) => (frame, admission),
-                Admitted::Answered(outcome) => {
-                    out[index] = Some(outcome);
-                    continue;
-                }
-            };
-            // In turn, not by least in flight: answers on a lane this thread is not
-            // reading pile up unread, so their in-flight count says nothing about load.
-            let ix = inner.next_lane(index);
-            let lane = &inner.lanes[ix];
-            let slot = Slot::new();
-            loop {
-                // With own requests queued on the lane, a full pipeline is drained by
-                // reading them here; otherwise other threads' readers make room.
-                let deadline = later(Instant::now(), budget);
-                let mode = Mode::Detached {
-                    park_on_full: pending[ix].is_empty(),
-                    defer_write: true,
-                };
-                let submitted = {
-                    let _armed = cancel.arm(&slot.word, wake);
-                    lane.submit(
-                        sh, &slot, &frame, deadline, budget, window, cancel, wake, mode,
-                    )
-                };
-                match submitted {
-                    Ok(_) => {
-                        pending[ix].push_back(Pending {
-                            index,
-                            slot,
-                            deadline,
-                            admission,
-                        });
-                        unflushed[ix] += 1;
-                        if unflushed[ix] >= COALESCE_FRAMES {
-                            inner.lanes[ix].flush_out();
-                            unflushed[ix] = 0;
-                        }
-                        break;
-                    }
-                    Err(SubmitError::Full) => {
-                        let oldest = pending[ix]
-                            .pop_front()
-                            .expect("Full only with own requests queued");
-                        wait(ix, oldest, &mut out, &mut unflushed);
-                    }
-                    Err(SubmitError::Failed(f)) => {
-                        out[index] = Some(inner.finish(req.op, ix, Err(f), admission));
-                        break;
-                    }
-                }
-            }
-        }
-        flush(&mut unflushed);
-        for (ix, queue) in pending.into_iter().enumerate() {
-            for p in queue {
-                wait(ix, p, &mut out, &mut unflushed);
-            }
-        }
-        out.into_iter()
-            .map(|o| o.expect("every request has an outcome"))
-            .collect()
+        let mut batch = self.batch(timeout);
+        batch.submit(reqs, cancel);
+        batch.finish(cancel);
+        batch.take_ready()
+    }
+
+    /// [`Client::call_batch`] in steps: submit requests as they are built, collect the
+    /// outcomes known so far, finish. `timeout` bounds each request as in `call_batch`.
+    pub fn batch(&self, timeout: Option<Duration>) -> Batch {
+        Batch::new(self, timeout)
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// [`Client::call`], retried on `unavailable`, `timeout_unknown` and
@@ -521,7 +429,7 @@ impl Client {
 }
 
 /// What [`Inner::admit`] decided.
-enum Admitted {
+pub(crate) enum Admitted {
     /// Send this frame.
     Send(Vec<u8>, Admission),
     /// Answered without touching a lane.
@@ -531,7 +439,7 @@ enum Admitted {
 impl Inner {
     /// Everything a call checks before touching a lane: client state, the request
     /// itself, the breaker. Returns the frame to send and the breaker's admission.
-    fn admit(&self, req: &Request) -> Admitted {
+    pub(crate) fn admit(&self, req: &Request) -> Admitted {
         let sh = &self.shared;
         if let Some(e) = sh.closed_error() {
             return Admitted::Answered(Outcome::client_side(Status::Unavailable, e));
@@ -579,7 +487,7 @@ impl Inner {
     }
 
     /// Round robin from `n`, skipping lanes that back off from a failed connect.
-    fn next_lane(&self, n: usize) -> usize {
+    pub(crate) fn next_lane(&self, n: usize) -> usize {
         let count = self.lanes.len();
         let now = Instant::now();
         (0..count)
@@ -588,7 +496,7 @@ impl Inner {
             .unwrap_or(n % count)
     }
 
-    fn finish(
+    pub(crate) fn finish(
         &self,
         op: OpKind,
         lane: usize,

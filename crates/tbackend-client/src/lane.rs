@@ -145,6 +145,11 @@ impl Slot {
         self.word.load(Ordering::Acquire) & DONE != 0
     }
 
+    /// Its caller gave up on it: whatever answer comes is dropped.
+    pub(crate) fn abandon(&self) {
+        self.word.fetch_or(ABANDONED, Ordering::AcqRel);
+    }
+
     fn complete(&self, result: Result<Vec<u8>, TransportError>) {
         *lock(&self.result) = Some(result);
         let prev = self.word.fetch_or(DONE, Ordering::AcqRel);

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod backoff;
+mod batch;
 mod breaker;
 mod cancel;
 mod client;
@@ -29,6 +30,7 @@ mod sys;
 pub mod tail;
 pub mod writer;
 
+pub use batch::Batch;
 pub use breaker::BreakerState;
 pub use cancel::Cancel;
 pub use client::{Attempt, BreakerStats, Client, Outcome, Request, RetryPolicy, Stats};

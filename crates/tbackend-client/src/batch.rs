@@ -1,0 +1,224 @@
+//! [`Batch`]: many requests from one thread, pipelined across the lanes and answered in
+//! input order, submitted in as many steps as the caller likes. A caller that builds its
+//! requests as it goes (the Ruby extension encodes facts with the GVL held) hands each
+//! group over as soon as it is built, so the first ones are on the wire — and their
+//! answers coming back — while it builds the next.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tbackend_core::OpKind;
+
+use crate::breaker::{Admission, Verdict};
+use crate::cancel::Cancel;
+use crate::client::{Admitted, Client, Outcome, Request};
+use crate::lane::{later, Mode, Slot, SubmitError};
+use crate::sys;
+
+/// A batch writes its frames to a lane in groups of at most this many, one system call
+/// each (sooner whenever it is about to wait for an answer): fewer calls, while the
+/// daemon still gets work long before the whole batch is queued.
+const COALESCE_FRAMES: usize = 32;
+
+struct Pending {
+    index: usize,
+    op: OpKind,
+    slot: Arc<Slot>,
+    deadline: Instant,
+    admission: Admission,
+}
+
+/// Requests submitted from one thread, pipelined across the client's lanes; see
+/// [`Client::batch`]. Dropping a batch before [`Batch::finish`] gives up on what is still
+/// outstanding (its answers are consumed and discarded, never delivered to anyone else).
+pub struct Batch {
+    client: Client,
+    budget: Duration,
+    window: Duration,
+    out: Vec<Option<Outcome>>,
+    /// Outcomes already handed out by [`Batch::take_ready`].
+    taken: usize,
+    /// Per lane, this batch's requests in flight, oldest first.
+    pending: Vec<VecDeque<Pending>>,
+    /// Per lane, frames queued but not yet written (see `Mode::Detached`).
+    unflushed: Vec<usize>,
+}
+
+impl Batch {
+    pub(crate) fn new(client: &Client, timeout: Option<Duration>) -> Batch {
+        let lanes = client.inner().lanes.len();
+        let budget = timeout.unwrap_or(client.config().request_timeout);
+        Batch {
+            client: client.clone(),
+            budget,
+            window: budget.max(client.config().request_timeout),
+            out: Vec::new(),
+            taken: 0,
+            pending: (0..lanes).map(|_| VecDeque::new()).collect(),
+            unflushed: vec![0; lanes],
+        }
+    }
+
+    /// Requests submitted so far.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether nothing was submitted.
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Queues `reqs` after the ones before, writing them as the pipelines allow. Waits
+    /// only when a lane is full of this batch's own requests (for the oldest of them).
+    /// After a cancel, the rest come back `unavailable` at once.
+    pub fn submit(&mut self, reqs: &[Request], cancel: &Cancel) {
+        let wake = sys::thread_wake_fd();
+        let client = self.client.clone();
+        let inner = client.inner();
+        let sh = &inner.shared;
+        for req in reqs {
+            let index = self.out.len();
+            self.out.push(None);
+            let (frame, admission) = match inner.admit(req) {
+                Admitted::Send(frame, admission) => (frame, admission),
+                Admitted::Answered(outcome) => {
+                    self.out[index] = Some(outcome);
+                    continue;
+                }
+            };
+            // In turn, not by least in flight: answers on a lane this thread is not
+            // reading pile up unread, so their in-flight count says nothing about load.
+            let ix = inner.next_lane(index);
+            let slot = Slot::new();
+            loop {
+                // With own requests queued on the lane, a full pipeline is drained by
+                // reading them here; otherwise other threads' readers make room.
+                let deadline = later(Instant::now(), self.budget);
+                let mode = Mode::Detached {
+                    park_on_full: self.pending[ix].is_empty(),
+                    defer_write: true,
+                };
+                let submitted = {
+                    let _armed = cancel.arm(&slot.word, wake);
+                    inner.lanes[ix].submit(
+                        sh,
+                        &slot,
+                        &frame,
+                        deadline,
+                        self.budget,
+                        self.window,
+                        cancel,
+                        wake,
+                        mode,
+                    )
+                };
+                match submitted {
+                    Ok(_) => {
+                        self.pending[ix].push_back(Pending {
+                            index,
+                            op: req.op,
+                            slot,
+                            deadline,
+                            admission,
+                        });
+                        self.unflushed[ix] += 1;
+                        if self.unflushed[ix] >= COALESCE_FRAMES {
+                            inner.lanes[ix].flush_out();
+                            self.unflushed[ix] = 0;
+                        }
+                        break;
+                    }
+                    Err(SubmitError::Full) => {
+                        let oldest = self.pending[ix]
+                            .pop_front()
+                            .expect("Full only with own requests queued");
+                        self.wait(ix, oldest, cancel);
+                    }
+                    Err(SubmitError::Failed(f)) => {
+                        self.out[index] = Some(inner.finish(req.op, ix, Err(f), admission));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Collects, without waiting, the answers that have already arrived for the oldest
+    /// requests of each lane.
+    pub fn collect_ready(&mut self, cancel: &Cancel) {
+        for ix in 0..self.pending.len() {
+            while self.pending[ix].front().is_some_and(|p| p.slot.is_done()) {
+                let p = self.pending[ix].pop_front().expect("front checked");
+                self.wait(ix, p, cancel);
+            }
+        }
+    }
+
+    /// The outcomes, in input order, that follow the ones taken before and are known
+    /// now (the contiguous run, stopping at the first still outstanding).
+    pub fn take_ready(&mut self) -> Vec<Outcome> {
+        let mut ready = Vec::new();
+        while let Some(slot) = self.out.get_mut(self.taken) {
+            match slot.take() {
+                Some(outcome) => {
+                    ready.push(outcome);
+                    self.taken += 1;
+                }
+                None => break,
+            }
+        }
+        ready
+    }
+
+    /// Writes whatever is still queued and waits for every outstanding answer (each
+    /// bounded by its own deadline, or ended by `cancel`). Everything not yet taken is
+    /// then ready.
+    pub fn finish(&mut self, cancel: &Cancel) {
+        self.flush();
+        for ix in 0..self.pending.len() {
+            while let Some(p) = self.pending[ix].pop_front() {
+                self.wait(ix, p, cancel);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let inner = self.client.inner();
+        for (ix, n) in self.unflushed.iter_mut().enumerate() {
+            if *n > 0 {
+                inner.lanes[ix].flush_out();
+                *n = 0;
+            }
+        }
+    }
+
+    fn wait(&mut self, ix: usize, p: Pending, cancel: &Cancel) {
+        // About to block: what is still queued must go out first (an answer that is
+        // already there needs nothing sent).
+        if !p.slot.is_done() {
+            self.flush();
+        }
+        let inner = self.client.inner();
+        let result =
+            inner.lanes[ix].wait_detached(&inner.shared, &p.slot, p.deadline, self.budget, cancel);
+        self.out[p.index] = Some(inner.finish(p.op, ix, result, p.admission));
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        // Frames queued behind the lane's output belong to slots in its FIFO: they must
+        // go out, or those slots would wait for answers that never come.
+        self.flush();
+        let inner = self.client.inner();
+        for queue in &mut self.pending {
+            for p in queue.drain(..) {
+                p.slot.abandon();
+                // A probe that never got its verdict proved nothing: the next call probes.
+                inner.breaker.record(p.admission, Verdict::Neutral);
+            }
+        }
+    }
+}
