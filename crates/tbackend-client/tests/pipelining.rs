@@ -127,6 +127,33 @@ fn call_batch_groups_its_writes() {
     assert_eq!(all_facts(&d, "grouped").len(), 1000);
 }
 
+/// A batch dropped before it finishes (its caller interrupted between steps) still sends
+/// what it queued, and its answers go nowhere: the next call gets its own.
+#[test]
+fn a_dropped_batch_leaves_the_lane_clean() {
+    let d = start(opts());
+    let c = client(&d);
+    let reqs: Vec<_> = (0..100)
+        .map(|i| write("dropped", &format!("d{i}"), &format!("k{i}"), json!(i)))
+        .collect();
+    let mut batch = c.batch(None);
+    batch.submit(&reqs, &Cancel::new());
+    assert_eq!(batch.len(), 100);
+    drop(batch);
+    // Nothing else is written to the lane: the drop itself sent the queued frames.
+    let until = Instant::now() + Duration::from_secs(3);
+    while all_facts(&d, "dropped").len() < 100 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(all_facts(&d, "dropped").len(), 100);
+    for i in 0..20 {
+        let o = call(&c, &latest_for("dropped", &format!("k{i}")));
+        assert_status(&o, Status::Ok);
+        assert_eq!(o.classified.answer["fact"]["value"], json!(i), "{o:?}");
+    }
+    assert_eq!(c.stats().lanes[0].in_flight, 0);
+}
+
 /// 1,000 writes in one batch over 2 lanes: outcomes come back in input order.
 #[test]
 fn call_batch_of_1000_preserves_order() {
