@@ -34,8 +34,16 @@ RSpec.describe "ActsAsTbackend::Client#write_facts_once" do
     before = received.call
     received_meanwhile = nil
     probe = Object.new
+    # Encoded last: it waits (up to 2 s) for the daemon to have read the first groups,
+    # which can only happen if they were sent before the batch was fully encoded.
     probe.define_singleton_method(:to_json) do |*|
-      received_meanwhile = received.call - before
+      deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 2
+      loop do
+        received_meanwhile = received.call - before
+        break if received_meanwhile >= 900 || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+        sleep 0.01
+      end
       '"probe"'
     end
     facts = Array.new(1_000) { |i| fact("overlap-#{i}", store: "overlap") }
