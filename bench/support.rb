@@ -90,6 +90,34 @@ module Bench
     File.read("/proc/#{pid}/status")[/VmHWM:\s+(\d+)/, 1].to_i
   end
 
+  MALLOC_STATS = begin
+    require "fiddle"
+    Fiddle::Function.new(Fiddle::Handle::DEFAULT["malloc_stats"], [], Fiddle::TYPE_VOID)
+  rescue Fiddle::DLError, LoadError
+    nil
+  end
+
+  # Bytes glibc's malloc has handed out and not had back, over every arena (Ruby's and the
+  # native layer's alike), or nil where malloc_stats is missing. Freed chunks parked in
+  # the per-thread caches (tcache) count as in use: with many threads the figure creeps up
+  # until those caches fill, which GLIBC_TUNABLES=glibc.malloc.tcache_count=0 turns off.
+  def malloc_in_use_kb
+    return nil unless MALLOC_STATS
+
+    reader, writer = IO.pipe
+    saved = $stderr.dup
+    begin
+      $stderr.reopen(writer)
+      MALLOC_STATS.call # writes its report to fd 2
+    ensure
+      $stderr.reopen(saved)
+      writer.close
+    end
+    reader.read[/Total \(incl\. mmap\):\s*system bytes\s*=\s*\d+\s*in use bytes\s*=\s*(\d+)/, 1]&.then { |b| b.to_i / 1024 }
+  ensure
+    reader&.close
+  end
+
   def median(values)
     sorted = values.sort
     mid = sorted.size / 2
