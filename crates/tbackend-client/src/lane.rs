@@ -921,8 +921,9 @@ impl Lane {
                     // is consumed by this abandoned slot.
                     me.word.fetch_or(ABANDONED, Ordering::AcqRel);
                 }
-                hand_off(&st);
+                let next = hand_off(&st);
                 drop(st);
+                wake_reader(next);
                 complete_all(&mut done);
                 return if mine {
                     me.take_when_done()
@@ -971,9 +972,9 @@ impl Lane {
                 if prev & LEAD != 0 {
                     // We were handed the reader role on our way out: pass it on.
                     let st = self.lock();
-                    if !st.reader {
-                        hand_off(&st);
-                    }
+                    let next = if st.reader { None } else { hand_off(&st) };
+                    drop(st);
+                    wake_reader(next);
                 }
                 return Err(gave_up(sh, cancel, budget));
             }
@@ -1027,8 +1028,9 @@ fn has_live(st: &LaneState) -> bool {
         .any(|s| s.word.load(Ordering::Acquire) & ABANDONED == 0)
 }
 
-/// Gives the reader role to the oldest parked follower still waiting, if any.
-fn hand_off(st: &LaneState) {
+/// Gives the reader role to the oldest parked follower still waiting, if any: the one to
+/// wake (with [`wake_reader`], after the lane mutex is released).
+fn hand_off(st: &LaneState) -> Option<Arc<Slot>> {
     for slot in &st.fifo {
         let mut w = slot.word.load(Ordering::Acquire);
         loop {
@@ -1041,13 +1043,20 @@ fn hand_off(st: &LaneState) {
                 .word
                 .compare_exchange(w, w | LEAD, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => {
-                    sys::futex_wake(&slot.word, 1);
-                    return;
-                }
+                Ok(_) => return Some(slot.clone()),
                 Err(now) => w = now,
             }
         }
+    }
+    None
+}
+
+/// Wakes the follower [`hand_off`] picked, once the lane mutex is released: woken while
+/// the mutex is held, it would often preempt the holder and then sleep again on the
+/// mutex it needs to take the role (one more thread hop, the costly kind here).
+fn wake_reader(next: Option<Arc<Slot>>) {
+    if let Some(slot) = next {
+        sys::futex_wake(&slot.word, 1);
     }
 }
 
