@@ -94,10 +94,15 @@ impl Batch {
             let slot = Slot::new();
             loop {
                 // With own requests queued on the lane, a full pipeline is drained by
-                // reading them here; otherwise other threads' readers make room.
+                // reading them here; otherwise other threads' readers make room, and
+                // this thread may park: what it queued on other lanes goes out first.
+                let park_on_full = self.pending[ix].is_empty();
+                if park_on_full {
+                    self.flush();
+                }
                 let deadline = later(Instant::now(), self.budget);
                 let mode = Mode::Detached {
-                    park_on_full: self.pending[ix].is_empty(),
+                    park_on_full,
                     defer_write: true,
                 };
                 let submitted = {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use tbackend_client::{Cancel, Client, Config, Status};
+use tbackend_client::{Cancel, Client, Config, OpKind, Request, Status};
+use tbackend_testd::harness::wait_until;
 
 const THREADS: usize = 12;
 const PER_THREAD: usize = 150;
@@ -125,6 +126,64 @@ fn call_batch_groups_its_writes() {
         "{writes} socket writes for 1000 requests"
     );
     assert_eq!(all_facts(&d, "grouped").len(), 1000);
+}
+
+/// A batch that must wait for room on a lane full of other callers' requests first sends
+/// the frames it queued on the other lanes, instead of holding them while it waits.
+#[test]
+fn a_batch_waiting_for_room_sends_what_it_queued_elsewhere() {
+    let d = start(opts());
+    let c = Client::new(Config {
+        lanes: 2,
+        max_depth: 2,
+        ..config(&d)
+    });
+    let warm = c.call_batch(&[ping(), ping()], None, &Cancel::new());
+    assert!(warm.iter().all(|o| o.classified.ok));
+    let received = || d.control().status().unwrap().requests_received;
+    // Three calls the daemon reads and never answers, routed by least in flight:
+    // lane 0, lane 1, lane 0. Lane 0 is then full, lane 1 has room for one.
+    d.control().stall(false).unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let before = received();
+        let c = c.clone();
+        stalled.push(std::thread::spawn(move || {
+            c.call(&ping(), Some(Duration::from_secs(2)), &Cancel::new())
+        }));
+        assert!(wait_until(Duration::from_secs(2), || received() > before));
+    }
+    d.control().unstall().unwrap();
+    assert_eq!(c.stats().lanes[0].in_flight, 2);
+    assert_eq!(c.stats().lanes[1].in_flight, 1);
+    // Request 0 is refused before any lane (a top-level "error" key), request 1 is
+    // queued on lane 1, request 2 waits for room on lane 0.
+    let refused = Request::new(OpKind::Read, br#"{"op":"ping","error":"x"}"#.to_vec());
+    let before = received();
+    let batch = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            c.call_batch(
+                &[refused, ping(), ping()],
+                Some(Duration::from_millis(800)),
+                &Cancel::new(),
+            )
+        })
+    };
+    assert!(
+        wait_until(Duration::from_millis(500), || received() > before),
+        "the frame queued on lane 1 stayed unsent while the batch waited for lane 0"
+    );
+    let out = batch.join().unwrap();
+    assert_eq!(out.len(), 3);
+    assert!(
+        !out[0].classified.ok && out[0].transport.is_none(),
+        "{:?}",
+        out[0]
+    );
+    for s in stalled {
+        s.join().unwrap();
+    }
 }
 
 /// A batch dropped before it finishes (its caller interrupted between steps) still sends
