@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use magnus::{error::ErrorType, value::ReprValue, Error, RArray, RHash, Ruby, TryConvert, Value};
-use tbackend_client::{tail::Cursor, Cancel, Client, Config, Outcome, Request, RetryPolicy};
+use tbackend_client::{tail::Cursor, Cancel, Client, Config, Request, RetryPolicy};
 use tbackend_core::protocol::answer::{OpKind, Status};
 use tbackend_core::protocol::request::RequestBuilder;
 
@@ -291,43 +291,34 @@ impl RbClient {
         durability: Option<String>,
         timeout: Option<f64>,
     ) -> Result<RArray, Error> {
+        // Results go in input order as soon as they are known: a refused fact's (or, on a
+        // shut-down client, every fact's) at once, a sent one's as a nil placeholder that
+        // its outcome replaces when it comes. Kept in a Ruby Array, so the GC sees them.
         let results = ruby.ary_new_capa(facts.len());
-        let Some(client) = rb_self.current() else {
-            for fact in facts.into_iter() {
-                results.push(
-                    match rb_self.write_request(ruby, fact, durability.clone()) {
-                        Ok(_) => rb_self.shut_down_result(ruby)?,
-                        Err(e) => invalid_result(ruby, e)?,
-                    },
-                )?;
-            }
-            return Ok(results);
-        };
-        let mut batch = client.batch(seconds(timeout));
-        // Per fact in input order: whether it was refused (its result is then next in
-        // `invalid`, a Ruby Array so the GC sees it) or went into the batch.
-        let mut refused: VecDeque<bool> = VecDeque::with_capacity(facts.len());
-        let invalid = ruby.ary_new();
-        let mut invalid_taken = 0;
-        let mut ready: VecDeque<Outcome> = VecDeque::new();
+        let client = rb_self.current();
+        let mut batch = client.as_ref().map(|c| c.batch(seconds(timeout)));
+        let mut awaiting: VecDeque<usize> = VecDeque::new();
         let mut group = Vec::with_capacity(BATCH_GROUP);
         let mut facts = facts.into_iter().peekable();
         while facts.peek().is_some() {
             // Encoding needs the GVL; the group before is on the wire meanwhile.
             for fact in facts.by_ref().take(BATCH_GROUP) {
-                match rb_self.write_request(ruby, fact, durability.clone()) {
-                    Ok(request) => {
-                        refused.push_back(false);
+                let result = match rb_self.write_request(ruby, fact, durability.clone()) {
+                    Ok(request) if batch.is_some() => {
+                        awaiting.push_back(results.len());
                         group.push(request);
+                        ruby.qnil().as_value()
                     }
-                    Err(e) => {
-                        invalid.push(invalid_result(ruby, e)?)?;
-                        refused.push_back(true);
-                    }
-                }
+                    Ok(_) => rb_self.shut_down_result(ruby)?.as_value(),
+                    Err(e) => invalid_result(ruby, e)?.as_value(),
+                };
+                results.push(result)?;
             }
+            let (Some(client), Some(batch)) = (&client, &mut batch) else {
+                continue;
+            };
             let last = facts.peek().is_none();
-            Self::run_on(ruby, &client, |_, cancel| {
+            Self::run_on(ruby, client, |_, cancel| {
                 batch.submit(&group, cancel);
                 if last {
                     batch.finish(cancel);
@@ -336,22 +327,10 @@ impl RbClient {
                 }
             })?;
             group.clear();
-            ready.extend(batch.take_ready());
             // Answers already in become Ruby results while the rest are on their way.
-            loop {
-                let result = match refused.front() {
-                    None => break,
-                    Some(false) => match ready.pop_front() {
-                        Some(outcome) => soft_result(ruby, &outcome)?.as_value(),
-                        None => break,
-                    },
-                    Some(true) => {
-                        invalid_taken += 1;
-                        invalid.entry::<Value>(invalid_taken - 1)?
-                    }
-                };
-                refused.pop_front();
-                results.push(result)?;
+            for outcome in batch.take_ready() {
+                let index = awaiting.pop_front().expect("one outcome per request sent");
+                results.store(index as isize, soft_result(ruby, &outcome)?)?;
             }
         }
         Ok(results)

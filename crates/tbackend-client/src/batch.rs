@@ -101,10 +101,7 @@ impl Batch {
                     self.flush();
                 }
                 let deadline = later(Instant::now(), self.budget);
-                let mode = Mode::Detached {
-                    park_on_full,
-                    defer_write: true,
-                };
+                let mode = Mode::Detached { park_on_full };
                 let submitted = {
                     let _armed = cancel.arm(&slot.word, wake);
                     inner.lanes[ix].submit(

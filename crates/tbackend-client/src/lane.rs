@@ -262,16 +262,12 @@ pub(crate) struct Lane {
 pub(crate) enum Mode {
     /// Waits right after submitting (single calls).
     Wait,
-    /// Waits later (batches): never becomes the reader at submit time. With
-    /// `park_on_full` false, a full pipeline is reported instead of waited for. With
-    /// `defer_write`, the frame is only queued behind the lane's unsent output, to go out
-    /// with the frames after it in one write at [`Lane::flush_out`] (or when the reader
-    /// next flushes): a batch then costs a system call per group of requests, not one
-    /// each.
-    Detached {
-        park_on_full: bool,
-        defer_write: bool,
-    },
+    /// Waits later (batches): never becomes the reader at submit time, and only queues
+    /// the frame behind the lane's unsent output, to go out with the frames after it in
+    /// one write at [`Lane::flush_out`] (or when the reader next flushes): a batch costs a
+    /// system call per group of requests, not one each. With `park_on_full` false, a full
+    /// pipeline is reported instead of waited for.
+    Detached { park_on_full: bool },
 }
 
 pub(crate) enum Role {
@@ -471,8 +467,7 @@ impl Lane {
                 if matches!(
                     mode,
                     Mode::Detached {
-                        park_on_full: false,
-                        ..
+                        park_on_full: false
                     }
                 ) {
                     return Err(SubmitError::Full);
@@ -483,14 +478,8 @@ impl Lane {
                 st = self.park(st, slot, deadline);
                 continue;
             }
-            let defer_write = matches!(
-                mode,
-                Mode::Detached {
-                    defer_write: true,
-                    ..
-                }
-            );
-            if defer_write {
+            let detached = matches!(mode, Mode::Detached { .. });
+            if detached {
                 st.pending_out.extend_from_slice(frame);
             } else if let Err((error, nothing_written)) = self.write_frame(&mut st, &conn, frame) {
                 self.teardown(&mut st, error.clone(), true);
@@ -531,24 +520,24 @@ impl Lane {
                 }
                 Mode::Detached { .. } => Role::Detached,
             };
-            if !defer_write && !matches!(role, Role::Reader(..)) {
+            if !detached && !matches!(role, Role::Reader(..)) {
                 poke_reader_to_flush(&st);
             }
             return Ok(role);
         }
     }
 
-    /// Writes what [`Mode::Detached`] submissions with `defer_write` queued, as far as the
-    /// socket takes it now; the rest is left to the reader, which is told to flush it.
+    /// Writes what [`Mode::Detached`] submissions queued, as far as the socket takes it
+    /// now; the rest is left to the reader, which is told to flush it.
     pub(crate) fn flush_out(&self) {
         let mut st = self.lock();
+        if st.pending_out.is_empty() {
+            return;
+        }
         let Link::Up(conn) = &st.link else {
             return;
         };
         let conn = conn.clone();
-        if st.pending_out.is_empty() {
-            return;
-        }
         if let Err(error) = flush_pending(&mut st, &conn) {
             self.teardown(&mut st, error, true);
             return;
