@@ -124,8 +124,8 @@ module ActsAsTbackend
     end
 
     # @api private: for Health and Tail, which must never raise.
-    def native_call(&)
-      call(strict: false, &)
+    def native_call(&block)
+      call(strict: false, &block)
     end
 
     private
@@ -153,7 +153,7 @@ module ActsAsTbackend
 
     # Only names and ids reach subscribers, never a value or the token. Explicit keywords,
     # not **options: an unobserved call allocates no payload Hash.
-    def instrumented(event, fact = nil, store: nil, durability: nil, count: nil, &)
+    def instrumented(event, fact = nil, store: nil, durability: nil, count: nil, &block)
       return yield unless Instrumentation.listening?(event)
 
       payload = { store: store, durability: durability, count: count }.compact
@@ -161,7 +161,7 @@ module ActsAsTbackend
         payload[:store] ||= fact["store"] || fact[:store]
         payload[:fact_id] = fact["id"] || fact[:id]
       end
-      Instrumentation.instrument(event, payload, &)
+      Instrumentation.instrument(event, payload, &block)
     end
 
     def publish_retry(fact, result)

@@ -15,8 +15,8 @@ module ActsAsTbackend
     module Assertions
       include Testing::Helpers
 
-      def assert_mirrored(store: nil, key: nil, event_type: nil, value: nil, count: nil, &)
-        mirrored = Testing.capture_mirrors(&)
+      def assert_mirrored(store: nil, key: nil, event_type: nil, value: nil, count: nil, &block)
+        mirrored = Testing.capture_mirrors(&block)
         matching = Testing.select(mirrored, store: store, key: key, event_type: event_type, value: value)
         wanted = { store: store, key: key, event_type: event_type, value: value }.compact
         ok = count ? matching.size == count : matching.any?
@@ -25,8 +25,8 @@ module ActsAsTbackend
         matching
       end
 
-      def refute_mirrored(store: nil, key: nil, event_type: nil, value: nil, &)
-        mirrored = Testing.capture_mirrors(&)
+      def refute_mirrored(store: nil, key: nil, event_type: nil, value: nil, &block)
+        mirrored = Testing.capture_mirrors(&block)
         matching = Testing.select(mirrored, store: store, key: key, event_type: event_type, value: value)
         wanted = { store: store, key: key, event_type: event_type, value: value }.compact
         assert(matching.empty?, "expected nothing mirrored to TBackend matching #{wanted.inspect}, " \

@@ -86,14 +86,14 @@ module ActsAsTbackend
     # Included by the RSpec and minitest integrations.
     module Helpers
       # Runs the block with the daemon "down": every call answers `unavailable` at once.
-      def with_tbackend_down(&)
-        TestHelpers.stub_client(OutageClient.new(status: "unavailable"), &)
+      def with_tbackend_down(&block)
+        TestHelpers.stub_client(OutageClient.new(status: "unavailable"), &block)
       end
 
       # Runs the block with a slow daemon: every call takes `delay` seconds, then answers
       # `status` (default: committed, as a slow daemon eventually does).
-      def with_tbackend_slow(delay: 0.5, status: "committed_acked", &)
-        TestHelpers.stub_client(OutageClient.new(status: status, delay: delay), &)
+      def with_tbackend_slow(delay: 0.5, status: "committed_acked", &block)
+        TestHelpers.stub_client(OutageClient.new(status: status, delay: delay), &block)
       end
     end
   end

@@ -33,8 +33,8 @@ module TCB
 
     # The ids a handler reacting to `envelope` runs with: the chain's correlation, and the
     # envelope itself as the cause.
-    def for_reaction(envelope, &)
-      with(correlation_id: envelope.correlation_id, causation_id: envelope.event_id, &)
+    def for_reaction(envelope, &block)
+      with(correlation_id: envelope.correlation_id, causation_id: envelope.event_id, &block)
     end
   end
 end

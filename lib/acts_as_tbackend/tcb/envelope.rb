@@ -51,10 +51,10 @@ module TCB
     # (the tcb README's own examples) would fail on it. The event's readers answer through
     # the envelope; the envelope's own fields win on a clash.
     # Conversions stay the envelope's own: Array(envelope) must not splat a Struct event.
-    def method_missing(name, *args, &)
+    def method_missing(name, *args, &block)
       return super if !event.respond_to?(name) || name.start_with?("to_") || NOT_DELEGATED.include?(name)
 
-      event.public_send(name, *args, &)
+      event.public_send(name, *args, &block)
     end
 
     def respond_to_missing?(name, include_private = false)

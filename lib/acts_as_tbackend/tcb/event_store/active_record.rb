@@ -123,8 +123,8 @@ module TCB
         end
       end
 
-      def transaction(&)
-        base_class.transaction(&)
+      def transaction(&block)
+        base_class.transaction(&block)
       end
 
       private

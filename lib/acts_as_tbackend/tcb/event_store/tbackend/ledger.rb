@@ -60,8 +60,8 @@ module TCB
 
         private
 
-        def read(what, &)
-          result = call(&)
+        def read(what, &block)
+          result = call(&block)
           result[:ok] ? result : fail!(result, what)
         end
 
