@@ -5,8 +5,6 @@ require "json"
 
 Dir[File.join(__dir__, "support", "**", "*.rb")].each { |file| require file }
 
-SHARED_DIR = File.expand_path("../../shared", __dir__)
-
 RSpec.configure do |config|
   config.expect_with(:rspec) { |c| c.syntax = :expect }
   config.disable_monkey_patching!
@@ -26,11 +24,11 @@ RSpec.configure do |config|
   config.after(:suite) { TbackendSpec::TestDaemon.stop_all }
 end
 
-# The reference material beside the repo (../shared). A missing file fails loudly: a
-# spec that quietly skips its vectors proves nothing.
-def shared_file(*parts)
-  path = File.join(SHARED_DIR, *parts)
-  raise "missing reference file #{path}: the repo must be checked out with shared/ beside it" unless File.file?(path)
+# A file under spec/fixtures (the recorded vectors are in spec/fixtures/tbackend). A
+# missing file fails loudly: a spec that quietly skips its vectors proves nothing.
+def fixture_file(*parts)
+  path = File.join(__dir__, "fixtures", *parts)
+  raise "missing fixture #{path}" unless File.file?(path)
 
   path
 end

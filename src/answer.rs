@@ -1,4 +1,4 @@
-//! Daemon answers and outcomes → the contract's soft result Hash.
+//! Daemon answers and outcomes → the soft-result Hash.
 
 use magnus::{prelude::*, value::LazyId, Error, IntoValue, RArray, RHash, Ruby, Value};
 use serde_json::Value as Json;

@@ -15,7 +15,7 @@ use tbackend_core::protocol::answer::ErrorKind;
 use client::{RbClient, RbTailCursor};
 use writer::RbWriter;
 
-/// The contract's error kind of a daemon error text (`"auth"`, `"access_denied"`, …).
+/// The error kind of a daemon error text (`"auth"`, `"access_denied"`, …).
 fn error_kind(text: String) -> &'static str {
     ErrorKind::from_error(None, Some(&text), None).as_str()
 }

@@ -1,7 +1,7 @@
 //! Running blocking work with the GVL released.
 //!
-//! magnus has no wrapper, so this calls `rb_nogvl` directly. Two measured traps shape it
-//! (NATIVE-RECIPE.md): plain `rb_thread_call_without_gvl` can longjmp across Rust frames
+//! magnus has no wrapper, so this calls `rb_nogvl` directly. Two measured traps shape
+//! it: plain `rb_thread_call_without_gvl` can longjmp across Rust frames
 //! when an interrupt is pending, and when the caller is the process's only Ruby thread,
 //! Ruby 3.1 spawns a helper thread for every release unless the unblocking function is
 //! declared async-signal-safe. Ours only flips atomics, wakes a futex and writes to an

@@ -4,7 +4,7 @@ module ActsAsTbackend
   # The app-facing client: one per process and endpoint, shared by every thread. The work
   # (request encoding, pipelined lanes, deadlines, breaker, retries, answer
   # classification) happens in the native core with the GVL released; this class turns
-  # configuration into native options and keeps the contract's promises: non-strict,
+  # configuration into native options and keeps the 0.2 gem's promises: non-strict,
   # nothing raises; strict, transport failures raise an ActsAsTbackend::TransportError.
   class Client
     TRANSPORT_ERRORS = {

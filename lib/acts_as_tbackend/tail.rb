@@ -2,7 +2,7 @@
 
 module ActsAsTbackend
   # A gap-safe tail over `facts_by_seq`. The daemon assigns a seq before a fact becomes
-  # visible, so a reader that moves to "highest seq seen" misses facts (PROTOCOL.md §8:
+  # visible, so a reader that moves to "highest seq seen" misses facts (docs/protocol.md §8:
   # 4.7% with 8 writers). This tail advances only over an unbroken run of seqs, re-reads
   # a gap until `grace` has passed (then accepts it: a failed log append burns a seq for
   # good), and never yields a seq twice.

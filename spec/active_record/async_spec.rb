@@ -4,7 +4,7 @@ require "spec_helper"
 require_relative "support/mirror_models"
 
 # 0.2 wrote synchronously inside after_commit: a stalled daemon held every request for
-# seconds (CONNECTOR-CONTRACT.md §9.13). An async model's commit only enqueues.
+# seconds. An async model's commit only enqueues.
 RSpec.describe "acts_as_tbackend: async" do
   TbackendSpec::MirrorModels::ADAPTERS.each do |adapter_name|
     context "on #{adapter_name}" do

@@ -4,7 +4,7 @@ require "spec_helper"
 require_relative "support/mirror_models"
 
 # A failed mirror never breaks the request path, except `raise_in_test` in a test
-# environment — which 0.2 swallowed in the macro's rescue-all (CONNECTOR-CONTRACT.md §9.2).
+# environment — which 0.2 swallowed in the macro's rescue-all.
 RSpec.describe "acts_as_tbackend: failures and failure policies" do
   TbackendSpec::MirrorModels::ADAPTERS.each do |adapter_name|
     context "on #{adapter_name}" do

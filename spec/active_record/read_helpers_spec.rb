@@ -4,7 +4,7 @@ require "spec_helper"
 require_relative "support/mirror_models"
 
 # The 0.2 read helpers queried key "42" while the mirror wrote "orders:42": they never found
-# anything (CONNECTOR-CONTRACT.md §9.1). They now read the key the mirror writes.
+# anything. They now read the key the mirror writes.
 RSpec.describe "acts_as_tbackend: read helpers" do
   TbackendSpec::MirrorModels::ADAPTERS.each do |adapter_name|
     context "on #{adapter_name}" do

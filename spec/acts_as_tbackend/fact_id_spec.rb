@@ -16,7 +16,7 @@ RSpec.describe "ActsAsTbackend::Fact.derive_id" do
   end
 
   describe "the :legacy format (the 0.2 gem, byte for byte)" do
-    vectors = JSON.parse(File.read(shared_file("tbackend", "legacy_fact_ids.json"))).fetch("cases")
+    vectors = JSON.parse(File.read(fixture_file("tbackend", "legacy_fact_ids.json"))).fetch("cases")
 
     it "has vectors to check" do
       expect(vectors.size).to be >= 12

@@ -3,8 +3,8 @@
 require "spec_helper"
 require "tmpdir"
 
-# CONNECTOR-CONTRACT.md §5: `health` reports every status, never raises — strict or not —
-# and never reports a false "down" for a lane that merely sat idle (0.2 defect 5).
+# `health` reports every status, never raises — strict or not —
+# and never reports a false "down" for a lane that merely sat idle (as 0.2's did).
 RSpec.describe "ActsAsTbackend.health" do
   include_context "client spec"
 

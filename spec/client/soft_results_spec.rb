@@ -2,8 +2,8 @@
 
 require "spec_helper"
 
-# CONNECTOR-CONTRACT.md §3–4: every status of the soft-result table, with its flags, as
-# the 0.2 gem's callers read them.
+# Every status of the soft-result table (README, "The client"), with its flags, as the
+# 0.2 gem's callers read them.
 RSpec.describe "ActsAsTbackend::Client soft results" do
   include_context "client spec"
 

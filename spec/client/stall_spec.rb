@@ -4,7 +4,7 @@ require "spec_helper"
 require "socket"
 
 # Issue 3, deadlines without Timeout.timeout: a stalled daemon and a daemon whose
-# workers are all taken (PROTOCOL.md §2: extra connections are accepted but never read)
+# workers are all taken (docs/protocol.md §2: extra connections are accepted but never read)
 # cost a caller its deadline, never more.
 RSpec.describe "ActsAsTbackend::Client deadlines" do
   include_context "client spec"

@@ -4,7 +4,7 @@ require "spec_helper"
 require "set"
 require "timeout"
 
-# PROTOCOL.md §8 and issue 3: seq order is not visibility order, and a failed append
+# docs/protocol.md §8 and issue 3: seq order is not visibility order, and a failed append
 # burns a seq for good. The gap-safe tail yields every stored fact exactly once, in seq
 # order, and gives a burned seq up after its grace; a "highest seq seen" reader misses
 # facts under the same conditions (which proves the scenario can catch a naive tail).

@@ -2,7 +2,7 @@
 
 require "spec_helper"
 
-# CONNECTOR-CONTRACT.md §4 and issue 3, "Breaker and retries": write_fact_once_safe
+# Issue 3, "Breaker and retries": write_fact_once_safe
 # retries unavailable (0.2 never did), timeout_unknown and rejected_before_commit with a
 # growing, jittered backoff inside one overall deadline, and reports every attempt.
 RSpec.describe "ActsAsTbackend::Client#write_fact_once_safe" do

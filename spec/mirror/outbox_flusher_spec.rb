@@ -9,7 +9,7 @@ RSpec.describe ActsAsTbackend::OutboxFlusher do
   let(:fact) { ActsAsTbackend::Fact.build(id: unique("outbox"), store: "orders", key: "orders:1", value: { "a" => 1 }) }
   let(:intent) { ActsAsTbackend::OutboxIntent.new(fact: fact) }
 
-  # CONNECTOR-CONTRACT.md §8, row by row.
+  # The 0.2 gem's mapping of client statuses to flush results, row by row.
   {
     "committed_acked" => ["inserted", true, false, true],
     "idempotent_replay" => ["replay", true, false, true],

@@ -8,7 +8,7 @@ module TbackendSpec
   # test daemon, clocks, bounded thread joins and the read-back checks that prove every
   # answer reached the request it belongs to.
   module ClientHelpers
-    # Every status a client call may return (CONNECTOR-CONTRACT.md §3, plus config_error).
+    # Every status a client call may return (the 0.2 gem's, plus config_error).
     SOFT_STATUSES = %w[
       ok committed_acked idempotent_replay duplicate_fact_id_conflict rejected_before_commit error
       unavailable timeout_unknown circuit_open disabled config_error

@@ -1,7 +1,7 @@
 //! The circuit breaker of one endpoint, shared by its lanes (lock-free).
 //!
-//! The old gem let every concurrent request through when half-open (CONNECTOR-CONTRACT
-//! §9.8); here one compare-and-swap elects exactly one probe.
+//! The 0.2 gem let every concurrent request through when half-open; here one
+//! compare-and-swap elects exactly one probe.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};

@@ -48,7 +48,7 @@ impl Request {
 /// What a call returns: the soft result, plus what only the transport knows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
-    /// Status, flags, error text and the daemon's answer, per the contract's table.
+    /// Status, flags, error text and the daemon's answer, per the soft-result table.
     pub classified: Classified,
     /// Why no valid answer came back, when none did.
     pub transport: Option<TransportError>,
@@ -113,7 +113,7 @@ impl Default for RetryPolicy {
     }
 }
 
-/// One attempt of a retried call, as the contract's `attempts:` array shows it.
+/// One attempt of a retried call, as the `attempts:` array of a result shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt {
     /// The attempt's status.
@@ -184,7 +184,7 @@ impl Drop for Inner {
 /// requests of any number of threads, so the daemon sees the same few connections
 /// however many threads call (its fixed worker pool starves connections beyond its
 /// size). No call ever panics or blocks past its deadline; every failure is an
-/// [`Outcome`] with the contract's status.
+/// [`Outcome`] with the 0.2 gem's status.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
@@ -332,7 +332,7 @@ impl Client {
         }
     }
 
-    /// One poll of a gap-safe tail over `facts_by_seq` (PROTOCOL.md §8): asks for the
+    /// One poll of a gap-safe tail over `facts_by_seq` (docs/protocol.md §8): asks for the
     /// facts after `cursor.after_seq()` and returns, with the outcome, the facts the
     /// cursor releases — only over an unbroken run of seqs, never one twice. The
     /// answer's `facts` array is moved into the returned facts (and the held ones).
@@ -574,7 +574,7 @@ fn sleep_unless_cancelled(d: Duration, cancel: &Cancel) -> bool {
     }
 }
 
-/// The daemon is lax about two top-level keys (PROTOCOL.md §3): `"error"` makes it echo
+/// The daemon is lax about two top-level keys (docs/protocol.md §3): `"error"` makes it echo
 /// the request back unexecuted and unauthenticated, and `"store"` on a write is what its
 /// ACL checks instead of `fact.store`. Core's builder refuses both; this re-check is one
 /// pass over the body, so a body built any other way cannot slip them through.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tbackend_core::protocol::frame::{DEFAULT_MAX_ANSWER, DEFAULT_MAX_REQUEST};
 
 /// How a [`Client`](crate::Client) reaches its daemon. `Config::default()` holds the
-/// connector contract's defaults (127.0.0.1:7401, 1 s connect, 2 s request, breaker 5 /
+/// 0.2 gem's defaults (127.0.0.1:7401, 1 s connect, 2 s request, breaker 5 /
 /// 5 s) plus the lane settings.
 #[derive(Clone)]
 pub struct Config {

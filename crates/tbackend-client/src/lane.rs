@@ -2,9 +2,9 @@
 //! with no thread of its own.
 //!
 //! The daemon serves each connection with one worker of a fixed pool and answers
-//! strictly in order with no request id (PROTOCOL.md §2), so a lane is a FIFO of slots
-//! matched to answers by position. Leader/follower, as NATIVE-RECIPE.md measured best:
-//! a caller writes its own frame under the lane mutex and queues its slot; the first
+//! strictly in order with no request id (docs/protocol.md §2), so a lane is a FIFO of
+//! slots matched to answers by position. Leader/follower, which a prototype measured
+//! 11-25% faster than a writer/reader task pair (and lighter on CPU per write): a caller writes its own frame under the lane mutex and queues its slot; the first
 //! waiter that finds no reader becomes the reader, reads as many answers per `read` as
 //! are there, completes the others' slots in order and, once its own slot is done, hands
 //! the reader role to the oldest waiting follower. Thread hops cost more than system

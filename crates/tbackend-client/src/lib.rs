@@ -12,7 +12,7 @@
 //!   backed by a crash-safe file [`spool`], flushed by a native thread with retries.
 //!
 //! Every call returns an [`Outcome`] whose `classified` part comes from core's status
-//! table (CONNECTOR-CONTRACT.md §3): `unavailable` when nothing was sent,
+//! table (the 0.2 gem's statuses): `unavailable` when nothing was sent,
 //! `timeout_unknown` when the request may have run, `circuit_open` when the breaker
 //! refused it.
 #![warn(missing_docs)]

@@ -1,4 +1,4 @@
-//! A gap-safe tail over `facts_by_seq` (PROTOCOL.md §8).
+//! A gap-safe tail over `facts_by_seq` (docs/protocol.md §8).
 //!
 //! The daemon assigns a seq when a write starts and makes the fact visible when it
 //! ends, so seq order is not visibility order: a poll can return seq 12 while seq 11

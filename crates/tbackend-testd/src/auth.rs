@@ -1,4 +1,4 @@
-//! Tokens, roles and store ACLs (PROTOCOL.md §5).
+//! Tokens, roles and store ACLs (docs/protocol.md §5).
 //!
 //! Only SHA-256 hashes of tokens are kept, in memory and on disk; the plain token is
 //! shown once by `auth_token_create` (and, for the bootstrap admin, written to

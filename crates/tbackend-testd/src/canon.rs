@@ -1,6 +1,6 @@
 //! Canonical JSON: compact, object keys sorted by bytes at every depth.
 //!
-//! The daemon answers in this form and hashes fact values in it (PROTOCOL.md §1, §6).
+//! The daemon answers in this form and hashes fact values in it (docs/protocol.md §1, §6).
 //! `serde_json::Map` happens to be a `BTreeMap` today, but a single crate in the build
 //! enabling serde_json's `preserve_order` feature would silently turn it into an
 //! insertion-ordered map for every crate of the workspace; sorting here keeps the

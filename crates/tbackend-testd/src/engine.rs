@@ -291,7 +291,7 @@ fn json_error_text(body: &[u8], e: &serde_json::Error) -> String {
     msg
 }
 
-/// `^[A-Za-z0-9_-]+$`; no length check (PROTOCOL.md §6).
+/// `^[A-Za-z0-9_-]+$`; no length check (docs/protocol.md §6).
 pub fn valid_store_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -379,7 +379,7 @@ impl Engine {
         };
         let op = req.get("op").and_then(Value::as_str).map(str::to_owned);
         // Quirk: a request with a top-level "error" key is echoed verbatim, neither
-        // executed nor auth-checked (PROTOCOL.md §3).
+        // executed nor auth-checked (docs/protocol.md §3).
         if req.get("error").is_some() {
             self.metrics.count_request(op.as_deref());
             return req;
@@ -520,7 +520,7 @@ impl Engine {
                     }
                     store.wal = Some(wal);
                 }
-                // Too long for a file name: in memory only, silently (PROTOCOL.md §6).
+                // Too long for a file name: in memory only, silently (docs/protocol.md §6).
                 Ok(None) => {}
                 Err(e) => eprintln!("tbackend-testd: cannot open the log of store {name}: {e}"),
             }

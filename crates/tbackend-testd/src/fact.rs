@@ -1,4 +1,4 @@
-//! The fact: what a write carries (PROTOCOL.md §6) and what the daemon keeps.
+//! The fact: what a write carries (docs/protocol.md §6) and what the daemon keeps.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};

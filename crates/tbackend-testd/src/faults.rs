@@ -91,7 +91,7 @@ pub struct Strike {
 /// `visibility_lag`: a fact whose seq is a multiple of `every` (in `store`, or in any
 /// store) is acknowledged normally but stays invisible to reads for `lag_ms` after its
 /// insert, while later seqs are visible at once: seq order is not visibility order
-/// (PROTOCOL.md §8).
+/// (docs/protocol.md §8).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VisibilityLag {
     pub every: u64,
@@ -192,7 +192,7 @@ impl Faults {
     }
 
     /// CPU to burn per request, in µs: emulates the real daemon's 75–110 µs of work per
-    /// write (PROTOCOL.md §11), so a benchmark sees its ceiling and core contention.
+    /// write (docs/protocol.md §11), so a benchmark sees its ceiling and core contention.
     pub fn exec_cost_us(&self) -> u64 {
         self.exec_cost_us.load(Ordering::Relaxed)
     }

@@ -1,9 +1,10 @@
 //! `tbackend-testd`: a test double of the TBackend temporal-ledger daemon.
 //!
-//! It speaks the real daemon's wire protocol (`shared/tbackend/PROTOCOL.md`) with its
-//! quirks, answers byte for byte like the recorded transcripts, persists to an
-//! append-only log per store, and adds a control port for fault injection so client
-//! tests can exercise timeouts, broken frames, refused connections and failed syncs.
+//! It speaks the real daemon's wire protocol (`docs/protocol.md`) with its quirks,
+//! answers byte for byte like the recorded transcripts (`spec/fixtures/tbackend/`),
+//! persists to an append-only log per store, and adds a control port for fault injection
+//! so client tests can exercise timeouts, broken frames, refused connections and failed
+//! syncs.
 //!
 //! - [`server`] runs the daemon in this process ([`server::start`]); the binary is a
 //!   thin wrapper around it.

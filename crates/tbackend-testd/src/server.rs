@@ -234,7 +234,7 @@ fn enqueue(shared: &Shared, stream: TcpStream) {
 
 /// A pool thread: owns one connection until it closes, then takes the next. A
 /// connection waiting in the queue is accepted but not read, and nothing tells its
-/// client so (PROTOCOL.md §2).
+/// client so (docs/protocol.md §2).
 fn worker(shared: Arc<Shared>) {
     loop {
         let (id, stream) = {

@@ -24,7 +24,7 @@ use crate::faults::Faults;
 
 /// File-name suffix of a store log. A store name longer than 255 minus this suffix
 /// cannot be a file name: the open fails with ENAMETOOLONG and, like the real daemon,
-/// the store then silently lives in memory only (PROTOCOL.md §6).
+/// the store then silently lives in memory only (docs/protocol.md §6).
 pub const SUFFIX: &str = ".wal";
 const RECORD_HEADER: usize = 8;
 /// A group commit syncs at the latest when this many durable writes wait.
@@ -186,7 +186,7 @@ struct SyncRequest {
 
 /// The group committer: one thread gathers durable writes for `commit_interval` (or
 /// until 256 wait) and answers them all with one fdatasync per store file, which is
-/// why a lone durable writer pays at least the interval (PROTOCOL.md §7).
+/// why a lone durable writer pays at least the interval (docs/protocol.md §7).
 pub struct Committer {
     tx: Mutex<Sender<SyncRequest>>,
 }

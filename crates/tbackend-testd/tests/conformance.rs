@@ -1,6 +1,6 @@
-//! Replays the real daemon's transcripts (`shared/tbackend/transcripts.jsonl`, and the
-//! raw frames of `frames_hex.jsonl`) against fresh test daemons and compares answers as
-//! JSON (byte for byte where the corpus has the response hex).
+//! Replays the real daemon's transcripts (`spec/fixtures/tbackend/transcripts.jsonl`,
+//! and the raw frames of `frames_hex.jsonl` beside it) against fresh test daemons and
+//! compares answers as JSON (byte for byte where the corpus has the response hex).
 //!
 //! Sections, as the corpus was recorded:
 //! - rows without prefix: one daemon with a data directory, one connection, in order;
@@ -273,16 +273,15 @@ struct Row {
 }
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/tbackend")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../spec/fixtures/tbackend")
 }
 
 fn load_rows() -> Vec<Row> {
     let path = corpus_dir().join("transcripts.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "the conformance corpus is missing: cannot read {} ({e}). The repository is \
-             checked out with shared/ beside it (../shared of the repo root); without the \
-             corpus the test daemon cannot be checked against the real daemon.",
+            "cannot read the conformance corpus {} ({e}); without it the test daemon \
+             cannot be checked against the real daemon",
             path.display()
         )
     });

@@ -640,7 +640,7 @@ fn skip_seq_gaps_never_fill_and_survive_restart() {
 }
 
 /// A tailer that advances its cursor only over an unbroken run of seqs and gives a gap
-/// up after `grace` (PROTOCOL.md §8), next to the naive "highest seq seen" one.
+/// up after `grace` (docs/protocol.md §8), next to the naive "highest seq seen" one.
 #[test]
 fn gap_safe_tailer_against_both_knobs() {
     const LAG_MS: u64 = 600;

@@ -8,7 +8,7 @@ require "digest"
 require "erb"
 
 module ActsAsTbackend
-  # The `tcb:*` Rails generators (TCB contract §10). They live outside the TCB namespace on
+  # The `tcb:*` Rails generators (tcb 0.6.2's, fixed). They live outside the TCB namespace on
   # purpose: loading a generator must never define `TCB` ahead of the runtime, whose own
   # name the runtime checks.
   module TcbGenerators

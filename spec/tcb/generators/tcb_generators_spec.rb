@@ -27,7 +27,8 @@ module TcbGeneratorsSpec
   RUBY
 end
 
-# Contract §10 and defect 9: the tcb:* generators, run in-process for their output and in
+# The tcb:* generators (0.6.2 emitted invalid migrations for namespaced modules and facades
+# that published commands as events), run in-process for their output and in
 # the spec Rails app (spec/fixtures/rails_app) to migrate SQLite and PostgreSQL, boot,
 # dispatch through the facades and relay the outbox with the generated job.
 RSpec.describe "tcb generators" do

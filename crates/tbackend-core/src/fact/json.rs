@@ -1,5 +1,5 @@
 //! JSON writing for the Ruby binding, byte-compatible with serde_json, and the
-//! daemon's canonical value hash (PROTOCOL.md §6).
+//! daemon's canonical value hash (docs/protocol.md §6).
 //!
 //! The binding walks Ruby objects and writes JSON straight into a buffer instead of
 //! building a `serde_json::Value` first; these writers produce exactly what serde_json

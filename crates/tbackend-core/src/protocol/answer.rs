@@ -1,5 +1,6 @@
-//! What a daemon answer means: the one place for the status table of
-//! CONNECTOR-CONTRACT.md §3 and the error taxonomy of PROTOCOL.md §4.
+//! What a daemon answer means: the one place for the soft-result statuses (the 0.2
+//! gem's, listed in the README's "The client") and the error taxonomy of
+//! docs/protocol.md §4.
 //!
 //! The daemon tells most errors apart only by their text, and a few by `error_code`;
 //! [`classify`] turns an answer body into the soft result every client call returns,
@@ -24,7 +25,7 @@ pub enum OpKind {
     Metrics,
 }
 
-/// The `status` of a soft result, exactly as CONNECTOR-CONTRACT.md §3 spells it.
+/// The `status` of a soft result, spelt exactly as the 0.2 gem spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
     /// A write was inserted.
@@ -61,7 +62,7 @@ pub struct Flags {
 }
 
 impl Status {
-    /// Every status, in the order of the contract's table.
+    /// Every status, in the order of the soft-result table.
     pub const ALL: [Status; 10] = [
         Status::IdempotentReplay,
         Status::CommittedAcked,

@@ -1,4 +1,4 @@
-//! The TBackend frame: `len: u32 BE` · `body` · `crc32(body): u32 BE` (PROTOCOL.md §1).
+//! The TBackend frame: `len: u32 BE` · `body` · `crc32(body): u32 BE` (docs/protocol.md §1).
 //!
 //! Pure byte handling, no I/O, so every path is covered by unit and property tests.
 //! The daemon enforces no size limit and allocates whatever a length header says, so

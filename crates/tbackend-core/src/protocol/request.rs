@@ -1,4 +1,4 @@
-//! Request bodies (PROTOCOL.md §3), written straight to bytes.
+//! Request bodies (docs/protocol.md §3), written straight to bytes.
 //!
 //! The daemon is lax in ways that hurt: a top-level `"error"` key makes it echo the
 //! request back unexecuted and unauthenticated, and a top-level `store` on a write is

@@ -1,4 +1,5 @@
-//! The vectors recorded from the real daemon and the old gem, in `shared/tbackend/`.
+//! The vectors recorded from the real daemon and the old gem, kept in the repository's
+//! `spec/fixtures/tbackend/` (its README says what each file is).
 //!
 //! Each layer is pinned separately: the frame layer accepts any body with a good CRC
 //! (an empty one, "hello", MessagePack, invalid UTF-8 all decode fine); telling a
@@ -10,16 +11,12 @@ use tbackend_core::fact::id::{derive_id, IdFormat, RecordId, VersionToken};
 use tbackend_core::protocol::answer::{classify, AnswerError, OpKind, Status};
 use tbackend_core::protocol::frame::{self, Decoder, FrameError, DEFAULT_MAX_ANSWER};
 
-fn shared(name: &str) -> String {
+fn fixture(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/tbackend")
+        .join("../../spec/fixtures/tbackend")
         .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read the shared vector file {} ({e}); these tests need shared/ beside the repo checkout",
-            path.display()
-        )
-    })
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the fixture {} ({e})", path.display()))
 }
 
 struct FrameVector {
@@ -29,7 +26,7 @@ struct FrameVector {
 }
 
 fn frame_vectors() -> Vec<FrameVector> {
-    let vectors: Vec<FrameVector> = shared("frames_hex.jsonl")
+    let vectors: Vec<FrameVector> = fixture("frames_hex.jsonl")
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
@@ -186,7 +183,7 @@ fn the_answer_layer_pins_what_the_frame_layer_lets_through() {
 }
 
 #[test]
-fn recorded_answers_classify_as_the_contract_says() {
+fn recorded_answers_classify_to_their_status() {
     let vectors = frame_vectors();
     let body = |name: &str| {
         let v = vectors.iter().find(|v| v.name == name).unwrap();
@@ -230,7 +227,7 @@ fn op_kind(op: &str) -> OpKind {
 #[test]
 fn every_transcript_answer_classifies() {
     let mut checked = 0;
-    for line in shared("transcripts.jsonl")
+    for line in fixture("transcripts.jsonl")
         .lines()
         .filter(|l| !l.trim().is_empty())
     {
@@ -263,7 +260,7 @@ fn every_transcript_answer_classifies() {
 
 #[test]
 fn legacy_fact_ids_match_the_old_gem() {
-    let file: Value = serde_json::from_str(&shared("legacy_fact_ids.json")).unwrap();
+    let file: Value = serde_json::from_str(&fixture("legacy_fact_ids.json")).unwrap();
     let cases = file["cases"].as_array().unwrap();
     assert!(cases.len() >= 12);
     for case in cases {
