@@ -4,8 +4,8 @@ require "open3"
 
 module TbackendSpec
   # Real databases for the ActiveRecord specs: SQLite in memory, and PostgreSQL from
-  # Debian's server via bin/test-postgres (a private cluster in tmp/postgres), unless
-  # TBACKEND_PG_URL points at one already. Specs call `Database.connect(:sqlite)` or
+  # Debian's server via bin/test-postgres (this checkout's private cluster, see the
+  # script), unless TBACKEND_PG_URL points at one already. Specs call `Database.connect(:sqlite)` or
   # `Database.connect(:postgresql, database: "mirror")` in a before block; each suite area
   # passes its own database name so their tables never collide. The connection is
   # process-wide (ActiveRecord::Base): a spec that switches adapters switches everyone's.
