@@ -10,6 +10,7 @@ Gem::Specification.new do |spec|
     Mirrors ActiveRecord changes and domain events into TBackend, a temporal-ledger daemon,
     through a native (Rust) client: pipelined connections shared by all threads, deadlines,
     a circuit breaker, safe retries and deterministic fact ids. Drop-in for acts-as-tbackend 0.2.
+    Linux only: the native core uses futex, eventfd and ppoll.
   TEXT
   spec.authors = ["acts_as_tbackend developers"]
   spec.license = "MIT"
@@ -24,5 +25,6 @@ Gem::Specification.new do |spec|
   end
   spec.require_paths = ["lib"]
   spec.extensions = ["ext/acts_as_tbackend/extconf.rb"]
+  spec.requirements = ["Linux (the native core uses futex, eventfd and ppoll)", "cargo (Rust) to build the extension"]
   spec.metadata["rubygems_mfa_required"] = "true"
 end

@@ -8,6 +8,14 @@ require "mkmf"
 require "rbconfig"
 require "shellwords"
 
+# The native core waits, wakes and polls with Linux system calls; it does not build
+# elsewhere, so say so before cargo fails on it.
+host_os = RbConfig::CONFIG["host_os"]
+unless host_os.include?("linux")
+  abort "acts_as_tbackend supports Linux only: its native core uses futex, eventfd and ppoll " \
+        "(this Ruby was built for #{host_os})"
+end
+
 crate_dir = File.expand_path("../..", __dir__)
 ext_name = "acts_as_tbackend_native"
 so_ext = RbConfig::CONFIG["DLEXT"]

@@ -17,25 +17,40 @@
 //! refused it.
 #![warn(missing_docs)]
 
+// Every wait, wake-up and poll of this crate is a Linux system call (futex, eventfd,
+// ppoll; see `src/sys.rs`), so the modules built on them exist on Linux only and any
+// other target stops here with one clear error instead of a cascade of missing symbols.
+#[cfg(not(target_os = "linux"))]
+compile_error!("acts_as_tbackend's native client supports Linux only (futex, eventfd, ppoll)");
+
+/// Items that exist on Linux only: the system calls and everything that waits on them.
+macro_rules! linux_only {
+    ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
+}
+
 mod backoff;
-mod batch;
 mod breaker;
-mod cancel;
-mod client;
 mod config;
 mod error;
-mod lane;
-pub mod spool;
-mod sys;
 pub mod tail;
-pub mod writer;
 
-pub use batch::Batch;
+linux_only! {
+    mod batch;
+    mod cancel;
+    mod client;
+    mod lane;
+    pub mod spool;
+    mod sys;
+    pub mod writer;
+
+    pub use batch::Batch;
+    pub use cancel::Cancel;
+    pub use client::{Attempt, BreakerStats, Client, Outcome, Request, RetryPolicy, Stats};
+    pub use lane::LaneStats;
+    pub use sys::process_id;
+}
+
 pub use breaker::BreakerState;
-pub use cancel::Cancel;
-pub use client::{Attempt, BreakerStats, Client, Outcome, Request, RetryPolicy, Stats};
 pub use config::Config;
 pub use error::{Endpoint, TimeoutPhase, TransportError};
-pub use lane::LaneStats;
-pub use sys::process_id;
 pub use tbackend_core::{Classified, ErrorKind, OpKind, Status};
