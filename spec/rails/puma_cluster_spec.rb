@@ -67,6 +67,74 @@ RSpec.describe "Mirroring from a Puma cluster" do
     join_all(threads, hammer_seconds + 60).flatten
   end
 
+  # Issue 10: Puma warns "Detected N Thread(s) started in app boot" when the preloaded
+  # master has threads at fork time, and a TCB bus used to start its dispatcher at
+  # configure. The master's threads are also recorded in before_fork, where Puma counts them.
+  let(:tcb_app_files) do
+    {
+      "config/initializers/tcb.rb" => <<~RUBY,
+        require "acts_as_tbackend/tcb"
+
+        TbPinged = Struct.new(:pid)
+        module TbReactions
+          include TCB::HandlesEvents
+
+          class Record
+            def call(event)
+              File.write(ENV.fetch("TCB_REACTIONS"), "\#{Process.pid} \#{event.pid}\n", mode: "a")
+            end
+          end
+
+          on TbPinged, react_with(Record)
+        end
+
+        TCB.domain_modules = [TbReactions]
+        TCB.configure do |c|
+          c.event_bus = TCB::EventBus.new
+          c.event_store = TCB::EventStore::InMemory.new
+        end
+      RUBY
+      "config/routes.rb" => <<~RUBY
+        Rails.application.routes.draw do
+          get "/ping", to: ->(_env) { [200, { "Content-Type" => "text/plain" }, ["pong"]] }
+          post "/tcb", to: lambda { |_env|
+            TCB.publish(TbPinged.new(Process.pid))
+            [200, { "Content-Type" => "text/plain" }, [Process.pid.to_s]]
+          }
+        end
+      RUBY
+    }
+  end
+
+  it "boots a preloaded app with a TCB bus without a bus thread in the master; workers run the reactions" do
+    tcb_app_files.each { |path, content| File.write(File.join(app, path), content) }
+    boot_threads = File.join(app, "boot_threads.txt")
+    File.write(File.join(app, "config/puma.rb"), <<~RUBY, mode: "a")
+      before_fork do
+        names = Thread.list.reject { |t| t.equal?(Thread.main) }.map { |t| t.name || t.inspect }
+        File.write(#{boot_threads.inspect}, names.join("\n"))
+      end
+    RUBY
+    reactions = File.join(app, "reactions.txt")
+    env = { "PORT" => free_port.to_s, "TCB_REACTIONS" => reactions }
+    pid = start_puma(env)
+    begin
+      workers = Array.new(20) do
+        Net::HTTP.post(URI("http://127.0.0.1:#{env['PORT']}/tcb"), "").body.to_i
+      end
+      expect(eventually(10) { File.exist?(reactions) && File.readlines(reactions).size == workers.size }).to be(true)
+    ensure
+      stop_puma(pid)
+    end
+    expect(File.read(boot_threads).lines.map(&:chomp)).not_to include("tcb-event-bus")
+    # Puma lists the threads it found at boot (concurrent-ruby may leave one of its own).
+    expect(File.readlines(File.join(app, "puma.log")).grep(/tcb-event-bus/)).to be_empty
+    reacted = File.readlines(reactions).map { |line| line.split.map(&:to_i) }
+    expect(reacted.map(&:first)).to match_array(workers), "each reaction ran in the worker that published it"
+    expect(reacted.map(&:last)).to match_array(workers)
+    expect(workers).not_to include(pid)
+  end
+
   %w[sync async].each do |mode|
     it "mirrors every committed order exactly once (#{mode})" do
       database_url = TbackendSpec::Database.postgres_url("rails_puma")

@@ -60,6 +60,28 @@ RSpec.describe TCB::EventBus do
       expect(b.dispatcher).not_to eq(Thread.current)
     end
 
+    it "starts its thread on the first publish, not when built, subscribed or configured" do
+      bus_threads = -> { Thread.list.select { |t| t.name == "tcb-event-bus" && t.alive? } }
+      before = bus_threads.call
+      b = bus
+      b.subscribe(Ping) { |e| got << e.event.n }
+      configure_tcb(bus: b)
+      expect(b.dispatcher).to be_nil
+      expect(bus_threads.call).to eq(before)
+      TCB.publish(Ping.new(1))
+      expect(drain(got, 1)).to eq([1])
+      expect(bus_threads.call - before).to eq([b.dispatcher])
+    end
+
+    it "shuts down a bus that never published at once, with nothing to drain" do
+      b = bus
+      final = b.shutdown(drain: true, timeout: 5)
+      expect(final.to_h).to include(status: :completed, events_drained: 0)
+      expect(b.dispatcher).to be_nil
+      expect { b.publish(Ping.new(1)) }.to raise_error(described_class::ShutdownError)
+      expect(b.dispatcher).to be_nil
+    end
+
     it "routes by exact class" do
       stub_const("Pong", Class.new(Ping))
       b = bus(sync: true)

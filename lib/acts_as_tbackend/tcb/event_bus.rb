@@ -9,9 +9,13 @@ module TCB
   # Pub/sub for events, routed by exact class.
   #
   # Async (default): one dispatcher thread delivers in publish order; handlers of one event
-  # run in registration order. With `max_queue_size`, publish blocks while the queue is
-  # full, except when the dispatcher itself publishes (a handler's events, failure events):
-  # the only thread that could make room must never wait for room.
+  # run in registration order. The thread starts on the first publish, not at configure
+  # time: an app preloaded by a forking server (Puma's preload_app!) boots with no thread
+  # of ours, and each forked worker starts its own when it first publishes.
+  #
+  # With `max_queue_size`, publish blocks while the queue is full, except when the
+  # dispatcher itself publishes (a handler's events, failure events): the only thread that
+  # could make room must never wait for room.
   #
   # Shutdown never kills a handler: a forced or timed-out shutdown drops the queued events
   # and returns; the handler running at that moment finishes, then the thread ends.
@@ -37,16 +41,21 @@ module TCB
       @registry = Registry.new
       @state = :running
       @mutex = Mutex.new
-      start_dispatcher unless sync
+      prepare_queue unless sync
       install_signal_handlers(shutdown_signals, on_signal) if handle_signals
     end
 
-    # The dispatcher thread (nil in sync mode). In a forked child, a new one.
+    # The dispatcher thread: nil in sync mode and until the first publish (in a forked
+    # child, until the child's first publish).
     def dispatcher
       return nil if @sync
 
       restart_after_fork
       @dispatcher
+    end
+
+    def sync?
+      @sync
     end
 
     # `subscribe(EventClass) { |envelope| }` or `subscribe(EventClass, HandlerClass)` (an
@@ -122,20 +131,29 @@ module TCB
       end
     end
 
-    def start_dispatcher
+    def prepare_queue
       @mutex = Mutex.new
       @not_empty = ConditionVariable.new
       @not_full = ConditionVariable.new
       @queue = []
       @above_mark = false
       @drained = 0
-      @dispatcher = Thread.new { dispatch_loop }
-      @dispatcher.name = "tcb-event-bus"
+      @dispatcher = nil
       @pid = Process.pid # last: a matching pid tells other threads the bus is ready
     end
 
-    # A forked child inherits the queue but not the thread: it starts its own dispatcher
-    # with an empty queue (the parent still delivers what it had queued). Once, whichever
+    # Called with the lock held, after a push: the first event starts the thread, once.
+    def start_dispatcher
+      return if @dispatcher
+
+      @dispatcher = Thread.new do
+        Thread.current.name = "tcb-event-bus"
+        dispatch_loop
+      end
+    end
+
+    # A forked child inherits the queue but not the thread: it gets an empty queue, and its
+    # own dispatcher on its first publish (the parent still delivers what it had queued). Once, whichever
     # of the child's threads gets here first.
     def restart_after_fork
       return if @sync || @pid == Process.pid
@@ -148,7 +166,7 @@ module TCB
           @mutex = Mutex.new
           @pid = Process.pid
         else
-          start_dispatcher
+          prepare_queue
         end
       end
     end
@@ -160,6 +178,7 @@ module TCB
         raise ShutdownError, "cannot publish #{envelope.event.class}: the event bus is shut down" unless accepting
 
         @queue << envelope
+        start_dispatcher
         @not_empty.signal
         pressure_crossed?
       end

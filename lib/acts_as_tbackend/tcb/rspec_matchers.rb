@@ -26,7 +26,7 @@ module TCB
       # Waits `within` on an async bus (a sync bus has delivered when the block returns) and
       # passes when none of the expected events was published.
       def does_not_match?(block)
-        within = TCB.config.event_bus.dispatcher.nil? ? 0 : @within
+        within = TCB.config.event_bus.sync? ? 0 : @within
         @missing, @seen = Testing.capture_published(@expected, within: within, &block)
         @missing.size == @expected.size
       end

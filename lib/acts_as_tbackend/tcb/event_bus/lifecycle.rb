@@ -27,8 +27,11 @@ module TCB
         end
       end
 
+      # A bus that never got an event has no thread to wait for. No thread can start now:
+      # only a push onto a running bus (or from the dispatcher itself) starts one.
       def wait_for_dispatcher(timeout)
-        completed = Thread.current.equal?(@dispatcher) || !@dispatcher.join(timeout).nil?
+        thread = @dispatcher
+        completed = thread.nil? || Thread.current.equal?(thread) || !thread.join(timeout).nil?
         drop_queue
         completed
       end
