@@ -18,12 +18,16 @@ Gem::Specification.new do |spec|
 
   spec.files = Dir.chdir(__dir__) do
     Dir[
-      "lib/**/*.rb", "lib/**/*.rake", "lib/**/*.tt", "ext/**/extconf.rb",
+      "lib/**/*.rb", "lib/**/*.rake", "lib/**/*.tt", "ext/**/extconf.rb", "exe/*",
       "src/**/*.rs", "crates/*/Cargo.toml", "crates/*/src/**/*.rs",
       "Cargo.toml", "Cargo.lock", "README.md", "CHANGELOG.md", "LICENSE"
     ].select { |path| File.file?(path) }
   end
   spec.require_paths = ["lib"]
+  # The test daemon, built from crates/ into a per-user cache on first run (never into
+  # the gem directory): lib/acts_as_tbackend/test_daemon/binary.rb.
+  spec.bindir = "exe"
+  spec.executables = ["tbackend-testd"]
   spec.extensions = ["ext/acts_as_tbackend/extconf.rb"]
   spec.requirements = ["Linux (the native core uses futex, eventfd and ppoll)", "cargo (Rust) to build the extension"]
   spec.metadata["rubygems_mfa_required"] = "true"
