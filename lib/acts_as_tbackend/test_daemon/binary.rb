@@ -48,8 +48,9 @@ module ActsAsTbackend
         File.join(base, "acts_as_tbackend")
       end
 
+      # The sources do not change under a running process: hashed once.
       def cache_key
-        "#{ActsAsTbackend::VERSION}-#{source_digest[0, 16]}"
+        @cache_key ||= "#{ActsAsTbackend::VERSION}-#{source_digest[0, 16]}"
       end
 
       def source_digest
