@@ -56,10 +56,23 @@ RSpec.describe "acts_as_tbackend generators" do
       end
     RUBY
 
+    # Issue 10: `rails new --minimal` apps have no ApplicationJob; the generated job must load there.
+    it "generates a job on ActiveJob::Base in an app without ApplicationJob, and it loads" do
+      File.delete(File.join(app, "app/jobs/application_job.rb"))
+      generate("acts_as_tbackend:outbox")
+      job = File.read(File.join(app, "app/jobs/tbackend_outbox_flush_job.rb"))
+      expect(job).to include("class TbackendOutboxFlushJob < ActiveJob::Base\n")
+      expect(job).not_to include("ApplicationJob")
+      out = in_app("puts TbackendOutboxFlushJob.superclass.name; puts defined?(ApplicationJob).inspect")
+      expect(out.lines.last(2).map(&:strip)).to eq(%w[ActiveJob::Base nil])
+    end
+
     TbackendSpec::Database::ADAPTERS.each do |adapter|
       it "creates a table, model and job that deliver, retry with backoff and dead-letter (#{adapter})" do
         generate("acts_as_tbackend:outbox")
         expect(Dir[File.join(app, "db/migrate/*_create_tbackend_outbox_intents.rb")].size).to eq(1)
+        expect(File.read(File.join(app, "app/jobs/tbackend_outbox_flush_job.rb")))
+          .to include("class TbackendOutboxFlushJob < ApplicationJob\n")
         env = adapter == :postgresql ? { "DATABASE_URL" => TbackendSpec::Database.postgres_url("rails_generators") } : {}
 
         TbackendSpec::TestDaemon.with do |d|

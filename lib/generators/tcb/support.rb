@@ -130,6 +130,12 @@ module ActsAsTbackend
         name.bytesize <= 63 ? name : "index_#{Digest::SHA256.hexdigest(table_name)[0, 16]}_#{suffix}"
       end
 
+      # Decided at generation time, so the generated code stays plain: `rails new
+      # --minimal` apps have no ApplicationJob, and the job must load there too.
+      def job_parent_class
+        File.exist?(File.join(destination_root, "app/jobs/application_job.rb")) ? "ApplicationJob" : "ActiveJob::Base"
+      end
+
       def render_template(template)
         ERB.new(File.read(File.join(TEMPLATES, template)), trim_mode: "-").result(binding)
       end

@@ -157,6 +157,8 @@ RSpec.describe "tcb generators" do
 
   describe "tcb:outbox" do
     it "writes the outbox migration and a relay job that hands the relay configured stores" do
+      FileUtils.mkdir_p(File.join(root, "app/jobs"))
+      File.write(File.join(root, "app/jobs/application_job.rb"), "class ApplicationJob < ActiveJob::Base\nend\n")
       generate("tcb:outbox", "payments/charges")
 
       expect(File.read(migration("create_payments__charges_outbox"))).to include("class CreatePaymentsChargesOutbox ",
@@ -166,6 +168,15 @@ RSpec.describe "tcb generators" do
                              "outbox_store: TCB.config.outbox_store_for(Payments::Charges)",
                              "event_store: TCB.config.event_store")
       expect(compiles?(job)).to be(true)
+    end
+
+    # Issue 10: `rails new --minimal` apps have no ApplicationJob.
+    it "bases the relay job on ActiveJob::Base when the app has no ApplicationJob" do
+      generate("tcb:outbox", "payments/charges")
+
+      job = read("app/jobs/payments/charges/outbox_relay_job.rb")
+      expect(job).to include("    class OutboxRelayJob < ActiveJob::Base\n")
+      expect(job).not_to include("ApplicationJob")
     end
   end
 
@@ -261,6 +272,18 @@ RSpec.describe "tcb generators" do
       Payments::Charges::OutboxRelayJob.perform_now
       puts "OUTBOX \#{TCB.config.outbox_store_for(Payments::Charges).all.map(&:status).inspect}"
     RUBY
+
+    it "generates a relay job that loads in an app without ApplicationJob" do
+      File.delete(File.join(@app, "app/jobs/application_job.rb"))
+      in_app(<<~RUBY)
+        require "rails/generators"
+        Rails.application.load_generators
+        Rails::Generators.invoke("tcb:outbox", ["payments/charges", "--quiet"], destination_root: Rails.root.to_s, behavior: :invoke)
+      RUBY
+
+      out = in_app("puts Payments::Charges::OutboxRelayJob.superclass.name; puts defined?(ApplicationJob).inspect")
+      expect(out.lines.last(2).map(&:strip)).to eq(%w[ActiveJob::Base nil])
+    end
 
     TbackendSpec::Database::ADAPTERS.each do |adapter|
       it "migrates, boots wired, dispatches through the facades and relays the outbox with the generated job (#{adapter})" do

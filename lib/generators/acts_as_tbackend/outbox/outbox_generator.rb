@@ -41,6 +41,12 @@ module ActsAsTbackend
         "#{model_name.sub(/Intent\z/, '')}FlushJob"
       end
 
+      # Decided here, not in the generated code: `rails new --minimal` apps have no
+      # ApplicationJob, and the job must load there.
+      def job_parent_class
+        File.exist?(File.join(destination_root, "app/jobs/application_job.rb")) ? "ApplicationJob" : "ActiveJob::Base"
+      end
+
       def migration_version
         "[#{::ActiveRecord::VERSION::MAJOR}.#{::ActiveRecord::VERSION::MINOR}]"
       end
