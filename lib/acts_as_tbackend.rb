@@ -76,7 +76,7 @@ module ActsAsTbackend
         forget_inherited_async_writer
         take_async_writer if @async_writer && !@async_writer.config.equal?(current)
       end
-      stale&.shutdown(timeout: AsyncWriter::EXIT_FLUSH_TIMEOUT)
+      stale&.shutdown(timeout: stale.config.exit_flush_timeout)
       @async_writer_lock.synchronize { @async_writer ||= AsyncWriter.new(current) }
     end
 
@@ -98,14 +98,15 @@ module ActsAsTbackend
       nil
     end
 
-    # Drops the memoised AsyncWriter after a bounded flush (what it could not deliver
-    # stays in the spool for the next writer). Run by reset! and at exit.
+    # Drops the memoised AsyncWriter after a flush bounded by `timeout`, or by its
+    # config's exit_flush_timeout (`shutdown_timeout`; 0 with a spool, whose facts the
+    # next writer delivers). Run by reset! and at exit.
     def shutdown_async_writer(timeout: nil)
       old = @async_writer_lock.synchronize do
         forget_inherited_async_writer
         take_async_writer
       end
-      old&.shutdown(timeout: timeout || AsyncWriter::EXIT_FLUSH_TIMEOUT)
+      old&.shutdown(timeout: timeout || old.config.exit_flush_timeout)
       nil
     end
 
@@ -131,5 +132,6 @@ end
 
 require_relative "acts_as_tbackend/railtie" if defined?(Rails::Railtie)
 
-# Whatever the async writer still holds gets a bounded chance to reach the daemon.
+# Whatever the async writer still holds gets a bounded chance (`shutdown_timeout`) to reach
+# the daemon; with a spool it is safe on disk already and the process exits at once.
 at_exit { ActsAsTbackend.shutdown_async_writer }

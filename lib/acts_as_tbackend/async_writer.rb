@@ -23,8 +23,6 @@ module ActsAsTbackend
   class AsyncWriter
     STATS_KEYS = %i[queued spooled spool_bytes enqueued delivered replays conflicts failed dead retries dropped
                     spool_errors adopted].freeze
-    # Seconds the at_exit hook and `ActsAsTbackend.reset!` wait for the queue to drain.
-    EXIT_FLUSH_TIMEOUT = 5.0
     # Least seconds between two "dropped" warnings; each names how many were dropped.
     DROP_WARNING_INTERVAL = 10.0
 

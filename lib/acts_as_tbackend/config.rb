@@ -49,8 +49,14 @@ module ActsAsTbackend
       retry_attempts: [10, "TBACKEND_RETRY_ATTEMPTS", :positive_integer],
       retry_base_backoff: [0.05, "TBACKEND_RETRY_BASE_BACKOFF", :seconds],
       retry_max_backoff: [30.0, "TBACKEND_RETRY_MAX_BACKOFF", :seconds],
-      retry_backend: ["spool", "TBACKEND_RETRY_BACKEND", :retry_backend]
+      retry_backend: ["spool", "TBACKEND_RETRY_BACKEND", :retry_backend],
+      # Seconds the at_exit hook (and reset!) lets the async writer flush; nil: 0 with a
+      # spool (its facts are safe on disk, the next writer delivers them), else
+      # SHUTDOWN_TIMEOUT_WITHOUT_SPOOL. See #exit_flush_timeout.
+      shutdown_timeout: [nil, "TBACKEND_SHUTDOWN_TIMEOUT", :optional_seconds]
     }.freeze
+    # What is not delivered by then is lost without a spool, so it gets a real chance.
+    SHUTDOWN_TIMEOUT_WITHOUT_SPOOL = 5.0
 
     attr_reader(*SETTINGS.keys, :errors)
 
@@ -74,6 +80,13 @@ module ActsAsTbackend
 
     def valid?
       errors.empty?
+    end
+
+    # The async writer's bound at exit: shutdown_timeout, or its default for this config.
+    def exit_flush_timeout
+      return shutdown_timeout if shutdown_timeout
+
+      spool_path ? 0.0 : SHUTDOWN_TIMEOUT_WITHOUT_SPOOL
     end
 
     # Never shows the token.
@@ -118,6 +131,7 @@ module ActsAsTbackend
       when :positive_integer then coerce_integer(value, 1.., "a positive integer")
       when :non_negative_integer then coerce_integer(value, 0.., "an integer >= 0")
       when :seconds then coerce_seconds(value)
+      when :optional_seconds then coerce_optional_seconds(value)
       when :durability then coerce_choice(value, %w[accepted durable], "durability")
       when :failure_policy then coerce_choice(value, FAILURE_POLICIES, "failure_policy")
       when :id_format then coerce_choice(value, ID_FORMATS, "id_format")
@@ -166,6 +180,18 @@ module ActsAsTbackend
       seconds
     rescue ArgumentError, TypeError
       raise ConfigurationError, "expected a positive number of seconds, got #{value.inspect}"
+    end
+
+    # nil or blank: the default; else seconds >= 0 (0: no wait at all).
+    def coerce_optional_seconds(value)
+      return nil if value.nil? || value.to_s.strip.empty?
+
+      seconds = value.is_a?(Numeric) ? value.to_f : Float(value.to_s.strip)
+      return seconds if seconds.finite? && seconds >= 0
+
+      raise ConfigurationError, "expected a number of seconds >= 0, got #{value.inspect}"
+    rescue ArgumentError, TypeError
+      raise ConfigurationError, "expected a number of seconds >= 0, got #{value.inspect}"
     end
 
     def coerce_choice(value, choices, what)

@@ -59,6 +59,17 @@ RSpec.describe ActsAsTbackend::Config do
     expect { c.id_format = "md5" }.to raise_error(ActsAsTbackend::ConfigurationError)
   end
 
+  it "bounds the exit flush by shutdown_timeout: 0 allowed, none given means 0 with a spool and 5 s without" do
+    expect(config({}).exit_flush_timeout).to eq(5.0)
+    expect(config("TBACKEND_SPOOL_PATH" => "/tmp/spool").exit_flush_timeout).to eq(0.0)
+    expect(config("TBACKEND_SPOOL_PATH" => "/tmp/spool", "TBACKEND_SHUTDOWN_TIMEOUT" => "2").exit_flush_timeout).to eq(2.0)
+    expect(config("TBACKEND_SHUTDOWN_TIMEOUT" => "0").exit_flush_timeout).to eq(0.0)
+    expect(config("TBACKEND_SHUTDOWN_TIMEOUT" => "").shutdown_timeout).to be_nil
+    bad = config("TBACKEND_SHUTDOWN_TIMEOUT" => "-1")
+    expect(bad.errors.join).to include("TBACKEND_SHUTDOWN_TIMEOUT", "seconds >= 0")
+    expect(bad.exit_flush_timeout).to eq(5.0)
+  end
+
   describe "ActsAsTbackend.configure" do
     it "yields the same config each time, so settings accumulate, and returns it" do
       ActsAsTbackend.configure { |c| c.host = "10.0.0.9" }

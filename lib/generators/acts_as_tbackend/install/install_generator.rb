@@ -40,7 +40,9 @@ module ActsAsTbackend
         retry_attempts: "Delivery attempts for a queued fact before it is dead-lettered.",
         retry_base_backoff: "First retry delay in seconds (exponential, full jitter).",
         retry_max_backoff: "Longest retry delay in seconds.",
-        retry_backend: "Where enqueue_retry sends failed mirrors: spool (native) or active_job (MirrorRetryJob)."
+        retry_backend: "Where enqueue_retry sends failed mirrors: spool (native) or active_job (MirrorRetryJob).",
+        shutdown_timeout: "Seconds an exiting process lets the async writer flush; nil: 0 with a spool " \
+                          "(its facts are on disk for the next writer), 5.0 without."
       }.freeze
 
       def create_initializer
