@@ -27,6 +27,7 @@ module ActsAsTbackend
   autoload :QueueFull, "acts_as_tbackend/async_writer"
   autoload :Instrumentation, "acts_as_tbackend/instrumentation"
   autoload :MirrorRetryJob, "acts_as_tbackend/mirror_retry_job"
+  autoload :DeadLetters, "acts_as_tbackend/dead_letters"
 
   @config_lock = Mutex.new
   @client_lock = Mutex.new

@@ -50,6 +50,9 @@ module ActsAsTbackend
       retry_base_backoff: [0.05, "TBACKEND_RETRY_BASE_BACKOFF", :seconds],
       retry_max_backoff: [30.0, "TBACKEND_RETRY_MAX_BACKOFF", :seconds],
       retry_backend: ["spool", "TBACKEND_RETRY_BACKEND", :retry_backend],
+      # Where a fact given up for good is kept when the app has no tbackend_dead_letters
+      # table; nil: dead-letter.jsonl beside the spool, else tmp/tbackend/ (DeadLetters).
+      dead_letter_path: [nil, "TBACKEND_DEAD_LETTER_PATH", :path],
       # Seconds the at_exit hook (and reset!) lets the async writer flush; nil: 0 with a
       # spool (its facts are safe on disk, the next writer delivers them), else
       # SHUTDOWN_TIMEOUT_WITHOUT_SPOOL. See #exit_flush_timeout.

@@ -16,7 +16,7 @@ module ActsAsTbackend
   # | mirror                 | store, event_type, fact_id, async, status, ok                 |
   # | enqueue                | store, fact_id, status, ok (async writer)                     |
   # | spool_flush            | timeout, settled, the writer's counters (delivered, dead, …)  |
-  # | dead_letter            | fact_id, store, attempts, status, via (MirrorRetryJob)        |
+  # | dead_letter            | fact_id, store, attempts, status, via, kept (MirrorRetryJob)  |
   #
   # Payloads never carry fact values or the token: subscribers (log shippers, APM agents)
   # often forward whole payloads. Without ActiveSupport, or with no subscriber for an

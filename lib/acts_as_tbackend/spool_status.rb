@@ -7,7 +7,7 @@ module ActsAsTbackend
   # `rake tbackend:spool:flush` — adopts and delivers it.
   class SpoolStatus
     SEGMENT_GLOB = "seg-*.spool"
-    DEAD_LETTERS = "dead-letter.jsonl"
+    DEAD_LETTERS = DeadLetters::FILE_NAME
 
     def initialize(config)
       @config = config

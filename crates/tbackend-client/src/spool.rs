@@ -37,6 +37,9 @@ pub const MAGIC: &[u8; 8] = b"TBSPOOL1";
 pub const SEGMENT_SUFFIX: &str = ".spool";
 /// The dead-letter file beside the segments: one JSON object per line.
 pub const DEAD_LETTER_FILE: &str = "dead-letter.jsonl";
+/// Held (`flock`) by every writer of the dead-letter file: Ruby's replay rewrites the file
+/// by renaming a new one over it, so an append must not land in the old one meanwhile.
+pub const DEAD_LETTER_LOCK: &str = "dead-letter.jsonl.lock";
 /// Largest record accepted when reading; a larger length field means a torn or foreign
 /// tail (requests are capped at 16 MiB; the payload adds a few names).
 const MAX_RECORD: usize = 64 << 20;
@@ -619,8 +622,22 @@ impl Spool {
     }
 
     /// Appends one line to the dead-letter file beside the segments (one `write(2)`
-    /// with `O_APPEND`, so lines of several processes never interleave).
+    /// with `O_APPEND`), holding [`DEAD_LETTER_LOCK`] so that `rake
+    /// tbackend:dead_letters:replay`, which rewrites the file under the same lock, never
+    /// loses it. The lock is held for one open and one write.
     pub fn dead_letter(&self, line: &[u8]) -> io::Result<()> {
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .mode(0o600)
+            .open(self.dir.join(DEAD_LETTER_LOCK))?;
+        while let Err(e) = flock(&lock, true) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
         let mut file = OpenOptions::new()
             .append(true)
             .create(true)
@@ -894,6 +911,28 @@ mod tests {
         spool.dead_letter(b"{\"a\":2}\n").unwrap();
         let text = fs::read_to_string(dir.join(DEAD_LETTER_FILE)).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"a\":2}\n");
+        drop(spool);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dead_letter_waits_for_the_lock_a_rewrite_holds() {
+        let dir = tempdir("dead-lock");
+        let (spool, _) = Spool::open(&dir, 1 << 20, Fsync::Batch).unwrap();
+        let held = File::create(dir.join(DEAD_LETTER_LOCK)).unwrap();
+        assert!(flock(&held, true).unwrap());
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| spool.dead_letter(b"{\"a\":1}\n"));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert!(
+                !dir.join(DEAD_LETTER_FILE).exists(),
+                "appended while the lock was held"
+            );
+            drop(held);
+            writer.join().unwrap().unwrap();
+        });
+        let text = fs::read_to_string(dir.join(DEAD_LETTER_FILE)).unwrap();
+        assert_eq!(text, "{\"a\":1}\n");
         drop(spool);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -37,6 +37,26 @@ namespace :tbackend do
     exit(1) unless summary.complete && summary.failed.zero?
   end
 
+  desc "List the facts given up for good, kept with their content (dead-letter table and files), one JSON " \
+       "line each: id, store, status, reason, attempts, at, source"
+  task dead_letters: :environment do
+    entries = ActsAsTbackend::DeadLetters.entries
+    entries.each { |entry| puts JSON.generate(entry.summary) }
+    warn "#{entries.size} dead letter(s)"
+  end
+
+  namespace :dead_letters do
+    desc "Send every dead letter again (write_fact_once); those stored (committed_acked, idempotent_replay) " \
+         "are removed, the rest stay; exits 1 unless all were stored"
+    task replay: :environment do
+      outcomes = ActsAsTbackend::DeadLetters.replay
+      outcomes.each { |entry, result| puts JSON.generate(entry.summary.merge(replay: result[:status])) }
+      left = outcomes.count { |_, result| !ActsAsTbackend::DeadLetters::DELIVERED.include?(result[:status]) }
+      warn "#{outcomes.size - left} replayed, #{left} kept"
+      exit(1) unless left.zero?
+    end
+  end
+
   namespace :spool do
     desc "Show the async spool: its segments (held by a live process or orphaned), sizes and dead letters"
     task status: :environment do

@@ -1,0 +1,157 @@
+# frozen_string_literal: true
+
+require "json"
+require "fileutils"
+require "time"
+require_relative "dead_letter_table"
+
+module ActsAsTbackend
+  # Facts given up for good — by MirrorRetryJob (attempts exhausted, or a terminal answer
+  # such as duplicate_fact_id_conflict) and by the native async writer — kept WITH their
+  # content: `rake tbackend:dead_letters` lists them, `rake tbackend:dead_letters:replay`
+  # sends them again and removes those the daemon stored.
+  #
+  # Where MirrorRetryJob keeps one: the app's `tbackend_dead_letters` table when it has one
+  # (`rails generate acts_as_tbackend:dead_letters`; one place for every host and worker),
+  # else the JSONL file `dead_letter_path`, by default `dead-letter.jsonl` beside the spool
+  # (the file the native writer appends to, in the same record format) or, without a
+  # spool, `tmp/tbackend/dead-letter.jsonl` under the app. Listing and replay read the
+  # table, that file and the spool's file.
+  #
+  # One record: at (epoch seconds), reason (exhausted, conflict, error), status, error,
+  # attempts, store, key, id, durability, fact (the fact itself), via (active_job; absent
+  # from the native writer's). Every writer of a file holds `<file>.lock` (flock): an
+  # append is one write, a replay rewrites the file through a rename.
+  module DeadLetters
+    FILE_NAME = "dead-letter.jsonl"
+    LOCK_SUFFIX = ".lock"
+    TABLE = DeadLetterTable::NAME
+    # What a replay counts as stored: the entry is removed.
+    DELIVERED = %w[committed_acked idempotent_replay].freeze
+
+    # One kept fact. `source` is the file's path or TABLE; `ref` the file line or row id.
+    Entry = Struct.new(:source, :ref, :record) do
+      # What the list shows: never the fact's values.
+      def summary
+        {
+          id: record["id"], store: record["store"], status: record["status"], reason: record["reason"],
+          attempts: record["attempts"], at: Time.at(record["at"].to_f).utc.iso8601(3), source: source
+        }
+      end
+    end
+
+    module_function
+
+    # Keeps `fact` (a String-keyed Hash); returns where (TABLE or the file's path). Raises
+    # only when neither the table nor the file could take it.
+    def record(fact, status:, error:, attempts:, reason:, durability: nil, via: nil, config: ActsAsTbackend.config)
+      rec = {
+        "at" => Time.now.to_f, "reason" => reason, "status" => status, "error" => error, "attempts" => attempts,
+        "store" => fact["store"], "key" => fact["key"], "id" => fact["id"], "durability" => durability,
+        "fact" => fact, "via" => via
+      }
+      return TABLE if DeadLetterTable.insert(rec)
+
+      file = path(config)
+      append(file, rec)
+      file
+    end
+
+    # Every kept fact: the table's rows, then each file's lines in order.
+    def entries(config = ActsAsTbackend.config)
+      DeadLetterTable.records.map { |id, rec| Entry.new(TABLE, id, rec) } +
+        paths(config).flat_map { |file| read_file(file) }
+    end
+
+    # Sends every entry again with write_fact_once; removes the ones stored
+    # (DELIVERED), keeps the rest. Returns [entry, result] pairs.
+    def replay(client: ActsAsTbackend.client, config: ActsAsTbackend.config)
+      outcomes = entries(config).map do |entry|
+        fact = entry.record["fact"]
+        result = if fact.is_a?(Hash)
+                   client.write_fact_once(fact, durability: entry.record["durability"])
+                 else
+                   { ok: false, status: "no_content", error: "the dead letter holds no fact" }
+                 end
+        [entry, result]
+      end
+      remove(outcomes.select { |_, result| DELIVERED.include?(result[:status]) }.map(&:first))
+      outcomes
+    end
+
+    # The file MirrorRetryJob writes when there is no table.
+    def path(config = ActsAsTbackend.config)
+      return config.dead_letter_path if config.dead_letter_path
+      return File.join(config.spool_path, FILE_NAME) if config.spool_path
+
+      File.join(app_root, "tmp", "tbackend", FILE_NAME)
+    end
+
+    # The files listed and replayed: ours and the native writer's beside the spool.
+    def paths(config = ActsAsTbackend.config)
+      [path(config), config.spool_path && File.join(config.spool_path, FILE_NAME)].compact.uniq
+    end
+
+    def app_root
+      (::Rails.root if defined?(::Rails) && ::Rails.respond_to?(:root))&.to_s || Dir.pwd
+    end
+
+    def append(file, rec)
+      FileUtils.mkdir_p(File.dirname(file))
+      locked(file) do
+        File.open(file, File::WRONLY | File::APPEND | File::CREAT, 0o600) do |io|
+          io.write("#{JSON.generate(rec)}\n")
+          io.fsync
+        end
+      end
+    end
+
+    def read_file(file)
+      return [] unless File.file?(file)
+
+      File.readlines(file, chomp: true).filter_map do |line|
+        rec = parse(line)
+        Entry.new(file, line, rec) if rec
+      end
+    end
+
+    # A torn or foreign line is never listed, replayed or removed.
+    def parse(line)
+      rec = JSON.parse(line)
+      rec.is_a?(Hash) ? rec : nil
+    rescue JSON::ParserError
+      nil
+    end
+
+    def locked(file)
+      File.open("#{file}#{LOCK_SUFFIX}", File::RDWR | File::CREAT, 0o600) do |lock|
+        lock.flock(File::LOCK_EX)
+        yield
+      end
+    end
+
+    def remove(entries)
+      entries.group_by(&:source).each do |source, gone|
+        source == TABLE ? DeadLetterTable.delete(gone.map(&:ref)) : rewrite(source, gone.map(&:ref))
+      end
+    end
+
+    # Drops one line per delivered entry (what was appended meanwhile stays), through a
+    # renamed temporary file: a crash leaves the old file or the new one, never half.
+    def rewrite(file, lines)
+      locked(file) do
+        left = File.readlines(file, chomp: true)
+        lines.each do |line|
+          index = left.index(line)
+          left.delete_at(index) if index
+        end
+        temporary = "#{file}.#{Process.pid}.tmp"
+        File.open(temporary, File::WRONLY | File::CREAT | File::TRUNC, 0o600) do |io|
+          io.write(left.map { |line| "#{line}\n" }.join)
+          io.fsync
+        end
+        File.rename(temporary, file)
+      end
+    end
+  end
+end
