@@ -129,7 +129,7 @@ module ActsAsTbackend
       return result(false, "config_error", retryable: false, error: @open_error) unless @native
 
       wait = config.queue_full_policy == "block" ? config.queue_block_timeout : nil
-      status, error = @native.enqueue(fact, (durability || config.durability_default).to_s, wait)
+      status, error = @native.enqueue(@client.wire_fact(fact), (durability || config.durability_default).to_s, wait)
       case status
       when "enqueued" then result(true, "enqueued", retryable: false, error: error)
       when "full" then queue_full(wait)

@@ -39,7 +39,7 @@ module ActsAsTbackend
     def write_fact_once(fact, durability: nil, timeout: nil)
       durability = durability(durability)
       instrumented(:write_fact_once, fact, durability: durability) do
-        call { |n| n.write_fact_once(fact, durability, timeout) }
+        call { |n| n.write_fact_once(wire_fact(fact), durability, timeout) }
       end
     end
 
@@ -49,7 +49,7 @@ module ActsAsTbackend
     def write_fact_once_safe(fact, durability: nil, timeout: nil, attempts: 2, backoff: 0.05)
       durability = durability(durability)
       result = instrumented(:write_fact_once_safe, fact, durability: durability) do
-        call { |n| n.write_fact_once_safe(fact, durability, timeout, Integer(attempts), Float(backoff)) }
+        call { |n| n.write_fact_once_safe(wire_fact(fact), durability, timeout, Integer(attempts), Float(backoff)) }
       end
       publish_retry(fact, result) if result[:attempt_count].to_i > 1
       result
@@ -59,6 +59,7 @@ module ActsAsTbackend
     # full daemon speed from one thread.
     def write_facts_once(facts, durability: nil, timeout: nil)
       facts = facts.to_a
+      facts = facts.map { |fact| wire_fact(fact) } if prefixed?
       durability = durability(durability)
       instrumented(:write_facts_once, nil, count: facts.size, durability: durability) do
         call(count: facts.size) { |n| n.write_facts_once(facts, durability, timeout) }
@@ -66,16 +67,16 @@ module ActsAsTbackend
     end
 
     def latest_for(store:, key:, as_of: nil, timeout: nil)
-      instrumented(:latest_for, nil, store: store) { call { |n| n.latest_for(store, key, as_of, timeout) } }
+      instrumented(:latest_for, nil, store: store) { call { |n| n.latest_for(wire_store(store), key, as_of, timeout) } }
     end
 
     def facts_for(store:, key: nil, since: nil, as_of: nil, timeout: nil)
-      instrumented(:facts_for, nil, store: store) { call { |n| n.facts_for(store, key, since, as_of, timeout) } }
+      instrumented(:facts_for, nil, store: store) { call { |n| n.facts_for(wire_store(store), key, since, as_of, timeout) } }
     end
 
     def facts_by_seq(store:, after_seq: 0, until_seq: nil, timeout: nil)
       instrumented(:facts_by_seq, nil, store: store) do
-        call { |n| n.facts_by_seq(store, after_seq, until_seq, timeout) }
+        call { |n| n.facts_by_seq(wire_store(store), after_seq, until_seq, timeout) }
       end
     end
 
@@ -112,6 +113,23 @@ module ActsAsTbackend
     end
     alias to_s inspect
 
+    # The one place `store_prefix` is applied: every store name the gem sends or reads
+    # (writes, reads, the tail, the async writer, and so the mirror, the read helpers,
+    # backfill and the TCB TBackend store) passes here. Facts and names in the app keep
+    # their own store; answers carry the daemon's (prefixed) one.
+    def wire_store(store)
+      prefixed? && !store.nil? ? "#{config.store_prefix}#{store}" : store
+    end
+
+    # `fact` as sent: a copy with its store prefixed (String or Symbol key), or `fact`
+    # itself without a prefix.
+    def wire_fact(fact)
+      return fact unless prefixed? && fact.is_a?(Hash)
+
+      key = fact.key?("store") ? "store" : :store
+      fact.key?(key) ? fact.merge(key => wire_store(fact[key])) : fact
+    end
+
     # @api private: the options Native::Client.new and Native::Writer.new take.
     def native_options(config = self.config)
       {
@@ -129,6 +147,11 @@ module ActsAsTbackend
     end
 
     private
+
+    def prefixed?
+      prefix = config.store_prefix
+      !(prefix.nil? || prefix.empty?)
+    end
 
     def durability(value)
       (value || config.durability_default).to_s

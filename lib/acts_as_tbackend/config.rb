@@ -18,6 +18,12 @@ module ActsAsTbackend
     TRUE_WORDS = %w[1 true yes on].freeze
     FALSE_WORDS = %w[0 false no off].freeze
 
+    # The types whose value is one of a list.
+    CHOICES = {
+      durability: %w[accepted durable], failure_policy: FAILURE_POLICIES, id_format: ID_FORMATS,
+      queue_full_policy: QUEUE_FULL_POLICIES, spool_fsync: SPOOL_FSYNC_POLICIES, retry_backend: RETRY_BACKENDS
+    }.freeze
+
     # name => [default, ENV variable, type]
     SETTINGS = {
       enabled: [true, "TBACKEND_ENABLED", :boolean],
@@ -53,11 +59,17 @@ module ActsAsTbackend
       # Where a fact given up for good is kept when the app has no tbackend_dead_letters
       # table; nil: dead-letter.jsonl beside the spool, else tmp/tbackend/ (DeadLetters).
       dead_letter_path: [nil, "TBACKEND_DEAD_LETTER_PATH", :path],
+      # Prepended to every store name on the wire (Client#wire_store): keeps development,
+      # test and parallel test workers apart in one daemon. nil: none (the Railtie
+      # defaults it in the test environment); "": none, explicitly.
+      store_prefix: [nil, "TBACKEND_STORE_PREFIX", :store_prefix],
       # Seconds the at_exit hook (and reset!) lets the async writer flush; nil: 0 with a
       # spool (its facts are safe on disk, the next writer delivers them), else
       # SHUTDOWN_TIMEOUT_WITHOUT_SPOOL. See #exit_flush_timeout.
       shutdown_timeout: [nil, "TBACKEND_SHUTDOWN_TIMEOUT", :optional_seconds]
     }.freeze
+    # A prefix keeps the store name within the daemon's [A-Za-z0-9_-], 200 bytes.
+    STORE_PREFIX_FORMAT = /\A[A-Za-z0-9_-]{0,64}\z/
     # What is not delivered by then is lost without a spool, so it gets a real chance.
     SHUTDOWN_TIMEOUT_WITHOUT_SPOOL = 5.0
 
@@ -135,12 +147,8 @@ module ActsAsTbackend
       when :non_negative_integer then coerce_integer(value, 0.., "an integer >= 0")
       when :seconds then coerce_seconds(value)
       when :optional_seconds then coerce_optional_seconds(value)
-      when :durability then coerce_choice(value, %w[accepted durable], "durability")
-      when :failure_policy then coerce_choice(value, FAILURE_POLICIES, "failure_policy")
-      when :id_format then coerce_choice(value, ID_FORMATS, "id_format")
-      when :queue_full_policy then coerce_choice(value, QUEUE_FULL_POLICIES, "queue_full_policy")
-      when :spool_fsync then coerce_choice(value, SPOOL_FSYNC_POLICIES, "spool_fsync")
-      when :retry_backend then coerce_choice(value, RETRY_BACKENDS, "retry_backend")
+      when :store_prefix then coerce_store_prefix(value)
+      when *CHOICES.keys then coerce_choice(value, CHOICES.fetch(type), type.to_s)
       when :path then value.nil? || value.to_s.strip.empty? ? nil : value.to_s
       end
     end
@@ -183,6 +191,15 @@ module ActsAsTbackend
       seconds
     rescue ArgumentError, TypeError
       raise ConfigurationError, "expected a positive number of seconds, got #{value.inspect}"
+    end
+
+    def coerce_store_prefix(value)
+      return nil if value.nil?
+
+      text = value.to_s
+      return text if STORE_PREFIX_FORMAT.match?(text)
+
+      raise ConfigurationError, "store_prefix must be up to 64 of A-Z a-z 0-9 _ -, got #{value.inspect}"
     end
 
     # nil or blank: the default; else seconds >= 0 (0: no wait at all).

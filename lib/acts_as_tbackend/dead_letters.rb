@@ -1,9 +1,9 @@
 # frozen_string_literal: true
 
 require "json"
-require "fileutils"
 require "time"
 require_relative "dead_letter_table"
+require_relative "dead_letter_file"
 
 module ActsAsTbackend
   # Facts given up for good — by MirrorRetryJob (attempts exhausted, or a terminal answer
@@ -24,7 +24,6 @@ module ActsAsTbackend
   # append is one write, a replay rewrites the file through a rename.
   module DeadLetters
     FILE_NAME = "dead-letter.jsonl"
-    LOCK_SUFFIX = ".lock"
     TABLE = DeadLetterTable::NAME
     # What a replay counts as stored: the entry is removed.
     DELIVERED = %w[committed_acked idempotent_replay].freeze
@@ -42,8 +41,8 @@ module ActsAsTbackend
 
     module_function
 
-    # Keeps `fact` (a String-keyed Hash); returns where (TABLE or the file's path). Raises
-    # only when neither the table nor the file could take it.
+    # Keeps `fact` (a String-keyed Hash, as sent: Client#wire_fact); returns where (TABLE or
+    # the file's path). Raises only when neither the table nor the file could take it.
     def record(fact, status:, error:, attempts:, reason:, durability: nil, via: nil, config: ActsAsTbackend.config)
       rec = {
         "at" => Time.now.to_f, "reason" => reason, "status" => status, "error" => error, "attempts" => attempts,
@@ -53,20 +52,31 @@ module ActsAsTbackend
       return TABLE if DeadLetterTable.insert(rec)
 
       file = path(config)
-      append(file, rec)
+      DeadLetterFile.append(file, rec)
       file
     end
 
     # Every kept fact: the table's rows, then each file's lines in order.
     def entries(config = ActsAsTbackend.config)
       DeadLetterTable.records.map { |id, rec| Entry.new(TABLE, id, rec) } +
-        paths(config).flat_map { |file| read_file(file) }
+        paths(config).flat_map { |file| DeadLetterFile.records(file).map { |line, rec| Entry.new(file, line, rec) } }
     end
 
-    # Sends every entry again with write_fact_once; removes the ones stored
-    # (DELIVERED), keeps the rest. Returns [entry, result] pairs.
-    def replay(client: ActsAsTbackend.client, config: ActsAsTbackend.config)
-      outcomes = entries(config).map do |entry|
+    # Sends every entry again with write_fact_once, exactly as it was sent the first time
+    # (its store already carries any store_prefix: the default client applies none);
+    # removes the ones stored (DELIVERED), keeps the rest. Returns [entry, result] pairs.
+    def replay(client: nil, config: ActsAsTbackend.config)
+      own = client.nil?
+      client ||= Client.new(config.dup.tap { |unprefixed| unprefixed.store_prefix = "" })
+      outcomes = replay_with(client, entries(config))
+      remove(outcomes.select { |_, result| DELIVERED.include?(result[:status]) }.map(&:first))
+      outcomes
+    ensure
+      client.shutdown if own && client
+    end
+
+    def replay_with(client, entries)
+      entries.map do |entry|
         fact = entry.record["fact"]
         result = if fact.is_a?(Hash)
                    client.write_fact_once(fact, durability: entry.record["durability"])
@@ -75,8 +85,6 @@ module ActsAsTbackend
                  end
         [entry, result]
       end
-      remove(outcomes.select { |_, result| DELIVERED.include?(result[:status]) }.map(&:first))
-      outcomes
     end
 
     # The file MirrorRetryJob writes when there is no table.
@@ -96,61 +104,9 @@ module ActsAsTbackend
       (::Rails.root if defined?(::Rails) && ::Rails.respond_to?(:root))&.to_s || Dir.pwd
     end
 
-    def append(file, rec)
-      FileUtils.mkdir_p(File.dirname(file))
-      locked(file) do
-        File.open(file, File::WRONLY | File::APPEND | File::CREAT, 0o600) do |io|
-          io.write("#{JSON.generate(rec)}\n")
-          io.fsync
-        end
-      end
-    end
-
-    def read_file(file)
-      return [] unless File.file?(file)
-
-      File.readlines(file, chomp: true).filter_map do |line|
-        rec = parse(line)
-        Entry.new(file, line, rec) if rec
-      end
-    end
-
-    # A torn or foreign line is never listed, replayed or removed.
-    def parse(line)
-      rec = JSON.parse(line)
-      rec.is_a?(Hash) ? rec : nil
-    rescue JSON::ParserError
-      nil
-    end
-
-    def locked(file)
-      File.open("#{file}#{LOCK_SUFFIX}", File::RDWR | File::CREAT, 0o600) do |lock|
-        lock.flock(File::LOCK_EX)
-        yield
-      end
-    end
-
     def remove(entries)
       entries.group_by(&:source).each do |source, gone|
-        source == TABLE ? DeadLetterTable.delete(gone.map(&:ref)) : rewrite(source, gone.map(&:ref))
-      end
-    end
-
-    # Drops one line per delivered entry (what was appended meanwhile stays), through a
-    # renamed temporary file: a crash leaves the old file or the new one, never half.
-    def rewrite(file, lines)
-      locked(file) do
-        left = File.readlines(file, chomp: true)
-        lines.each do |line|
-          index = left.index(line)
-          left.delete_at(index) if index
-        end
-        temporary = "#{file}.#{Process.pid}.tmp"
-        File.open(temporary, File::WRONLY | File::CREAT | File::TRUNC, 0o600) do |io|
-          io.write(left.map { |line| "#{line}\n" }.join)
-          io.fsync
-        end
-        File.rename(temporary, file)
+        source == TABLE ? DeadLetterTable.delete(gone.map(&:ref)) : DeadLetterFile.remove(source, gone.map(&:ref))
       end
     end
   end

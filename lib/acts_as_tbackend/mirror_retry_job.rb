@@ -81,7 +81,8 @@ module ActsAsTbackend
     # Kept before it is logged: if it cannot be kept at all, the job fails and its backend
     # keeps it instead.
     def dead_letter(fact, result, attempt, durability)
-      kept = DeadLetters.record(fact, status: result[:status], error: result[:error], attempts: attempt,
+      sent = ActsAsTbackend.client.wire_fact(fact)
+      kept = DeadLetters.record(sent, status: result[:status], error: result[:error], attempts: attempt,
                                       reason: reason(result), durability: durability, via: "active_job")
       line = "[ActsAsTbackend] dead letter: fact_id=#{fact['id']} store=#{fact['store']} attempts=#{attempt} " \
              "status=#{result[:status]} (kept in #{kept}; rake tbackend:dead_letters)"

@@ -16,6 +16,14 @@ module ActsAsTbackend
   class Railtie < Rails::Railtie
     initializer "acts_as_tbackend.settings", before: :load_config_initializers do |app|
       Railtie.apply_settings(Railtie.settings_for(app))
+      Railtie.default_store_prefix(Rails.env)
+    end
+
+    # Rails' parallel test workers (`parallelize`, forked) each get their own prefix.
+    initializer "acts_as_tbackend.parallel_tests" do
+      ActiveSupport.on_load(:active_support_test_case) do
+        ActiveSupport::Testing::Parallelization.after_fork_hook { |worker| Railtie.parallel_worker(worker) }
+      end
     end
 
     initializer "acts_as_tbackend.log_subscriber" do
@@ -60,6 +68,30 @@ module ActsAsTbackend
         return true if defined?(::Rails::Server) || puma
 
         (defined?(::Sidekiq) && ::Sidekiq.respond_to?(:server?) && ::Sidekiq.server?) || false
+      end
+
+      # Keeping environments apart: in the test environment, unless a store_prefix was
+      # given (ENV, YAML, config.x; an initializer, later, wins too), stores are
+      # `test_<store>`, `test<TEST_ENV_NUMBER>_<store>` under parallel_tests. Development
+      # and production keep their store names: an app moving over keeps its ledgers.
+      def default_store_prefix(env)
+        config = ActsAsTbackend.config
+        return unless env.to_s == "test" && config.store_prefix.nil?
+
+        @default_store_prefix = "test#{ENV.fetch('TEST_ENV_NUMBER', '')}_"
+        config.store_prefix = @default_store_prefix
+        ActsAsTbackend.reset!
+      end
+
+      # In Rails' forked test worker `worker`: `<default>_<worker>_`, unless the prefix in
+      # force is not the one default_store_prefix chose.
+      def parallel_worker(worker)
+        config = ActsAsTbackend.config
+        return unless @default_store_prefix && config.store_prefix.equal?(@default_store_prefix)
+
+        @default_store_prefix = "#{@default_store_prefix}#{Integer(worker)}_"
+        config.store_prefix = @default_store_prefix
+        ActsAsTbackend.reset!
       end
 
       # A bad setting does not stop the app from booting: it lands in `config.errors`,

@@ -18,6 +18,7 @@ module ActsAsTbackend
     def initialize(client, store:, after_seq: 0, grace: 2.0, poll_interval: 0.25, timeout: nil)
       @client = client
       @store = store.to_s
+      @wire_store = client.wire_store(@store)
       @poll_interval = Float(poll_interval)
       @timeout = timeout
       @cursor = Native::TailCursor.new(Integer(after_seq), Float(grace))
@@ -43,7 +44,7 @@ module ActsAsTbackend
         @pending = []
         return facts
       end
-      @last_result, facts = @client.native_call { |native| native.tail_poll(@cursor, @store, @timeout) }
+      @last_result, facts = @client.native_call { |native| native.tail_poll(@cursor, @wire_store, @timeout) }
       facts || []
     end
 

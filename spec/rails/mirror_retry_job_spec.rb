@@ -114,6 +114,24 @@ RSpec.describe ActsAsTbackend::MirrorRetryJob do
     end
   end
 
+  it "keeps the fact as sent under a store_prefix, and a replay sends it to that same store" do
+    TbackendSpec::TestDaemon.with do |d|
+      client_for(d, dead_letter_path: dead_letter_file, store_prefix: "test_")
+      id = unique
+      ActsAsTbackend.client.write_fact_once(fact(id, value: { "v" => 1 }))
+      described_class.enqueue_fact(fact(id, value: { "v" => 2 }))
+      perform_enqueued
+      expect(kept.map { |r| [r["store"], r.dig("fact", "store")] }).to eq([%w[test_specs test_specs]])
+
+      d.kill!
+      d.restart
+      outcomes = ActsAsTbackend::DeadLetters.replay
+      expect(outcomes.map { |_, result| result[:status] }).to eq(["committed_acked"])
+      expect(kept).to eq([])
+      expect(ActsAsTbackend.client.latest_for(store: "specs", key: "key:#{id}")[:response][:fact][:value]).to eq(v: 2)
+    end
+  end
+
   it "keeps a terminal outcome (an id conflict) with its content after one attempt, and publishes it" do
     TbackendSpec::TestDaemon.with do |d|
       client_for(d, dead_letter_path: dead_letter_file)

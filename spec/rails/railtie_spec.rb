@@ -18,6 +18,35 @@ RSpec.describe "ActsAsTbackend::Railtie" do
     expect(out.lines.last.strip).to eq("from-x")
   end
 
+  # Issue 10: development, test and parallel test workers wrote `orders:<id>` into one
+  # daemon; tbackend_history showed development facts inside a spec.
+  describe "store_prefix, keeping environments apart" do
+    def prefix_in(env, code = "")
+      out = in_app("#{code}\nputs ActsAsTbackend.config.store_prefix.inspect", env: env)
+      out.lines.last.strip
+    end
+
+    it "defaults to test_ in the test environment, per parallel_tests process and per Rails test worker" do
+      default = { "FIXTURE_DEFAULT_STORE_PREFIX" => "1" }
+      expect(prefix_in(default)).to eq('"test_"')
+      expect(prefix_in(default.merge("TEST_ENV_NUMBER" => "3"))).to eq('"test3_"')
+      fork_hook = 'require "active_support/test_case"
+        ActiveSupport::Testing::Parallelization.after_fork_hooks.each { |hook| hook.call(2) }'
+      expect(prefix_in(default, fork_hook)).to eq('"test_2_"')
+    end
+
+    it "keeps store names as they are in development, and an explicit setting always wins" do
+      expect(prefix_in({ "RAILS_ENV" => "development" })).to eq("nil")
+      explicit = { "FIXTURE_DEFAULT_STORE_PREFIX" => "1", "TBACKEND_STORE_PREFIX" => "ci-7_" }
+      expect(prefix_in(explicit)).to eq('"ci-7_"')
+      fork_hook = 'require "active_support/test_case"
+        ActiveSupport::Testing::Parallelization.after_fork_hooks.each { |hook| hook.call(2) }'
+      expect(prefix_in(explicit, fork_hook)).to eq('"ci-7_"')
+      expect(prefix_in({ "FIXTURE_DEFAULT_STORE_PREFIX" => "1", "TBACKEND_STORE_PREFIX" => "" })).to eq('""')
+      expect(prefix_in({})).to eq('""') # the fixture's config/tbackend.yml says ""
+    end
+  end
+
   it "turns a bad setting into a config_error the health check reports, without stopping the boot" do
     out = in_app("h = ActsAsTbackend.health; puts [h[:status], h[:error]].inspect", env: { "X_TBACKEND_BOGUS" => "1" })
     expect(out.lines.last).to include('"config_error"', "bogus_setting: unknown setting")

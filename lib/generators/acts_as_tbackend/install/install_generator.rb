@@ -43,6 +43,8 @@ module ActsAsTbackend
         retry_backend: "Where enqueue_retry sends failed mirrors: spool (native) or active_job (MirrorRetryJob).",
         dead_letter_path: "The JSONL file keeping facts given up for good when there is no tbackend_dead_letters " \
                           "table; nil: dead-letter.jsonl beside the spool, else tmp/tbackend/.",
+        store_prefix: "Prepended to every store name sent or read (keeps environments apart); nil: none, " \
+                      "\"test_\" in the Rails test environment; \"\": none, explicitly.",
         shutdown_timeout: "Seconds an exiting process lets the async writer flush; nil: 0 with a spool " \
                           "(its facts are on disk for the next writer), 5.0 without."
       }.freeze
