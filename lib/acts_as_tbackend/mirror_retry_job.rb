@@ -6,7 +6,8 @@ module ActsAsTbackend
   # `failure_policy: "enqueue_retry"` with `retry_backend: "active_job"`: a retryable mirror
   # failure becomes this job, so Sidekiq, SolidQueue or any ActiveJob backend carries the
   # retry. Each attempt writes the same fact (same id: a repeat is a replay). The schedule,
-  # as the native async writer's:
+  # as the native async writer's, except that a timeout is an outage here too (a job holds
+  # up no other fact while it waits):
   #
   # - An outage (a transport status: unavailable, timeout_unknown, circuit_open — the
   #   daemon gave no answer) never spends an attempt: the job comes back after a backoff
