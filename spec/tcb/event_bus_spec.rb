@@ -73,6 +73,16 @@ RSpec.describe TCB::EventBus do
       expect(bus_threads.call - before).to eq([b.dispatcher])
     end
 
+    # Anyone listing threads right after the first publish (Puma's boot check, a forked
+    # child's census) must see the dispatcher by its name, even before it has run.
+    it "names its thread as it starts it" do
+      b = bus
+      b.subscribe(Ping) { |e| got << e.event.n }
+      b.publish(Ping.new(1))
+      expect(b.dispatcher.name).to eq("tcb-event-bus")
+      expect(drain(got, 1)).to eq([1])
+    end
+
     it "shuts down a bus that never published at once, with nothing to drain" do
       b = bus
       final = b.shutdown(drain: true, timeout: 5)

@@ -146,10 +146,10 @@ module TCB
     def start_dispatcher
       return if @dispatcher
 
-      @dispatcher = Thread.new do
-        Thread.current.name = "tcb-event-bus"
-        dispatch_loop
-      end
+      # Named by its creator, not from inside: a thread not yet scheduled would otherwise be
+      # nameless to anyone listing threads (Puma's boot check, a fork's census).
+      @dispatcher = Thread.new { dispatch_loop }
+      @dispatcher.name = "tcb-event-bus"
     end
 
     # A forked child inherits the queue but not the thread: it gets an empty queue, and its
