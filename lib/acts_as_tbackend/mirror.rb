@@ -57,7 +57,9 @@ module ActsAsTbackend
         if async
           ActsAsTbackend.async_writer.enqueue(fact, durability: durability)
         else
-          ActsAsTbackend.client.write_fact_once_safe(fact, durability: durability)
+          # No durability keyword unless one was chosen, so a stubbed client records the call
+          # exactly as 0.2's mirror made it.
+          ActsAsTbackend.client.write_fact_once_safe(fact, **(durability ? { durability: durability } : {}))
         end
       end
       # The app-facing matchers (acts_as_tbackend/testing) see every fact handed over.

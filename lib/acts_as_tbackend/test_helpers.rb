@@ -26,6 +26,11 @@ module ActsAsTbackend
         "disabled" => [true, nil, false]
       }.freeze
       UNKNOWN_STATUS = [false, nil, false].freeze
+      # One recorded call, as acts-as-tbackend 0.2 recorded it. `kwargs` holds only the
+      # keywords the caller passed, so a test can compare it with exactly what it sent.
+      Call = Struct.new(:method, :args, :kwargs) # rubocop:disable Lint/StructNewOverride -- 0.2 named it `method`
+      # The default of every optional keyword below: tells "not passed" from "passed nil".
+      NOT_PASSED = Object.new.freeze
 
       attr_reader :config
 
@@ -46,7 +51,7 @@ module ActsAsTbackend
         self
       end
 
-      # Every call so far, oldest first: `{method:, args:, kwargs:}`.
+      # Every call so far, oldest first, each a Call (`method`, `args`, `kwargs`).
       def calls
         @lock.synchronize { @calls.dup }
       end
@@ -54,12 +59,14 @@ module ActsAsTbackend
       def queued_count
         @lock.synchronize { @queue.size }
       end
+      alias remaining queued_count # acts-as-tbackend 0.2's name
 
-      def write_fact_once(fact, durability: nil, timeout: nil)
+      def write_fact_once(fact, durability: NOT_PASSED, timeout: NOT_PASSED)
         answer(:write_fact_once, [fact], durability: durability, timeout: timeout)
       end
 
-      def write_fact_once_safe(fact, durability: nil, timeout: nil, attempts: 2, backoff: 0.05)
+      def write_fact_once_safe(fact, durability: NOT_PASSED, timeout: NOT_PASSED, attempts: NOT_PASSED,
+                               backoff: NOT_PASSED)
         result = answer(:write_fact_once_safe, [fact], durability: durability, timeout: timeout,
                                                        attempts: attempts, backoff: backoff)
         summary = result.slice(:ok, :status, :committed, :retryable)
@@ -67,7 +74,7 @@ module ActsAsTbackend
       end
 
       # One queued result per fact, recorded as one call.
-      def write_facts_once(facts, durability: nil, timeout: nil)
+      def write_facts_once(facts, durability: NOT_PASSED, timeout: NOT_PASSED)
         facts = facts.to_a
         @lock.synchronize do
           record(:write_facts_once, [facts], durability: durability, timeout: timeout)
@@ -75,19 +82,19 @@ module ActsAsTbackend
         end
       end
 
-      def latest_for(store:, key:, as_of: nil, timeout: nil)
+      def latest_for(store:, key:, as_of: NOT_PASSED, timeout: NOT_PASSED)
         answer(:latest_for, [], store: store, key: key, as_of: as_of, timeout: timeout)
       end
 
-      def facts_for(store:, key: nil, since: nil, as_of: nil, timeout: nil)
+      def facts_for(store:, key: NOT_PASSED, since: NOT_PASSED, as_of: NOT_PASSED, timeout: NOT_PASSED)
         answer(:facts_for, [], store: store, key: key, since: since, as_of: as_of, timeout: timeout)
       end
 
-      def facts_by_seq(store:, after_seq: 0, until_seq: nil, timeout: nil)
+      def facts_by_seq(store:, after_seq: NOT_PASSED, until_seq: NOT_PASSED, timeout: NOT_PASSED)
         answer(:facts_by_seq, [], store: store, after_seq: after_seq, until_seq: until_seq, timeout: timeout)
       end
 
-      def ping(timeout: nil)
+      def ping(timeout: NOT_PASSED)
         answer(:ping, [], timeout: timeout)
       end
 
@@ -119,7 +126,7 @@ module ActsAsTbackend
       end
 
       def record(method, args, **kwargs)
-        @calls << { method: method, args: args, kwargs: kwargs }
+        @calls << Call.new(method, args, kwargs.reject { |_, value| value.equal?(NOT_PASSED) })
       end
 
       def next_result
@@ -152,14 +159,14 @@ module ActsAsTbackend
     end
 
     # Checks a fact (String- or Symbol-keyed) and raises AssertionFailed naming every
-    # mismatch. Returns true.
+    # mismatch in acts-as-tbackend 0.2's words, joined by "; ". Returns true.
     def assert_tbackend_fact(fact, store: nil, key: nil, value_includes: nil)
       mismatches = []
       { store: store, key: key }.each do |name, expected|
-        next if expected.nil?
+        next unless expected
 
         actual = field(fact, name)
-        mismatches << "#{name}: expected #{expected.to_s.inspect}, got #{actual.inspect}" unless actual.to_s == expected.to_s
+        mismatches << "expected #{name} #{expected.inspect}, got #{actual.inspect}" unless actual.to_s == expected.to_s
       end
       mismatches.concat(value_mismatches(field(fact, :value), value_includes)) if value_includes
       raise AssertionFailed, mismatches.join("; ") unless mismatches.empty?
@@ -169,22 +176,18 @@ module ActsAsTbackend
 
     private
 
+    # A value that is not a Hash includes nothing: every expected entry reads as nil.
     def value_mismatches(value, expected)
-      return ["value: expected a Hash including #{expected.inspect}, got #{value.inspect}"] unless value.is_a?(Hash)
-
       expected.filter_map do |name, want|
-        label = "value[#{name.to_s.inspect}]"
-        found = [name.to_s, name.to_s.to_sym].find { |candidate| value.key?(candidate) }
-        next "#{label}: expected #{want.inspect}, missing" if found.nil?
-
-        "#{label}: expected #{want.inspect}, got #{value[found].inspect}" unless value[found] == want
+        actual = field(value, name)
+        "expected value[#{name.inspect}] to be #{want.inspect}, got #{actual.inspect}" unless actual == want
       end
     end
 
     def field(hash, name)
       return nil unless hash.is_a?(Hash)
 
-      hash.fetch(name.to_s) { hash[name.to_sym] }
+      hash.fetch(name.to_s) { hash[name.to_s.to_sym] }
     end
   end
 end

@@ -39,7 +39,7 @@ RSpec.describe ActsAsTbackend::OutboxFlusher do
   it "calls write_fact_once exactly once with durability and timeout" do
     fake = ActsAsTbackend::TestHelpers.fake_client
     described_class.flush(intent.to_h, client: fake, durability: "durable", timeout: 0.5)
-    expect(fake.calls).to eq([{ method: :write_fact_once, args: [fact], kwargs: { durability: "durable", timeout: 0.5 } }])
+    expect(fake.calls.map(&:to_a)).to eq([[:write_fact_once, [fact], { durability: "durable", timeout: 0.5 }]])
   end
 
   context "with the test daemon" do

@@ -44,11 +44,39 @@ RSpec.describe ActsAsTbackend::TestHelpers do
       fake.write_fact_once_safe(fact, attempts: 3)
       fake.facts_by_seq(store: "orders", after_seq: 4)
       fake.shutdown
-      expect(fake.calls.map { |c| c[:method] }).to eq(%i[write_fact_once write_fact_once_safe facts_by_seq shutdown])
-      expect(fake.calls.first).to eq(method: :write_fact_once, args: [fact], kwargs: { durability: "durable", timeout: nil })
-      expect(fake.calls[1][:kwargs]).to include(attempts: 3)
-      expect(fake.calls[2]).to eq(method: :facts_by_seq, args: [],
-                                  kwargs: { store: "orders", after_seq: 4, until_seq: nil, timeout: nil })
+      expect(fake.calls.map(&:method)).to eq(%i[write_fact_once write_fact_once_safe facts_by_seq shutdown])
+      expect(fake.calls.map { |c| c[:method] }).to eq(fake.calls.map(&:method))
+      expect(fake.calls.first).to eq(described_class::FakeClient::Call.new(:write_fact_once, [fact], { durability: "durable" }))
+      expect(fake.calls[1].kwargs).to eq(attempts: 3)
+      expect(fake.calls[2].args).to eq([])
+    end
+
+    # As acts-as-tbackend 0.2's own suite asserts it.
+    it "records each call as a Struct whose kwargs are exactly the keywords the caller passed" do
+      fake = ActsAsTbackend::TestHelpers.fake_client
+      fake.queue_result(status: :ok)
+      fake.latest_for(store: "orders", key: "order:1")
+
+      call = fake.calls.last
+      expect(call).to be_a(Struct)
+      expect(call.method).to eq(:latest_for)
+      expect(call.args).to eq([])
+      expect(call.kwargs).to eq({ store: "orders", key: "order:1" })
+    end
+
+    it "records write_fact_once's durability: and timeout: only when passed, nil included" do
+      fake.write_fact_once(fact, durability: "durable", timeout: 0.5)
+      fake.write_fact_once(fact)
+      fake.write_fact_once(fact, durability: nil, timeout: nil)
+      fake.ping
+      expect(fake.calls.map(&:kwargs)).to eq([{ durability: "durable", timeout: 0.5 }, {}, { durability: nil, timeout: nil }, {}])
+      expect(fake.calls.first.args).to eq([fact])
+    end
+
+    it "refuses what the real client refuses: unknown and missing keywords" do
+      expect { fake.latest_for(store: "orders", key: "k", since: 1) }.to raise_error(ArgumentError, /unknown keyword: :since/)
+      expect { fake.latest_for(store: "orders") }.to raise_error(ArgumentError, /missing keyword: :key/)
+      expect(fake.calls).to eq([])
     end
 
     it "answers write_fact_once_safe with attempt_count and attempts" do
@@ -83,6 +111,7 @@ RSpec.describe ActsAsTbackend::TestHelpers do
       expect(seqs.sort).to eq((0...(threads_count * per_thread)).to_a)
       expect(fake.calls.size).to eq(threads_count * per_thread)
       expect(fake.queued_count).to eq(0)
+      expect(fake.remaining).to eq(0)
     end
   end
 
@@ -118,6 +147,9 @@ RSpec.describe ActsAsTbackend::TestHelpers do
         expect(captured[:result]).to include(status: "committed_acked", seq_id: 7)
         expect(captured[:fact]).to include("id" => "orders:1:order.accepted:1000000", "key" => "orders:1")
         expect(stub.calls.first[:args]).to eq([captured[:fact]])
+        expect(stub.calls.first.kwargs).to eq({}) # as 0.2's mirror called it
+        described_class.capture_mirror_result(record: record, store: "orders", event_type: "x", durability: "durable")
+        expect(stub.calls.last.kwargs).to eq(durability: "durable")
       end
     end
 
@@ -141,13 +173,34 @@ RSpec.describe ActsAsTbackend::TestHelpers do
       expect(described_class.assert_tbackend_fact(read_back, store: :orders, value_includes: { "status" => "new" })).to be(true)
     end
 
-    it "raises AssertionFailed naming every mismatch, joined by '; '" do
+    it "raises AssertionFailed naming every mismatch in 0.2's words, joined by '; '" do
       expect do
-        described_class.assert_tbackend_fact(fact, store: "users", key: "orders:2", value_includes: { status: "old", total: 1 })
+        described_class.assert_tbackend_fact(fact, store: "invoices", key: "orders:2",
+                                                   value_includes: { "status" => "ok", "total" => 1 })
       end.to raise_error(described_class::AssertionFailed) { |e|
-        expect(e.message).to eq('store: expected "users", got "orders"; key: expected "orders:2", got "orders:1"; ' \
-                                'value["status"]: expected "old", got "new"; value["total"]: expected 1, missing')
+        expect(e.message).to eq('expected store "invoices", got "orders"; expected key "orders:2", got "orders:1"; ' \
+                                'expected value["status"] to be "ok", got "new"; expected value["total"] to be 1, got nil')
       }
+    end
+
+    # As acts-as-tbackend 0.2's own suite asserts it.
+    it "names the expected store first, as 0.2 did" do
+      fact = { "store" => "orders", "key" => "orders:1", "value" => { "status" => "ok" } }
+      error = nil
+      begin
+        ActsAsTbackend::TestHelpers.assert_tbackend_fact(fact, store: "invoices")
+      rescue ActsAsTbackend::TestHelpers::AssertionFailed => e
+        error = e
+      end
+      expect(error.message).to eq('expected store "invoices", got "orders"')
+    end
+
+    it "quotes expectations as the caller wrote them, and reads a missing or non-Hash value as nil" do
+      expect { described_class.assert_tbackend_fact(fact, store: :users, value_includes: { status: "old" }) }
+        .to raise_error(described_class::AssertionFailed,
+                        'expected store :users, got "orders"; expected value[:status] to be "old", got "new"')
+      expect { described_class.assert_tbackend_fact(fact.merge("value" => "text"), value_includes: { "status" => "new" }) }
+        .to raise_error(described_class::AssertionFailed, 'expected value["status"] to be "new", got nil')
     end
 
     it "works as an included helper" do
