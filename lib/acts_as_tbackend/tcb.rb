@@ -46,6 +46,7 @@ module TCB
   autoload :OutboxRelay, "acts_as_tbackend/tcb/outbox_relay"
   autoload :MinitestHelpers, "acts_as_tbackend/tcb/minitest_helpers"
   autoload :RSpecMatchers, "acts_as_tbackend/tcb/rspec_matchers"
+  autoload :RSpecHelpers, "acts_as_tbackend/tcb/rspec_matchers"
 
   # Stores that need ActiveRecord or the TBackend client load on first use.
   module EventStore

@@ -81,9 +81,10 @@ RSpec.describe "TCB.dispatch, TCB.record and TCB.publish" do
       expect(seen).to be_empty
     end
 
-    it "requires validate! on the command" do
+    it "requires validate! on the command, raising NotImplementedError as tcb 0.6.2 does" do
       stub_const("Sales::Unvalidated", Struct.new(:x))
-      expect { TCB.dispatch(Sales::Unvalidated.new(1)) }.to raise_error(NoMethodError, /validate!/)
+      expect { TCB.dispatch(Sales::Unvalidated.new(1)) }
+        .to raise_error(NotImplementedError, "Sales::Unvalidated must implement validate!")
     end
 
     it "routes by exact class: a subclass has no handler" do

@@ -150,6 +150,9 @@ module TCB
       end
 
       modules.each { |mod| @outbox_stores[mod] = outbox_store_class.new(mod) }
+      @outbox_registrations = @outbox_registrations.map do |registration|
+        registration.dup.tap { |copy| copy.outbox_store = @outbox_stores.fetch(registration.domain_module) }
+      end
     end
 
     def subscribe_reactions

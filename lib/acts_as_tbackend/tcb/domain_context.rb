@@ -44,10 +44,12 @@ module TCB
     def events_table
       "#{table_prefix}#{TABLE_SUFFIX}"
     end
+    alias table_name events_table # tcb 0.6.2's name
 
     def outbox_table
       "#{table_prefix}#{OUTBOX_SUFFIX}"
     end
+    alias outbox_table_name outbox_table # tcb 0.6.2's name
 
     def ==(other)
       other.is_a?(DomainContext) && other.to_s == to_s

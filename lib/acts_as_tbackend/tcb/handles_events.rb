@@ -15,8 +15,12 @@ module TCB
     EventHandlerRegistration = Struct.new(:event_class, :handlers, keyword_init: true)
     # One event class a module persists, and the event reader giving its aggregate id.
     PersistRegistration = Struct.new(:event_class, :stream_id_from_event, :domain_module, keyword_init: true)
-    # One `ensure_reaction` handler: delivered through the module's outbox.
-    OutboxRegistration = Struct.new(:event_class, :handler_class, :domain_module, keyword_init: true)
+    # One `ensure_reaction` handler: delivered through the module's outbox. The copies in
+    # TCB.config.outbox_registrations carry that outbox store (tcb 0.6.2's relay jobs and
+    # tests reach it as `outbox_registrations.first.outbox_store`); a module's own have none.
+    OutboxRegistration = Struct.new(:event_class, :handler_class, :domain_module, :outbox_store, keyword_init: true) do
+      alias_method :handler, :handler_class # tcb 0.6.2's name
+    end
 
     def self.included(base)
       base.extend(ClassMethods)
@@ -120,7 +124,9 @@ module TCB
   # `handle PlaceOrder, with(PlaceOrderHandler)`: one command, one handler.
   module HandlesCommands
     CommandHandler = Struct.new(:handler)
-    CommandRegistration = Struct.new(:command_class, :handler_class, :domain_module, keyword_init: true)
+    CommandRegistration = Struct.new(:command_class, :handler_class, :domain_module, keyword_init: true) do
+      alias_method :handler, :handler_class # tcb 0.6.2's name
+    end
 
     def self.included(base)
       base.extend(ClassMethods)

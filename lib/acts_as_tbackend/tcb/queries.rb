@@ -2,7 +2,8 @@
 
 module TCB
   # `TCB.read(Orders).stream(42).between_versions(5, 20).to_a`: an immutable builder; each
-  # step returns a new query.
+  # step returns a new query. Without `.stream(id)` it names no stream, so it reads nothing
+  # (`[]`, no batch), as in tcb 0.6.2.
   class EventQuery
     def initialize(store, domain_module, stream_id: nil, from_version: nil, to_version: nil, occurred_after: nil,
                    as_of: nil)
@@ -83,12 +84,10 @@ module TCB
 
     # `as_of:` only when asked for, so stores without point-in-time reads keep working.
     def read(**options)
-      options[:as_of] = @as_of if @as_of
-      @store.read(stream_id!, occurred_after: @occurred_after, **options)
-    end
+      return [] unless @stream_id
 
-    def stream_id!
-      @stream_id || raise(ArgumentError, "TCB.read(#{@domain_module}) needs .stream(aggregate_id) before reading")
+      options[:as_of] = @as_of if @as_of
+      @store.read(@stream_id, occurred_after: @occurred_after, **options)
     end
   end
 

@@ -3,4 +3,4 @@
 require_relative "../tcb"
 require_relative "rspec_matchers"
 
-RSpec.configure { |config| config.include(TCB::RSpecMatchers) } if defined?(RSpec) && RSpec.respond_to?(:configure)
+RSpec.configure { |config| config.include(TCB::RSpecHelpers) } if defined?(RSpec) && RSpec.respond_to?(:configure)

@@ -77,4 +77,9 @@ module TCB
       PollMatch.new(within, interval)
     end
   end
+
+  # What tcb 0.6.2's apps include (`config.include TCB::RSpecHelpers`): the same matchers.
+  module RSpecHelpers
+    include RSpecMatchers
+  end
 end

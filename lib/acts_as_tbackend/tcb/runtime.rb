@@ -107,6 +107,8 @@ module TCB
     # one is given) and the current cause. Returns the correlation id.
     def dispatch(command, correlation_id: nil)
       correlation_id ||= Context.correlation_id || SecureRandom.uuid
+      raise NotImplementedError, "#{command.class} must implement validate!" unless command.respond_to?(:validate!)
+
       command.validate!
       handler = configured_config!.command_handler(command.class)
       Context.with(correlation_id: correlation_id, causation_id: Context.causation_id) do

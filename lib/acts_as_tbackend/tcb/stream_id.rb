@@ -7,10 +7,15 @@ module TCB
 
     attr_reader :context, :id
 
-    # `context` is a context string ("payments/charges") or the domain module itself.
+    # `context` is the domain module itself or a context string, lowercased as tcb 0.6.2
+    # does ("Orders" → "orders"; contexts derived from modules are lower case already).
     def self.build(context, id)
-      context = DomainContext.from_module(context).to_s if context.is_a?(Module)
-      new(context, id)
+      new(context.is_a?(Module) ? context_from_module(context) : context.to_s.downcase, id)
+    end
+
+    # The context string of a domain module: "payments/charges" for Payments::Charges.
+    def self.context_from_module(domain_module)
+      DomainContext.from_module(domain_module).to_s
     end
 
     # Splits on the first "|", so aggregate ids may contain "|".
