@@ -90,9 +90,9 @@ module ActsAsTbackend
       end
 
       # `module A` … `module B` around `body`, each level indented by two spaces.
-      def wrap_in_modules(body)
+      def wrap_in_modules(body, parts = module_parts)
         lines = body.lines
-        module_parts.reverse_each do |part|
+        parts.reverse_each do |part|
           lines = ["module #{part}\n", *lines.map { |l| l.strip.empty? ? "\n" : "  #{l}" }, "end\n"]
         end
         lines.join
@@ -140,9 +140,10 @@ module ActsAsTbackend
         ERB.new(File.read(File.join(TEMPLATES, template)), trim_mode: "-").result(binding)
       end
 
-      # A Ruby source file: the magic comment, then `body` inside the module's namespace.
-      def ruby_file(body)
-        "# frozen_string_literal: true\n\n#{wrap_in_modules(body)}"
+      # A Ruby source file: the magic comment, then `body` inside the module's namespace
+      # (or inside `parts`).
+      def ruby_file(body, parts = module_parts)
+        "# frozen_string_literal: true\n\n#{wrap_in_modules(body, parts)}"
       end
     end
 

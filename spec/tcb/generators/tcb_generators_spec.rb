@@ -139,6 +139,21 @@ RSpec.describe "tcb generators" do
       expect(files).to eq(%w[app/domain/notifications.rb app/domain/notifications/ping_handler.rb
                              app/domain/notifications/send_welcome_email_handler.rb])
     end
+
+    # The file and class names tcb 0.6.2's own generator test expects.
+    it "names files, the module, commands and handlers as tcb 0.6.2 does" do
+      generate("tcb:domain", "notifications", "send_welcome_email:user_id,email", "send_verification_sms:user_id,phone")
+
+      expect(files).to eq(%w[app/domain/notifications.rb app/domain/notifications/send_verification_sms_handler.rb
+                             app/domain/notifications/send_welcome_email_handler.rb])
+      expect(read("app/domain/notifications.rb")).to include("module Notifications\n", "SendWelcomeEmail = ",
+                                                             "SendVerificationSms = ", "user_id is required",
+                                                             "email is required")
+      expect(read("app/domain/notifications/send_welcome_email_handler.rb"))
+        .to include("module Notifications\n  class SendWelcomeEmailHandler\n    def call(command)")
+      expect(read("app/domain/notifications/send_verification_sms_handler.rb")).to include("class SendVerificationSmsHandler")
+      expect(Dir[File.join(root, "db/migrate/*.rb")]).to be_empty
+    end
   end
 
   describe "tcb:install" do
@@ -163,8 +178,8 @@ RSpec.describe "tcb generators" do
 
       expect(File.read(migration("create_payments__charges_outbox"))).to include("class CreatePaymentsChargesOutbox ",
                                                                                  "create_table :payments__charges_outbox do")
-      job = read("app/jobs/payments/charges/outbox_relay_job.rb")
-      expect(job).to include("module Payments\n  module Charges\n    class OutboxRelayJob < ApplicationJob",
+      job = read("app/jobs/payments/charges_outbox_job.rb")
+      expect(job).to include("module Payments\n  class ChargesOutboxJob < ApplicationJob",
                              "outbox_store: TCB.config.outbox_store_for(Payments::Charges)",
                              "event_store: TCB.config.event_store")
       expect(compiles?(job)).to be(true)
@@ -174,9 +189,26 @@ RSpec.describe "tcb generators" do
     it "bases the relay job on ActiveJob::Base when the app has no ApplicationJob" do
       generate("tcb:outbox", "payments/charges")
 
-      job = read("app/jobs/payments/charges/outbox_relay_job.rb")
-      expect(job).to include("    class OutboxRelayJob < ActiveJob::Base\n")
+      job = read("app/jobs/payments/charges_outbox_job.rb")
+      expect(job).to include("  class ChargesOutboxJob < ActiveJob::Base\n")
       expect(job).not_to include("ApplicationJob")
+    end
+
+    # The file and class names tcb 0.6.2's own generator test expects: regenerating over a
+    # tcb app replaces its job (and whatever schedules it by name keeps working).
+    it "names the migration and the job as tcb 0.6.2 does" do
+      FileUtils.mkdir_p(File.join(root, "app/jobs"))
+      File.write(File.join(root, "app/jobs/application_job.rb"), "class ApplicationJob < ActiveJob::Base\nend\n")
+      generate("tcb:outbox", "invoicing")
+
+      expect(files - ["app/jobs/application_job.rb"])
+        .to eq(["app/jobs/invoicing_outbox_job.rb", File.basename(migration("create_invoicing_outbox")).prepend("db/migrate/")])
+      expect(File.read(migration("create_invoicing_outbox"))).to include("class CreateInvoicingOutbox ",
+                                                                         "create_table :invoicing_outbox do")
+      job = read("app/jobs/invoicing_outbox_job.rb")
+      expect(job).to start_with("# frozen_string_literal: true\n\nclass InvoicingOutboxJob < ApplicationJob\n")
+      expect(job).to include("TCB::OutboxRelay.new(", "TCB.config.event_store", "outbox_store_for(Invoicing)")
+      expect(compiles?(job)).to be(true)
     end
   end
 
@@ -269,7 +301,7 @@ RSpec.describe "tcb generators" do
       Payments::Charges.capture!(charge_id: "ch_1", amount: 500)
       puts "EVENTS \#{TCB.read(Payments::Charges).stream("ch_1").to_a.map { |e| [e.version, e.event.class.name, e.event.amount] }.inspect}"
       puts "MODEL \#{Payments::Charges::EventRecord.table_name}"
-      Payments::Charges::OutboxRelayJob.perform_now
+      Payments::ChargesOutboxJob.perform_now
       puts "OUTBOX \#{TCB.config.outbox_store_for(Payments::Charges).all.map(&:status).inspect}"
     RUBY
 
@@ -281,7 +313,7 @@ RSpec.describe "tcb generators" do
         Rails::Generators.invoke("tcb:outbox", ["payments/charges", "--quiet"], destination_root: Rails.root.to_s, behavior: :invoke)
       RUBY
 
-      out = in_app("puts Payments::Charges::OutboxRelayJob.superclass.name; puts defined?(ApplicationJob).inspect")
+      out = in_app("puts Payments::ChargesOutboxJob.superclass.name; puts defined?(ApplicationJob).inspect")
       expect(out.lines.last(2).map(&:strip)).to eq(%w[ActiveJob::Base nil])
     end
 

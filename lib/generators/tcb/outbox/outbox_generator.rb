@@ -27,8 +27,12 @@ module ActsAsTbackend
         migration_template "outbox_migration.rb.tt", "db/migrate/create_#{table_name}.rb"
       end
 
+      # tcb 0.6.2's job name and path (`invoicing` → InvoicingOutboxJob in
+      # app/jobs/invoicing_outbox_job.rb, `payments/charges` → Payments::ChargesOutboxJob), so
+      # regenerating over a tcb app replaces its job instead of adding a second one.
       def create_relay_job
-        create_file "app/jobs/#{domain_file_path}/outbox_relay_job.rb", ruby_file(render_template("outbox_relay_job.rb.tt"))
+        create_file "app/jobs/#{domain_file_path}_outbox_job.rb",
+                    ruby_file(render_template("outbox_relay_job.rb.tt"), module_parts[0...-1])
       end
 
       private
@@ -38,7 +42,11 @@ module ActsAsTbackend
       end
 
       def job_class_name
-        "#{module_name}::OutboxRelayJob"
+        "#{module_name}OutboxJob"
+      end
+
+      def job_class_basename
+        "#{module_parts.last}OutboxJob"
       end
     end
   end
