@@ -30,28 +30,8 @@ RSpec.describe "rake tbackend:spool" do
     JSON.parse(output[output.index("{")..])
   end
 
-  # Enqueues 50 facts with the daemon down and exits without flushing, as after a crash.
-  def leave_orphaned_segment
-    env = { "TBACKEND_SPOOL_PATH" => spool, "TBACKEND_TEST_PORT" => closed_port.to_s }
-    in_app(<<~RUBY, env: env)
-      writer = ActsAsTbackend.async_writer
-      50.times do |i|
-        fact = ActsAsTbackend::Fact.build(id: "spooled-\#{i}", store: "spooled", key: "k\#{i % 5}", value: { "i" => i })
-        raise "not enqueued" unless writer.enqueue(fact)[:status] == "enqueued"
-      end
-      exit!(0)
-    RUBY
-  end
-
-  def expect_delivered_once(daemon)
-    facts = client_for(daemon).facts_by_seq(store: "spooled")[:response][:facts]
-    expect(facts.map { |f| f[:id] }).to match_array(Array.new(50) { |i| "spooled-#{i}" })
-    by_key = facts.group_by { |f| f[:key] }.transform_values { |list| list.map { |f| f[:value][:i] } }
-    by_key.each_value { |values| expect(values).to eq(values.sort) } # per-key order survives the spool
-  end
-
   it "reports an orphaned segment, then delivers it exactly once" do
-    leave_orphaned_segment
+    leave_orphaned_segment(spool)
     out, status = rake("tbackend:spool:status", closed_port)
     expect(status).to be_success, out
     report = json(out)
@@ -82,7 +62,7 @@ RSpec.describe "rake tbackend:spool" do
   end
 
   it "starts the writer at boot in server processes only, which then delivers orphaned segments" do
-    leave_orphaned_segment
+    leave_orphaned_segment(spool)
     TbackendSpec::TestDaemon.with do |d|
       env = { "TBACKEND_SPOOL_PATH" => spool, "TBACKEND_TEST_PORT" => d.port.to_s }
       probe = "w = ActsAsTbackend.instance_variable_get(:@async_writer); puts(w ? w.flush(timeout: 20) : 'no writer')"

@@ -50,6 +50,8 @@ end
 # `include_context "rails app"`: a fresh copy of the app for each example, as `app`, and
 # `in_app(code, env:)`, which boots it, runs `code` and fails the example on a non-zero exit.
 RSpec.shared_context "rails app" do
+  include TbackendSpec::ClientHelpers
+
   around do |example|
     Dir.mktmpdir("tbackend-rails-app") do |dir|
       @app = TbackendSpec::RailsApp.create(dir)
@@ -63,5 +65,27 @@ RSpec.shared_context "rails app" do
     out, status = TbackendSpec::RailsApp.boot_and_run(app, code, env: env)
     expect(status).to be_success, out
     out
+  end
+
+  # Enqueues `count` facts ("<store>-<i>", on `keys` keys) into the spool at `spool` with the
+  # daemon unreachable, and exits without flushing, as after a crash: the segment is orphaned.
+  def leave_orphaned_segment(spool, store: "spooled", count: 50, keys: 5)
+    env = { "TBACKEND_SPOOL_PATH" => spool, "TBACKEND_TEST_PORT" => closed_port.to_s }
+    in_app(<<~RUBY, env: env)
+      writer = ActsAsTbackend.async_writer
+      #{count}.times do |i|
+        fact = ActsAsTbackend::Fact.build(id: "#{store}-\#{i}", store: "#{store}", key: "k\#{i % #{keys}}", value: { "i" => i })
+        raise "not enqueued" unless writer.enqueue(fact)[:status] == "enqueued"
+      end
+      exit!(0)
+    RUBY
+  end
+
+  # Every fact leave_orphaned_segment made is stored once, each key's in enqueue order.
+  def expect_delivered_once(daemon, store: "spooled", count: 50)
+    facts = client_for(daemon).facts_by_seq(store: store, after_seq: 0, timeout: 10)[:response][:facts]
+    expect(facts.map { |f| f[:id] }).to match_array(Array.new(count) { |i| "#{store}-#{i}" })
+    by_key = facts.group_by { |f| f[:key] }.transform_values { |list| list.map { |f| f[:value][:i] } }
+    by_key.each_value { |values| expect(values).to eq(values.sort) } # per-key order survives the spool
   end
 end
