@@ -26,7 +26,7 @@ module TbackendSpec
       def missing
         missing = []
         missing << "the sidekiq gem (Debian: ruby-sidekiq)" unless sidekiq_version
-        missing << "redis-server (Debian: redis-server), or REDIS_URL" unless ENV["REDIS_URL"] || redis_server
+        missing << "redis-server (Debian: redis-server), or REDIS_URL" unless redis_url || redis_server
         missing.empty? ? nil : missing.join(" and ")
       end
 
@@ -39,7 +39,7 @@ module TbackendSpec
       # Yields a Redis URL for the block: REDIS_URL, or a private redis-server (no
       # persistence, loopback only) that is stopped when the block ends.
       def with_redis(&block)
-        return yield ENV.fetch("REDIS_URL") if ENV["REDIS_URL"]
+        return yield redis_url if redis_url
 
         Dir.mktmpdir("tbackend-redis") { |dir| with_redis_server(dir, &block) }
       end
@@ -77,6 +77,11 @@ module TbackendSpec
       end
 
       private
+
+      def redis_url
+        url = ENV.fetch("REDIS_URL", "")
+        url unless url.empty?
+      end
 
       def redis_server
         ENV.fetch("PATH", "").split(File::PATH_SEPARATOR).map { |dir| File.join(dir, "redis-server") }
