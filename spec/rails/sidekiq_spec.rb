@@ -12,7 +12,7 @@ RSpec.describe "A Sidekiq server process", :sidekiq do
 
   # How long the daemon stays down while MirrorRetryJobs retry: at least 3 minutes on the
   # Debian 13 leg; elsewhere 30 s, which already outlasts the ~20 s in which 10 attempts at
-  # 0.05 s base backoff (and a 1 s scheduler poll) run out.
+  # 0.05 s base backoff (and a 1 s scheduler poll) ran out when an outage spent attempts.
   let(:outage_seconds) do
     Float(ENV.fetch("TBACKEND_SPEC_OUTAGE_SECONDS") { ENV["TBACKEND_D13"] == "1" ? 180 : 30 })
   end
@@ -28,16 +28,21 @@ RSpec.describe "A Sidekiq server process", :sidekiq do
 
   let(:spool) { File.join(@dir, "spool").tap { |path| FileUtils.mkdir_p(path) } }
 
-  # `fact id => count` of the store's committed facts in the daemon.
-  def stored_ids(daemon, store)
+  # The store's committed facts in the daemon.
+  def stored(daemon, store)
     answer = client_for(daemon).facts_by_seq(store: store, after_seq: 0, timeout: 10)
     raise "read-back failed: #{answer.inspect}" unless answer[:ok]
 
-    answer[:response][:facts].map { |f| f[:id] }.tally
+    answer[:response][:facts]
+  end
+
+  # `fact id => how many times it is stored`.
+  def stored_ids(daemon, store)
+    stored(daemon, store).map { |f| f[:id] }.tally
   end
 
   def stored_keys(daemon, store)
-    client_for(daemon).facts_by_seq(store: store, after_seq: 0, timeout: 10)[:response][:facts].map { |f| f[:key] }
+    stored(daemon, store).map { |f| f[:key] }
   end
 
   # Sleeps `seconds`, failing at once if the Sidekiq process dies or gives a fact up meanwhile.
@@ -88,6 +93,7 @@ RSpec.describe "A Sidekiq server process", :sidekiq do
         performed_during = performed(sidekiq) - performed_before
         expect(performed_during).to be >= order_ids.size, "the jobs did not run during the outage"
 
+        # Each job comes back within retry_max_backoff (30 s) of its last run.
         d.restart
         expected_keys = order_ids.map { |id| "orders:#{id}" }
         done = eventually(120, interval: 0.5) do
