@@ -9,6 +9,9 @@ module TCB
   #
   #   TCB::OutboxRelay.new(outbox_store: TCB.config.outbox_store_for(Billing),
   #                        event_store: TCB.config.event_store, lock_timeout: 300).run
+  #
+  # `outbox_store:` may also be the module's outbox model, as tcb 0.6.2's README and
+  # generated jobs pass it (`outbox_store: Billing::OutboxRecord`).
   class OutboxRelay
     # Seconds before attempt n + 1 after n failures: 2, 4, 8 … capped at one hour.
     DEFAULT_BACKOFF = ->(attempts) { [2**attempts, 3600].min }
@@ -25,12 +28,21 @@ module TCB
               "event_store must answer read_by_event_ids (got #{event_store.inspect})"
       end
 
-      @outbox_store = outbox_store
+      @outbox_store = self.class.store_for(outbox_store)
       @event_store = event_store
       @lock_timeout = lock_timeout
       @max_attempts = max_attempts
       @backoff = backoff
       @clock = clock
+    end
+
+    # The configured store whose model `outbox` is, else a store over that model; any
+    # other object is taken to be a store.
+    def self.store_for(outbox)
+      return outbox unless defined?(::ActiveRecord::Base) && outbox.is_a?(Class) && outbox < ::ActiveRecord::Base
+
+      configured = TCB.config.outbox_stores.each_value.find { |store| store.respond_to?(:model) && store.model == outbox }
+      configured || OutboxStore::ActiveRecord.new(outbox)
     end
 
     # One pass over the due entries. Returns counts of what happened.
@@ -70,10 +82,19 @@ module TCB
       Context.for_reaction(envelope) { handler.new.call(envelope.event) }
     end
 
+    # A store without mark_dead (tcb 0.6.2's API) keeps the entry retryable.
+    def record_failure(entry, message, retry_at)
+      if retry_at || !@outbox_store.respond_to?(:mark_dead)
+        @outbox_store.mark_failed(entry, error: message, retry_at: retry_at)
+      else
+        @outbox_store.mark_dead(entry, error: message)
+      end
+    end
+
     def fail_entry(entry, error, result)
       attempts = entry.attempts.to_i + 1
       retry_at = attempts < @max_attempts ? now + @backoff.call(attempts) : nil
-      @outbox_store.mark_failed(entry, error: Instrumentation.error_message(error), retry_at: retry_at)
+      record_failure(entry, error.message, retry_at)
       retry_at ? result.failed += 1 : result.dead += 1
       Instrumentation.failure(
         retry_at ? "outbox_delivery_failed.tcb" : "outbox_dead_letter.tcb",

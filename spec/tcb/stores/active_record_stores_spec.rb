@@ -268,7 +268,7 @@ RSpec.describe "ActiveRecord stores" do
         .to output(%r{failed attempt 1/3: ArgumentError: warehouse down for o9, retrying at}).to_stderr_from_any_process
       stored = outbox_store.all.first
       expect([stored.status, stored.attempts, stored.next_attempt_at]).to eq([:failed, 1, clock.first + 10])
-      expect(stored.error).to include("ArgumentError", "warehouse down for o9")
+      expect(stored.error).to eq("warehouse down for o9")
 
       clock[0] += 9
       expect(relay.run.to_h).to include(failed: 0, dead: 0, delivered: 0)

@@ -7,6 +7,13 @@ RSpec.describe "Outbox store lint" do
     it_behaves_like "a TCB outbox store" do
       let(:outbox_store) { described_class.new(TCB::Lint::Orders) }
     end
+
+    it "identifies entries by UUID, as tcb 0.6.2 did" do
+      entry = described_class.new(TCB::Lint::Orders).insert(event_id: "e1", stream_id: "tcb/lint/orders|1", version: 1,
+                                                            handler_class: TCB::Lint::NotifyWarehouse)
+
+      expect(entry.id).to match(/\A\h{8}-\h{4}-\h{4}-\h{4}-\h{12}\z/)
+    end
   end
 
   describe "TCB::OutboxStore::ActiveRecord on SQLite" do

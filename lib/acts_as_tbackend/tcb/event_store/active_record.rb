@@ -12,6 +12,11 @@ module TCB
     # context string alone, so no model is ever found by camelizing a context (tcb 0.6.2
     # broke on `HTTPGateway`); `register_domain` also names the model `<Module>::EventRecord`.
     #
+    # Tables made by tcb 0.6.2's generator have no `schema_version` and no `created_at` and
+    # hold YAML payloads: each model's columns are read once, rows carry only the columns the
+    # table has, and payloads are read as JSON or YAML (JsonCodec#load_yaml). New rows are
+    # JSON either way; `rails g tcb:upgrade` adds the two columns.
+    #
     # Versions: each append reads the stream's last version and inserts after it inside a
     # savepoint; the unique index on (stream_id, version) turns a concurrent append of the
     # same version into WrongExpectedVersion (with `expected_version:`) or a fresh attempt
@@ -51,17 +56,28 @@ module TCB
         @base_class = base_class
         @codec = codec
         @models = {}
+        @columns = {}
         @lock = Mutex.new
       end
 
       # Called by TCB.configure for every module that persists: its event classes become
-      # readable, and its table gets the model `<Module>::EventRecord`.
+      # readable, and its table gets the model `<Module>::EventRecord`. An EventRecord the app
+      # defined itself (an ActiveRecord model with its own methods) is kept and used.
       def register_domain(domain_module)
         codec.register_domain(domain_module)
-        model = model_for(DomainContext.from_module(domain_module).to_s)
-        domain_module.send(:remove_const, :EventRecord) if domain_module.const_defined?(:EventRecord, false)
+        context = DomainContext.from_module(domain_module).to_s
+        own = domain_module.const_defined?(:EventRecord, false) && domain_module.const_get(:EventRecord, false)
+        return adopt_model(context, own) if app_model?(own)
+
+        model = model_for(context)
+        domain_module.send(:remove_const, :EventRecord) if own
         domain_module.const_set(:EventRecord, model)
         model
+      end
+
+      # True for an ActiveRecord model the app wrote, false for the ones stores build.
+      def self.app_model?(candidate)
+        candidate.is_a?(Class) && candidate < ::ActiveRecord::Base && !candidate.instance_variable_get(:@tcb_built)
       end
 
       def append(stream_id:, events:, occurred_at: Time.now, correlation_id: nil, causation_id: nil, expected_version: nil)
@@ -77,7 +93,7 @@ module TCB
             Appending.check_expected_version!(stream, current, expected_version)
             envelopes = Appending.build_envelopes(stream, events, after_version: current, occurred_at: occurred_at,
                                                                   correlation_id: correlation_id, causation_id: causation_id)
-            model.insert_all!(envelopes.map { |envelope| row(envelope) }) unless envelopes.empty?
+            model.insert_all!(envelopes.map { |envelope| row(envelope, columns(model)) }) unless envelopes.empty?
             envelopes
           end
         rescue ::ActiveRecord::RecordNotUnique
@@ -133,6 +149,17 @@ module TCB
         @lock.synchronize { @models.values }
       end
 
+      def app_model?(candidate)
+        self.class.app_model?(candidate)
+      end
+
+      def adopt_model(context, model)
+        @lock.synchronize do
+          @columns.delete(model)
+          @models[context] = model
+        end
+      end
+
       # The model of a context's table, built once; no constant lookup involved.
       def model_for(context)
         @lock.synchronize do
@@ -140,6 +167,7 @@ module TCB
             table = "#{context.gsub(DomainContext::NAMESPACE_SEPARATOR, DomainContext::TABLE_SEPARATOR)}" \
                     "#{DomainContext::TABLE_SUFFIX}"
             Class.new(base_class) do
+              @tcb_built = true
               self.table_name = table
               define_singleton_method(:name) { super() || "TCB::EventStore::ActiveRecord::Record(#{table})" }
             end
@@ -147,23 +175,48 @@ module TCB
         end
       end
 
+      # The table's columns, read once per model.
+      def columns(model)
+        @lock.synchronize { @columns[model] ||= model.column_names.freeze }
+      end
+
       def current_version(model, stream)
         model.where(stream_id: stream.to_s).maximum(:version) || 0
       end
 
-      def row(envelope)
+      def row(envelope, columns)
         dumped = codec.dump(envelope.event)
-        { event_id: envelope.event_id, stream_id: envelope.stream_id, version: envelope.version,
-          event_type: dumped["type"], schema_version: dumped["schema_version"],
-          payload: JSON.generate(dumped["data"]), occurred_at: envelope.occurred_at,
-          correlation_id: envelope.correlation_id, causation_id: envelope.causation_id, created_at: Time.now.utc }
+        row = { "event_id" => envelope.event_id, "stream_id" => envelope.stream_id, "version" => envelope.version,
+                "event_type" => dumped["type"], "schema_version" => dumped["schema_version"],
+                "payload" => JSON.generate(dumped["data"]), "occurred_at" => envelope.occurred_at,
+                "correlation_id" => envelope.correlation_id, "causation_id" => envelope.causation_id,
+                "created_at" => Time.now.utc }
+        check_schema_version!(dumped, columns)
+        row.slice(*columns)
+      end
+
+      # Without the column every row reads as schema version 1: writing a later one would
+      # make its upcasters run over data that is already current.
+      def check_schema_version!(dumped, columns)
+        return if dumped["schema_version"] == 1 || columns.include?("schema_version")
+
+        raise ConfigurationError, "#{dumped['type']} has schema_version #{dumped['schema_version']}, but its table has " \
+                                  "no schema_version column: run `rails g tcb:upgrade` and migrate"
       end
 
       def envelope(record)
-        Envelope.new(event: codec.load(record.event_type, record.schema_version, JSON.parse(record.payload)),
-                     event_id: record.event_id, stream_id: record.stream_id, version: record.version,
-                     occurred_at: record.occurred_at.getutc, correlation_id: record.correlation_id,
-                     causation_id: record.causation_id)
+        Envelope.new(event: event(record), event_id: record.event_id, stream_id: record.stream_id,
+                     version: record.version, occurred_at: record.occurred_at.getutc,
+                     correlation_id: record.correlation_id, causation_id: record.causation_id)
+      end
+
+      # JSON rows start with "{"; tcb 0.6.2 wrote YAML documents ("--- ...").
+      def event(record)
+        payload = record.payload
+        return codec.load_yaml(record.event_type, payload) unless payload.lstrip.start_with?("{")
+
+        schema_version = record.has_attribute?(:schema_version) ? record.schema_version : 1
+        codec.load(record.event_type, schema_version, JSON.parse(payload))
       end
     end
   end

@@ -3,6 +3,7 @@
 require "bigdecimal"
 require "date"
 require "time"
+require "yaml"
 
 module TCB
   module EventStore
@@ -20,6 +21,12 @@ module TCB
     #
     # Schema evolution: `register(klass, schema_version: 2)` and an upcaster per old version,
     # `upcast("Orders::Placed", from: 1) { |data| data.merge("currency" => "EUR") }`.
+    #
+    # Rows tcb 0.6.2 wrote hold YAML; `load_yaml` reads them with `YAML.safe_load`, so only the
+    # registered classes, the configured extras and the time and number classes can come back.
+    #
+    # A codec nobody registered a class on (a store built outside `TCB.configure`) falls back
+    # to the classes the current configuration persists or lists as extras.
     class JsonCodec
       TAG = "$tcb"
       # Values written as tagged JSON, never as registered objects.
@@ -78,6 +85,19 @@ module TCB
         @lock.synchronize { @by_class.key?(klass) }
       end
 
+      # The event a tcb 0.6.2 row holds: its YAML is either the event object itself or its
+      # attributes, which the class of `type` is built from.
+      def load_yaml(type, yaml)
+        registration = registration_for_type!(type)
+        loaded = YAML.safe_load(yaml, permitted_classes: yaml_permitted_classes, aliases: true)
+        return loaded if loaded.is_a?(registration.klass)
+        unless loaded.is_a?(Hash)
+          raise UnknownType, "stored #{type} payload is a #{loaded.class}, not a #{registration.klass} or its attributes"
+        end
+
+        instantiate(registration.klass, loaded.transform_keys(&:to_s))
+      end
+
       # `{"type", "schema_version", "data"}` for an event of a registered class.
       def dump(event)
         registration = registration_for!(event.class)
@@ -87,12 +107,7 @@ module TCB
 
       # The event of `type`, its data upcast from `schema_version` to the registered one.
       def load(type, schema_version, data)
-        registration = @lock.synchronize { @by_type[type.to_s] }
-        unless registration
-          raise UnknownType, "stored event type #{type.inspect} is not registered: persist it in a TCB domain " \
-                             "module or call #register(#{type}) on the store's codec"
-        end
-
+        registration = registration_for_type!(type)
         data = upcast_data(registration, Integer(schema_version), stringify(data))
         instantiate(registration.klass, data.transform_values { |value| decode(value) })
       end
@@ -100,9 +115,40 @@ module TCB
       private
 
       def registration_for!(klass)
-        @lock.synchronize { @by_class[klass] } ||
+        @lock.synchronize { @by_class[klass] } || fallback_registration { |candidate| candidate == klass } ||
           raise(UnknownType, "cannot serialize #{klass}: it is not a registered event class " \
                              "(persist it in a TCB domain module, or register it on the store's codec)")
+      end
+
+      def registration_for_type!(type)
+        @lock.synchronize { @by_type[type.to_s] } || fallback_registration { |klass| klass.name == type.to_s } ||
+          raise(UnknownType, "stored event type #{type.inspect} is not registered: persist it in a TCB domain " \
+                             "module or call #register(#{type}) on the store's codec")
+      end
+
+      # Registers the first configured class the block accepts, and answers its registration.
+      def fallback_registration(&block)
+        klass = configured_classes.find(&block)
+        return nil unless klass
+
+        register(klass)
+        @lock.synchronize { @by_class[klass] }
+      end
+
+      def configured_classes
+        return [] unless defined?(TCB) && TCB.respond_to?(:config)
+
+        config = TCB.config
+        (config.persist_registrations.keys + Array(config.extra_serialization_classes))
+          .select { |klass| klass.is_a?(Class) && klass.name && !NATIVE.include?(klass) }
+      end
+
+      # What tcb 0.6.2's YAML may hold: events, their value objects, times and numbers.
+      def yaml_permitted_classes
+        registered = @lock.synchronize { @by_class.keys }
+        time_classes = [DateTime]
+        time_classes += [::ActiveSupport::TimeWithZone, ::ActiveSupport::TimeZone] if defined?(::ActiveSupport::TimeWithZone)
+        (NATIVE + time_classes + registered + configured_classes).uniq
       end
 
       def encode_attributes(object)
@@ -138,7 +184,7 @@ module TCB
       end
 
       def encode_object(value)
-        registration = @lock.synchronize { @by_class[value.class] }
+        registration = @lock.synchronize { @by_class[value.class] } || fallback_registration { |klass| klass == value.class }
         unless registration
           raise UnknownType, "cannot serialize a #{value.class} inside an event: register #{value.class} on the " \
                              "store's codec (or list it in c.extra_serialization_classes)"
