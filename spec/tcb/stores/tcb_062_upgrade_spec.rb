@@ -142,6 +142,18 @@ RSpec.shared_examples "an app upgrading from tcb 0.6.2" do
     expect(TCB.read(invoicing).stream("inv-1").to_a.map(&:event)).to eq([invoiced])
   end
 
+  it "reads and appends events holding ActiveSupport::TimeWithZone (Time.current), as Rails apps record them" do
+    berlin = invoiced.tap { |event| event.issued_at = issued_at.in_time_zone("Europe/Berlin") }
+    Tcb062.write_event(base_class, invoicing, berlin, stream_id: stream, version: 1)
+    configure
+
+    TCB.record(events: [berlin])
+
+    read = TCB.read(invoicing).stream("inv-1").to_a.map(&:event)
+    expect(read.map(&:issued_at)).to eq([issued_at, issued_at])
+    expect(read.first.issued_at.time_zone.name).to eq("Europe/Berlin")
+  end
+
   it "refuses YAML naming a class that is neither registered nor configured" do
     event = invoicing::Voided.new(invoice_id: "inv-1", reason: Tcb062Spec::Secret.new("rm -rf"))
     Tcb062.write_event(base_class, invoicing, event, stream_id: stream, version: 1)
