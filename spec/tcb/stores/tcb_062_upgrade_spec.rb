@@ -135,6 +135,16 @@ RSpec.shared_examples "an app upgrading from tcb 0.6.2" do
     expect(TCB.read(invoicing).stream("inv-1").to_a.map(&:event)).to eq([invoiced, voided, again])
   end
 
+  it "refuses to append an event of a later schema version where the table cannot record it" do
+    store = TCB::EventStore::ActiveRecord.new(base_class: base_class)
+    store.codec.register(invoicing::Voided, schema_version: 2)
+    configure(event_store: store)
+
+    expect { TCB.record(events: [invoicing::Voided.new(invoice_id: "inv-1", reason: "x")]) }
+      .to raise_error(TCB::ConfigurationError, /schema_version 2.*tcb:upgrade/)
+    expect(events_table.count).to eq(0)
+  end
+
   it "reads rows whose YAML holds the event's attributes" do
     Tcb062.write_event(base_class, invoicing, invoiced, stream_id: stream, version: 1, payload: YAML.dump(invoiced.to_h))
     configure
@@ -277,6 +287,7 @@ RSpec.shared_examples "an app upgrading from tcb 0.6.2" do
       Tcb062Spec::SendInvoice.failure = "mail server down"
       expect(readme_outbox_job.failed).to eq(1)
       expect(readme_outbox_job.failed).to eq(0) # backing off now
+      expect(outbox_table.pluck(:next_attempt_at).first).to be > Time.now
       expect(outbox_table.pluck(:status, :attempts, :error)).to eq([["failed", 1, "mail server down"]])
     end
   end
