@@ -306,6 +306,28 @@ RSpec.describe "Upgrading from tcb 0.6.2" do
     it_behaves_like "an app upgrading from tcb 0.6.2"
   end
 
+  describe "event store lint on tcb 0.6.2's events tables" do
+    describe "on SQLite" do
+      before(:context) do
+        TCB::Lint::DOMAIN_MODULES.each { |mod| Tcb062.create_tables(TcbStoresSpec::SqliteRecord, mod, outbox: false) }
+      end
+
+      it_behaves_like "a TCB event store", concurrent: false do
+        let(:store) { TCB::EventStore::ActiveRecord.new(base_class: TcbStoresSpec::SqliteRecord) }
+      end
+    end
+
+    describe "on PostgreSQL" do
+      before(:context) do
+        TCB::Lint::DOMAIN_MODULES.each { |mod| Tcb062.create_tables(TcbStoresSpec::PgRecord, mod, outbox: false) }
+      end
+
+      it_behaves_like "a TCB event store" do
+        let(:store) { TCB::EventStore::ActiveRecord.new(base_class: TcbStoresSpec::PgRecord) }
+      end
+    end
+  end
+
   describe "outbox store lint on tcb 0.6.2's outbox table" do
     describe "on SQLite" do
       before(:context) { Tcb062.create_tables(TcbStoresSpec::SqliteRecord, TCB::Lint::Orders) }
