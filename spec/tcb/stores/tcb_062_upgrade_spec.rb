@@ -225,6 +225,38 @@ RSpec.shared_examples "an app upgrading from tcb 0.6.2" do
     expect(unwired.read(stream).map(&:event)).to eq([invoiced, invoiced(cents: 7)])
   end
 
+  it "serializes the fresh classes in that store after a code reload" do
+    load_module = lambda do
+      Tcb062Spec.send(:remove_const, :Reloaded) if Tcb062Spec.const_defined?(:Reloaded, false)
+      Tcb062Spec.const_set(:Reloaded, Module.new).tap do |mod|
+        mod.include(TCB::HandlesEvents)
+        mod.const_set(:Noted, Struct.new(:note_id, :text, keyword_init: true))
+        mod.persist(mod.events(mod::Noted, stream_id_from_event: :note_id))
+      end
+    end
+    boot = lambda do
+      TCB.reset!
+      TCB.domain_modules = [load_module.call]
+      TCB.configure do |c|
+        c.event_bus = TCB::EventBus.new(sync: true)
+        c.event_store = TCB::EventStore::InMemory.new
+      end
+    end
+    boot.call
+    Tcb062.create_tables(base_class, Tcb062Spec::Reloaded, outbox: false)
+    unwired = TCB::EventStore::ActiveRecord.new(base_class: base_class)
+    unwired.append(stream_id: "tcb062_spec/reloaded|n1", events: [Tcb062Spec::Reloaded::Noted.new(note_id: "n1", text: "a")])
+
+    boot.call
+    unwired.append(stream_id: "tcb062_spec/reloaded|n1", events: [Tcb062Spec::Reloaded::Noted.new(note_id: "n1", text: "b")])
+
+    read = unwired.read("tcb062_spec/reloaded|n1").map(&:event)
+    expect(read).to all(be_a(Tcb062Spec::Reloaded::Noted))
+    expect(read.map(&:text)).to eq(%w[a b])
+  ensure
+    Tcb062Spec.send(:remove_const, :Reloaded) if Tcb062Spec.const_defined?(:Reloaded, false)
+  end
+
   it "keeps and uses an EventRecord and an OutboxRecord the app defined itself" do
     billing = Tcb062Spec::Billing
     Tcb062.create_tables(base_class, billing)

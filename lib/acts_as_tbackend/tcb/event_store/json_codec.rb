@@ -46,14 +46,19 @@ module TCB
       end
 
       # Makes `klass` writable and readable under `type`. Registering the same class again
-      # is a no-op; a type name taken by another class raises.
+      # is a no-op; a type name taken by another class raises, unless that class has the
+      # same name: a code reload made `klass` anew, and the stale class is dropped.
       def register(klass, type: klass.name, schema_version: 1)
         raise ArgumentError, "cannot register anonymous class #{klass.inspect}: give it a type: name" if type.nil?
 
         @lock.synchronize do
           existing = @by_type[type]
           if existing && existing.klass != klass
-            raise ArgumentError, "event type #{type.inspect} is already registered for #{existing.klass}"
+            unless existing.klass.name == klass.name
+              raise ArgumentError, "event type #{type.inspect} is already registered for #{existing.klass}"
+            end
+
+            @by_class.delete(existing.klass)
           end
 
           registration = Registration.new(klass, type.to_s.freeze, Integer(schema_version))
