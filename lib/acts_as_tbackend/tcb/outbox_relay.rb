@@ -91,18 +91,27 @@ module TCB
       end
     end
 
+    # What the store did decides the outcome: a table without backoff columns (tcb 0.6.2's)
+    # keeps no next attempt time, and a store without mark_dead keeps the entry retryable.
     def fail_entry(entry, error, result)
       attempts = entry.attempts.to_i + 1
       retry_at = attempts < @max_attempts ? now + @backoff.call(attempts) : nil
-      record_failure(entry, error.message, retry_at)
-      retry_at ? result.failed += 1 : result.dead += 1
+      stored = record_failure(entry, error.message, retry_at)
+      dead = stored ? stored.status == :dead : retry_at.nil?
+      retry_at = stored.next_attempt_at if stored && !dead
+      dead ? result.dead += 1 : result.failed += 1
       Instrumentation.failure(
-        retry_at ? "outbox_delivery_failed.tcb" : "outbox_dead_letter.tcb",
+        dead ? "outbox_dead_letter.tcb" : "outbox_delivery_failed.tcb",
         "outbox entry #{entry.id} (#{entry.handler_class}, event #{entry.event_id}) failed attempt " \
-        "#{attempts}/#{@max_attempts}: #{Instrumentation.error_message(error)}" \
-        "#{retry_at ? ", retrying at #{retry_at.iso8601}" : '; dead-lettered'}",
+        "#{attempts}/#{@max_attempts}: #{Instrumentation.error_message(error)}#{outcome(dead, retry_at)}",
         entry: entry, error: error, attempts: attempts, retry_at: retry_at
       )
+    end
+
+    def outcome(dead, retry_at)
+      return "; dead-lettered" if dead
+
+      retry_at ? ", retrying at #{retry_at.iso8601}" : ", retrying on the next run"
     end
   end
 end

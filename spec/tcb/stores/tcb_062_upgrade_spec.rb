@@ -69,6 +69,7 @@ end
 RSpec.shared_examples "an app upgrading from tcb 0.6.2" do
   let(:invoicing) { Tcb062Spec::Invoicing }
   let(:stream) { "tcb062_spec/invoicing|inv-1" }
+  let(:log) { StringIO.new }
   let(:issued_at) { Time.utc(2026, 3, 1, 12, 30, 15.5r) }
 
   def invoiced(id = "inv-1", cents: 1250)
@@ -94,7 +95,7 @@ RSpec.shared_examples "an app upgrading from tcb 0.6.2" do
       c.event_store = event_store
       c.outbox_store_class = outbox_class
       c.extra_serialization_classes = [Tcb062Spec::Money]
-      c.logger = Logger.new(StringIO.new)
+      c.logger = Logger.new(log)
     end
   end
 
@@ -197,6 +198,7 @@ RSpec.shared_examples "an app upgrading from tcb 0.6.2" do
     Tcb062Spec::SendInvoice.failure = "mail server down"
 
     2.times { expect(readme_outbox_job.to_h).to include(failed: 1, delivered: 0) }
+    expect(log.string.scan(%r{failed attempt 1/10: IOError: mail server down, retrying on the next run}).size).to eq(2)
     expect(outbox_table.pluck(:status, :error)).to eq([["failed", "mail server down"]])
 
     Tcb062Spec::SendInvoice.failure = nil
