@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use magnus::{error::ErrorType, value::ReprValue, Error, RArray, RHash, Ruby, TryConvert, Value};
-use tbackend_client::{tail::Cursor, Cancel, Client, Config, Request, RetryPolicy};
+use tbackend_client::{tail::Cursor, CallStep, Cancel, Client, Config, Request, RetryPolicy};
 use tbackend_core::protocol::answer::{OpKind, Status};
 use tbackend_core::protocol::request::RequestBuilder;
 
@@ -186,10 +186,22 @@ impl RbClient {
             return soft_result(ruby, &outcome);
         }
         let timeout = seconds(timeout);
-        let outcome = Self::run_on(ruby, &client, |client, cancel| {
-            client.call(&request, timeout, cancel)
+        let mut step = Self::run_on(ruby, &client, |client, cancel| {
+            client.start(&request, timeout, cancel)
         })?;
-        soft_result(ruby, &outcome)
+        // Ruby's unblocking function cut the wait short to run an interrupt, and it
+        // raised nothing (a signal trap, Thread#wakeup; on 3.3 also a signal the parent
+        // had not handled yet when it forked): the request goes on, on the same
+        // deadline. One that raised has already left through `?`, dropping the paused
+        // call (its answer is discarded when it comes).
+        loop {
+            match step {
+                CallStep::Done(outcome) => return soft_result(ruby, &outcome),
+                CallStep::Paused(paused) => {
+                    step = run_cancellable(ruby, "client", |cancel| paused.resume(cancel))?;
+                }
+            }
+        }
     }
 
     fn read(

@@ -77,6 +77,51 @@ RSpec.describe "ActsAsTbackend::Client interrupted calls" do
     end
   end
 
+  # Ruby calls a waiting thread's unblocking function for every interrupt, also for the
+  # ones that raise nothing: a signal trap that returns (handled on the main thread),
+  # Thread#wakeup, and on Ruby 3.3 a signal the parent had not handled yet when it forked
+  # (the child's timer thread delivers it: the 50-fork spec's first writes came back
+  # "cancelled"). Such a call must go on, on its deadline, and get its own answer.
+  describe "interrupts that raise nothing" do
+    let(:client) { client_for(daemon, request_timeout: 5) }
+
+    before do
+      expect(client.ping[:status]).to eq("ok")
+      daemon.control({ "op" => "set", "delay_ms" => 300 })
+    end
+
+    def expect_own_answer(id, result)
+      expect(result[:status]).to eq("committed_acked"), result.inspect
+      daemon.control({ "op" => "set", "delay_ms" => 0 })
+      expect_writes_match_read_back(client, "specs", [[id, result]])
+    end
+
+    it "lets a call woken by Thread#wakeup go on to its own answer" do
+      id = unique("wakeup")
+      thread = Thread.new { client.write_fact_once(fact(id)) }
+      eventually(2) { thread.status == "sleep" }
+      sleep 0.05
+      thread.wakeup
+      expect_own_answer(id, join_all([thread], 10).first)
+    end
+
+    it "lets a call on the main thread go on after a signal trap that returns" do
+      id = unique("trap")
+      trapped = false
+      previous = trap(:USR2) { trapped = true }
+      signaller = Thread.new do
+        sleep 0.1
+        Process.kill(:USR2, Process.pid)
+      end
+      result = client.write_fact_once(fact(id))
+      join_all([signaller], 5)
+      expect(trapped).to be(true)
+      expect_own_answer(id, result)
+    ensure
+      trap(:USR2, previous || "DEFAULT")
+    end
+  end
+
   describe "1,000 interrupts during traffic, then 1,000 requests" do
     def preloaded = 100
 

@@ -205,6 +205,8 @@ impl Batch {
         let inner = self.client.inner();
         let result =
             inner.lanes[ix].wait_detached(&inner.shared, &p.slot, p.deadline, self.budget, cancel);
+        // A cancel ends the batch: a wait it cut short leaves the answer to the slot.
+        p.slot.abandon();
         self.out[p.index] = Some(inner.finish(p.op, ix, result, p.admission));
     }
 }

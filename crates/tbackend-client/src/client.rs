@@ -19,7 +19,7 @@ use crate::breaker::{Admission, Breaker, BreakerState, Verdict};
 use crate::cancel::Cancel;
 use crate::config::Config;
 use crate::error::TransportError;
-use crate::lane::{self, later, Failure, Lane, LaneStats, Shared};
+use crate::lane::{self, later, Failure, Lane, LaneStats, Shared, Slot};
 use crate::sys;
 use crate::tail::Cursor;
 
@@ -232,15 +232,37 @@ impl Client {
     /// Sends one request and waits for its answer, at most `timeout` (default: the
     /// config's `request_timeout`), or until `cancel` is cancelled.
     pub fn call(&self, req: &Request, timeout: Option<Duration>, cancel: &Cancel) -> Outcome {
+        match self.start(req, timeout, cancel) {
+            CallStep::Done(outcome) => outcome,
+            CallStep::Paused(paused) => paused.give_up(),
+        }
+    }
+
+    /// [`Client::call`] that a cancel only pauses: the request, if written, stays queued
+    /// for its answer, and [`PausedCall::resume`] waits for it again (or, if it was not
+    /// written yet, sends it), within the same deadline. For callers whose cancel means
+    /// "let me run something first" — Ruby's unblocking function fires for every
+    /// interrupt, and most (a signal trap, `Thread#wakeup`) raise nothing, after which
+    /// the call must go on as if never disturbed.
+    pub fn start(&self, req: &Request, timeout: Option<Duration>, cancel: &Cancel) -> CallStep {
         let inner = &*self.inner;
         let (frame, admission) = match inner.admit(req) {
             Admitted::Send(frame, admission) => (frame, admission),
-            Admitted::Answered(outcome) => return outcome,
+            Admitted::Answered(outcome) => return CallStep::Done(outcome),
         };
         let budget = timeout.unwrap_or(inner.shared.config.request_timeout);
-        let ix = inner.pick_lane();
-        let result = inner.lanes[ix].exchange(&inner.shared, &frame, budget, cancel);
-        inner.finish(req.op, ix, result, admission)
+        PausedCall {
+            client: self.clone(),
+            op: req.op,
+            frame,
+            admission: Some(admission),
+            lane: inner.pick_lane(),
+            slot: Slot::new(),
+            sent: false,
+            deadline: later(Instant::now(), budget),
+            budget,
+        }
+        .resume(cancel)
     }
 
     /// The outcome every call would get right now without touching a socket — the client
@@ -425,6 +447,108 @@ impl Client {
         let sleep = full_jitter(base, max, attempt, &mut state);
         self.inner.rng.store(state, Ordering::Relaxed);
         sleep
+    }
+}
+
+/// Where [`Client::start`] or [`PausedCall::resume`] got to.
+#[derive(Debug)]
+pub enum CallStep {
+    /// The call is over.
+    Done(Outcome),
+    /// Cancelled while it waited: resume it, or drop it (or [`PausedCall::give_up`]).
+    Paused(PausedCall),
+}
+
+/// A call cut short by its [`Cancel`]. Dropping it gives the call up: a written
+/// request's answer is then discarded when it comes, as for any cancelled call.
+pub struct PausedCall {
+    client: Client,
+    op: OpKind,
+    frame: Vec<u8>,
+    /// Taken by the verdict: `finish` or `Drop`.
+    admission: Option<Admission>,
+    lane: usize,
+    slot: Arc<Slot>,
+    /// Whether the frame went out (its slot is queued on `lane`).
+    sent: bool,
+    deadline: Instant,
+    budget: Duration,
+}
+
+impl fmt::Debug for PausedCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PausedCall")
+            .field("lane", &self.lane)
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PausedCall {
+    /// Goes on waiting for the answer (sending the request first if the cancel came
+    /// before it was written), with a fresh `cancel` and the call's first deadline.
+    pub fn resume(mut self, cancel: &Cancel) -> CallStep {
+        let inner = &*self.client.inner;
+        let lane = &inner.lanes[self.lane];
+        let result = if self.sent {
+            lane.wait_detached(
+                &inner.shared,
+                &self.slot,
+                self.deadline,
+                self.budget,
+                cancel,
+            )
+        } else {
+            lane.exchange(
+                &inner.shared,
+                &self.slot,
+                &self.frame,
+                self.deadline,
+                self.budget,
+                cancel,
+            )
+        };
+        match result {
+            Err(Failure {
+                error: TransportError::Cancelled { .. },
+                sent,
+            }) => {
+                self.sent = sent;
+                CallStep::Paused(self)
+            }
+            result => CallStep::Done(self.finish(result)),
+        }
+    }
+
+    /// The outcome of giving up now: `timeout_unknown` (cancelled) if the request was
+    /// written, `unavailable` if not; a late answer is discarded.
+    pub fn give_up(self) -> Outcome {
+        let error = TransportError::Cancelled {
+            endpoint: self.client.inner.shared.endpoint.clone(),
+        };
+        let sent = self.sent;
+        self.finish(Err(Failure { error, sent }))
+    }
+
+    fn finish(mut self, result: Result<Vec<u8>, Failure>) -> Outcome {
+        let admission = self.admission.take().expect("a verdict is given once");
+        self.client
+            .inner
+            .finish(self.op, self.lane, result, admission)
+    }
+}
+
+impl Drop for PausedCall {
+    fn drop(&mut self) {
+        // Queued and given up: its answer, when it comes, is consumed by this slot.
+        self.slot.abandon();
+        if let Some(admission) = self.admission.take() {
+            // A probe that never got its verdict proved nothing: the next call probes.
+            self.client
+                .inner
+                .breaker
+                .record(admission, Verdict::Neutral);
+        }
     }
 }
 

@@ -14,7 +14,8 @@
 //! - a slot leaves the FIFO only when its answer is read (popped in order) or when the
 //!   connection is torn down (every slot completed with the error). A caller that gives
 //!   up marks its slot abandoned and leaves it queued, so its late answer is consumed by
-//!   it and can never reach the next caller;
+//!   it and can never reach the next caller; a cancelled caller only detaches from it
+//!   and may come back to wait again (a Ruby interrupt that raised nothing);
 //! - at most one reader per connection; when it leaves, it hands off to the oldest
 //!   parked follower still waiting (and followers re-check on a short timer, so a
 //!   hand-off to a caller that is just giving up cannot strand the others);
@@ -328,22 +329,24 @@ impl Lane {
         at != 0 && sh.ns(now) < at
     }
 
-    /// Sends `frame` and waits for its answer: the whole round trip of one call.
+    /// Sends `frame` for `slot` and waits for its answer until `deadline`: the whole
+    /// round trip of one call. A cancel leaves a written request queued and its slot
+    /// detached, not abandoned (see [`Lane::wait_detached`]).
     pub(crate) fn exchange(
         &self,
         sh: &Shared,
+        slot: &Arc<Slot>,
         frame: &[u8],
+        deadline: Instant,
         budget: Duration,
         cancel: &Cancel,
     ) -> Result<Vec<u8>, Failure> {
-        let slot = Slot::new();
         let wake = sys::thread_wake_fd();
         let _armed = cancel.arm(&slot.word, wake);
-        let deadline = later(Instant::now(), budget);
         let window = budget.max(sh.config.request_timeout);
         let role = match self.submit(
             sh,
-            &slot,
+            slot,
             frame,
             deadline,
             budget,
@@ -358,9 +361,9 @@ impl Lane {
         };
         match role {
             Role::Reader(conn, first) => {
-                self.read(sh, conn, &slot, deadline, budget, cancel, wake, first)
+                self.read(sh, conn, slot, deadline, budget, cancel, wake, first)
             }
-            Role::Follower => self.follow(sh, &slot, deadline, budget, cancel, wake),
+            Role::Follower => self.follow(sh, slot, deadline, budget, cancel, wake),
             Role::Detached => unreachable!(),
         }
     }
@@ -901,14 +904,17 @@ impl Lane {
                 return me.take_when_done();
             }
             let mine = me.ticket.load(Ordering::Relaxed) < st.popped;
-            let give_up = !mine && (cancel.is_cancelled() || now >= deadline);
+            let cancelled = cancel.is_cancelled();
+            let give_up = !mine && (cancelled || now >= deadline);
             if mine || give_up {
                 st.reader = false;
                 st.reader_wake = None;
                 if give_up {
                     // Queued and not popped, so not complete: the answer, when it comes,
-                    // is consumed by this abandoned slot.
-                    me.word.fetch_or(ABANDONED, Ordering::AcqRel);
+                    // is consumed by this slot, whether its caller comes back for it
+                    // (cancelled: detached) or not (past its deadline: abandoned). Done
+                    // under the mutex, so the hand-off below cannot pick this slot.
+                    leave(me, cancelled);
                 }
                 let next = hand_off(&st);
                 drop(st);
@@ -917,7 +923,7 @@ impl Lane {
                 return if mine {
                     me.take_when_done()
                 } else {
-                    Err(gave_up(sh, cancel, budget))
+                    Err(gave_up(sh, cancelled, budget))
                 };
             }
             let until = front_overdue.map_or(deadline, |(_, at)| at.min(deadline));
@@ -953,8 +959,9 @@ impl Lane {
                 }
                 continue;
             }
-            if cancel.is_cancelled() || now >= deadline {
-                let prev = me.word.fetch_or(ABANDONED, Ordering::AcqRel);
+            let cancelled = cancel.is_cancelled();
+            if cancelled || now >= deadline {
+                let prev = leave(me, cancelled);
                 if prev & DONE != 0 {
                     return me.take_when_done();
                 }
@@ -965,7 +972,7 @@ impl Lane {
                     drop(st);
                     wake_reader(next);
                 }
-                return Err(gave_up(sh, cancel, budget));
+                return Err(gave_up(sh, cancelled, budget));
             }
             sys::futex_wait(&me.word, w, Some(deadline.min(next_check) - now));
         }
@@ -1000,6 +1007,19 @@ impl Lane {
     /// Whether the lane holds a connection (no lock).
     pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// A waiting caller leaves its queued slot: for good past its deadline (abandoned: the
+/// answer is dropped when it comes), or for now when cancelled (detached: no longer
+/// parked, so no hand-off picks it, and [`Lane::wait_detached`] can wait for it again;
+/// the binding does, when the interrupt that cancelled it raised nothing). Returns the
+/// word before: a `LEAD` in it is a reader role the caller must pass on.
+fn leave(slot: &Slot, cancelled: bool) -> u32 {
+    if cancelled {
+        slot.word.fetch_and(!(PARKED | LEAD), Ordering::AcqRel)
+    } else {
+        slot.word.fetch_or(ABANDONED, Ordering::AcqRel)
     }
 }
 
@@ -1121,8 +1141,8 @@ fn overdue(sh: &Shared, front: &Slot) -> TransportError {
     timeout(sh, Duration::from_nanos(window), TimeoutPhase::Answer)
 }
 
-fn gave_up(sh: &Shared, cancel: &Cancel, budget: Duration) -> Failure {
-    let error = if cancel.is_cancelled() {
+fn gave_up(sh: &Shared, cancelled: bool, budget: Duration) -> Failure {
+    let error = if cancelled {
         TransportError::Cancelled {
             endpoint: sh.endpoint.clone(),
         }

@@ -45,7 +45,9 @@ linux_only! {
 
     pub use batch::Batch;
     pub use cancel::Cancel;
-    pub use client::{Attempt, BreakerStats, Client, Outcome, Request, RetryPolicy, Stats};
+    pub use client::{
+        Attempt, BreakerStats, CallStep, Client, Outcome, PausedCall, Request, RetryPolicy, Stats,
+    };
     pub use lane::LaneStats;
     pub use sys::process_id;
 }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-use tbackend_client::{BreakerState, Cancel, Client, Config, RetryPolicy, Status, TransportError};
+use tbackend_client::{
+    BreakerState, CallStep, Cancel, Client, Config, Outcome, RetryPolicy, Status, TransportError,
+};
 
 /// Opens after the threshold; while open it answers without touching a socket, fast;
 /// after the cooldown exactly one of 8 concurrent callers probes; the probe's success
@@ -292,6 +294,63 @@ fn cancel_from_a_signal_handler() {
     assert!(wait_until(Duration::from_secs(3), || call(&c, &ping())
         .classified
         .ok));
+}
+
+/// A cancel only pauses a call made with `start`: its written request stays queued, and
+/// `resume` gets that request's own answer (committed, not a replay: nothing was sent
+/// twice) while another thread's call goes through the same lane. A paused call that is
+/// dropped instead leaves its answer to be discarded, never to reach the next caller.
+#[test]
+fn a_paused_call_resumes_to_its_own_answer() {
+    let d = start(opts());
+    let c = client(&d);
+    assert_status(&call(&c, &ping()), Status::Ok);
+    d.control().delay(200).unwrap();
+    let paused_write = |id: &str, after: Duration| {
+        let cancel = Arc::new(Cancel::new());
+        let canceller = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                cancel.cancel();
+            })
+        };
+        let step = c.start(&write("p", id, id, json!(id)), None, &cancel);
+        canceller.join().unwrap();
+        match step {
+            CallStep::Paused(paused) => paused,
+            CallStep::Done(o) => panic!("the cancel did not pause the call: {o:#?}"),
+        }
+    };
+    let paused = paused_write("paused-1", Duration::from_millis(50));
+    let other = {
+        let c = c.clone();
+        std::thread::spawn(move || call(&c, &write("p", "other-1", "other-1", json!(1))))
+    };
+    let resumed = match paused.resume(&Cancel::new()) {
+        CallStep::Done(o) => o,
+        CallStep::Paused(_) => panic!("paused again without a cancel"),
+    };
+    let other = other.join().unwrap();
+    assert_status(&resumed, Status::CommittedAcked);
+    assert_status(&other, Status::CommittedAcked);
+
+    let dropped = paused_write("paused-2", Duration::from_millis(20));
+    drop(dropped);
+    let next = call(&c, &write("p", "other-2", "other-2", json!(2)));
+    assert_status(&next, Status::CommittedAcked);
+
+    let id_at = |o: &Outcome| {
+        let seq = seq_of(o);
+        all_facts(&d, "p")
+            .into_iter()
+            .find(|f| f["seq_id"].as_u64() == Some(seq))
+            .map(|f| f["id"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(id_at(&resumed).as_deref(), Some("paused-1"));
+    assert_eq!(id_at(&other).as_deref(), Some("other-1"));
+    assert_eq!(id_at(&next).as_deref(), Some("other-2"));
+    assert_eq!(c.stats().lanes[0].reconnects, 0);
 }
 
 /// A cancel before the call starts: nothing is sent.
