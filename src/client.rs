@@ -15,7 +15,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use magnus::{error::ErrorType, value::ReprValue, Error, RArray, RHash, Ruby, TryConvert, Value};
-use tbackend_client::{tail::Cursor, CallStep, Cancel, Client, Config, Request, RetryPolicy};
+use tbackend_client::{
+    tail::Cursor, CallStep, Cancel, Client, Config, Request, RetryPolicy, RetryStep,
+};
 use tbackend_core::protocol::answer::{OpKind, Status};
 use tbackend_core::protocol::request::RequestBuilder;
 
@@ -281,17 +283,25 @@ impl RbClient {
             ),
             attempt_timeout: Some(per_attempt),
         };
-        match rb_self.run(ruby, |client, cancel| {
-            client.call_with_retries(&request, &policy, cancel)
-        })? {
-            Ok((outcome, tried)) => {
-                let result = soft_result(ruby, &outcome)?;
-                result.aset(ruby.to_symbol("attempt_count"), tried.len())?;
-                result.aset(ruby.to_symbol("attempts"), attempts_array(ruby, &tried)?)?;
-                Ok(result)
+        let Some(client) = rb_self.current() else {
+            return rb_self.shut_down_result(ruby);
+        };
+        let mut step = Self::run_on(ruby, &client, |client, cancel| {
+            client.start_with_retries(&request, &policy, cancel)
+        })?;
+        // As in `one`: an interrupt that raised nothing does not end the retries.
+        let (outcome, tried) = loop {
+            match step {
+                RetryStep::Done(outcome, tried) => break (outcome, tried),
+                RetryStep::Paused(paused) => {
+                    step = run_cancellable(ruby, "client", |cancel| paused.resume(cancel))?;
+                }
             }
-            Err(_) => rb_self.shut_down_result(ruby),
-        }
+        };
+        let result = soft_result(ruby, &outcome)?;
+        result.aset(ruby.to_symbol("attempt_count"), tried.len())?;
+        result.aset(ruby.to_symbol("attempts"), attempts_array(ruby, &tried)?)?;
+        Ok(result)
     }
 
     /// One result per fact, in order. An invalid fact gets its own soft error; the

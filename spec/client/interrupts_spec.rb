@@ -96,13 +96,17 @@ RSpec.describe "ActsAsTbackend::Client interrupted calls" do
       expect_writes_match_read_back(client, "specs", [[id, result]])
     end
 
-    it "lets a call woken by Thread#wakeup go on to its own answer" do
-      id = unique("wakeup")
-      thread = Thread.new { client.write_fact_once(fact(id)) }
-      eventually(2) { thread.status == "sleep" }
-      sleep 0.05
-      thread.wakeup
-      expect_own_answer(id, join_all([thread], 10).first)
+    %i[write_fact_once write_fact_once_safe].each do |call|
+      it "lets #{call} woken by Thread#wakeup go on to its own answer" do
+        id = unique("wakeup")
+        thread = Thread.new { client.public_send(call, fact(id)) }
+        eventually(2) { thread.status == "sleep" }
+        sleep 0.05
+        thread.wakeup
+        result = join_all([thread], 10).first
+        expect(result[:attempt_count]).to eq(1) if call == :write_fact_once_safe
+        expect_own_answer(id, result)
+      end
     end
 
     it "lets a call on the main thread go on after a signal trap that returns" do

@@ -322,36 +322,35 @@ impl Client {
         policy: &RetryPolicy,
         cancel: &Cancel,
     ) -> (Outcome, Vec<Attempt>) {
-        let start = Instant::now();
-        let deadline = policy.deadline.map(|d| later(start, d));
-        let request_timeout = policy
-            .attempt_timeout
-            .unwrap_or(self.inner.shared.config.request_timeout);
-        let attempts_allowed = policy.attempts.max(1);
-        let mut attempts = Vec::new();
-        loop {
-            let budget = match deadline {
-                Some(d) => d
-                    .saturating_duration_since(Instant::now())
-                    .min(request_timeout),
-                None => request_timeout,
-            };
-            let outcome = self.call(req, Some(budget), cancel);
-            attempts.push(Attempt::of(&outcome.classified));
-            let n = attempts.len() as u32;
-            if n >= attempts_allowed || !worth_retrying(&outcome) || cancel.is_cancelled() {
-                return (outcome, attempts);
-            }
-            let sleep = self.jitter(policy.base_backoff, policy.max_backoff, n);
-            let now = Instant::now();
-            // A retry needs time for the sleep and at least a little for the attempt.
-            if deadline.is_some_and(|d| later(now, sleep + Duration::from_millis(1)) >= d) {
-                return (outcome, attempts);
-            }
-            if !sleep_unless_cancelled(sleep, cancel) {
-                return (outcome, attempts);
-            }
+        match self.start_with_retries(req, policy, cancel) {
+            RetryStep::Done(outcome, attempts) => (outcome, attempts),
+            RetryStep::Paused(paused) => paused.give_up(),
         }
+    }
+
+    /// [`Client::call_with_retries`] that a cancel only pauses, as [`Client::start`]
+    /// does for one call: an attempt in flight stays queued, a backoff keeps its end, and
+    /// [`PausedRetries::resume`] goes on from there.
+    pub fn start_with_retries(
+        &self,
+        req: &Request,
+        policy: &RetryPolicy,
+        cancel: &Cancel,
+    ) -> RetryStep {
+        PausedRetries {
+            client: self.clone(),
+            req: req.clone(),
+            attempts_allowed: policy.attempts.max(1),
+            base_backoff: policy.base_backoff,
+            max_backoff: policy.max_backoff,
+            deadline: policy.deadline.map(|d| later(Instant::now(), d)),
+            request_timeout: policy
+                .attempt_timeout
+                .unwrap_or(self.inner.shared.config.request_timeout),
+            attempts: Vec::new(),
+            phase: Phase::Next,
+        }
+        .resume(cancel)
     }
 
     /// One poll of a gap-safe tail over `facts_by_seq` (docs/protocol.md §8): asks for the
@@ -549,6 +548,107 @@ impl Drop for PausedCall {
                 .breaker
                 .record(admission, Verdict::Neutral);
         }
+    }
+}
+
+/// Where [`Client::start_with_retries`] or [`PausedRetries::resume`] got to.
+#[derive(Debug)]
+pub enum RetryStep {
+    /// The last outcome and every attempt.
+    Done(Outcome, Vec<Attempt>),
+    /// Cancelled during an attempt or a backoff: resume it, or give it up.
+    Paused(PausedRetries),
+}
+
+/// A retried call cut short by its [`Cancel`]; see [`Client::start_with_retries`].
+#[derive(Debug)]
+pub struct PausedRetries {
+    client: Client,
+    req: Request,
+    attempts_allowed: u32,
+    base_backoff: Duration,
+    max_backoff: Duration,
+    deadline: Option<Instant>,
+    request_timeout: Duration,
+    attempts: Vec<Attempt>,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// The next attempt is due.
+    Next,
+    /// An attempt waits for its answer.
+    Call(PausedCall),
+    /// Backing off after `last`, until `until`.
+    Backoff { last: Outcome, until: Instant },
+}
+
+impl PausedRetries {
+    /// Goes on from where the cancel stopped it, with a fresh `cancel`.
+    pub fn resume(mut self, cancel: &Cancel) -> RetryStep {
+        loop {
+            let step = match std::mem::replace(&mut self.phase, Phase::Next) {
+                Phase::Next => {
+                    let budget = match self.deadline {
+                        Some(d) => d
+                            .saturating_duration_since(Instant::now())
+                            .min(self.request_timeout),
+                        None => self.request_timeout,
+                    };
+                    self.client.start(&self.req, Some(budget), cancel)
+                }
+                Phase::Call(paused) => paused.resume(cancel),
+                Phase::Backoff { last, until } => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if !sleep_unless_cancelled(left, cancel) {
+                        self.phase = Phase::Backoff { last, until };
+                        return RetryStep::Paused(self);
+                    }
+                    continue;
+                }
+            };
+            let outcome = match step {
+                CallStep::Done(outcome) => outcome,
+                CallStep::Paused(paused) => {
+                    self.phase = Phase::Call(paused);
+                    return RetryStep::Paused(self);
+                }
+            };
+            self.attempts.push(Attempt::of(&outcome.classified));
+            let n = self.attempts.len() as u32;
+            if n >= self.attempts_allowed || !worth_retrying(&outcome) {
+                return RetryStep::Done(outcome, self.attempts);
+            }
+            let sleep = self.client.jitter(self.base_backoff, self.max_backoff, n);
+            let now = Instant::now();
+            // A retry needs time for the sleep and at least a little for the attempt.
+            if self
+                .deadline
+                .is_some_and(|d| later(now, sleep + Duration::from_millis(1)) >= d)
+            {
+                return RetryStep::Done(outcome, self.attempts);
+            }
+            self.phase = Phase::Backoff {
+                last: outcome,
+                until: later(now, sleep),
+            };
+        }
+    }
+
+    /// Stops here: an attempt in flight is given up (its outcome is the last), a backoff
+    /// ends with the outcome before it.
+    pub fn give_up(mut self) -> (Outcome, Vec<Attempt>) {
+        let outcome = match std::mem::replace(&mut self.phase, Phase::Next) {
+            Phase::Call(paused) => {
+                let outcome = paused.give_up();
+                self.attempts.push(Attempt::of(&outcome.classified));
+                outcome
+            }
+            Phase::Backoff { last, .. } => last,
+            Phase::Next => unreachable!("paused only in a call or a backoff"),
+        };
+        (outcome, self.attempts)
     }
 }
 

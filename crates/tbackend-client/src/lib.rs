@@ -46,7 +46,8 @@ linux_only! {
     pub use batch::Batch;
     pub use cancel::Cancel;
     pub use client::{
-        Attempt, BreakerStats, CallStep, Client, Outcome, PausedCall, Request, RetryPolicy, Stats,
+        Attempt, BreakerStats, CallStep, Client, Outcome, PausedCall, PausedRetries, Request,
+        RetryPolicy, RetryStep, Stats,
     };
     pub use lane::LaneStats;
     pub use sys::process_id;
