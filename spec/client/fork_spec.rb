@@ -116,6 +116,15 @@ RSpec.describe "ActsAsTbackend::Client across fork", if: Process.respond_to?(:fo
     ActsAsTbackend.reset!
     expect(ActsAsTbackend.client).not_to equal(client)
     expect(ActsAsTbackend.client.write_fact_once(fact(writes.first.first, store: "fork"))[:status]).to eq("idempotent_replay")
+  ensure
+    # A failed expectation must not leave the callers looping (against a daemon stopped
+    # by then: 100% CPU and an ever-growing `calls`).
+    stop = true
+    parents&.each do |thread|
+      thread.join(30) || thread.kill.join(5)
+    rescue StandardError
+      nil # it ended by raising, which join_all above reports when the example gets there
+    end
   end
 
   it "gives a child fresh lanes with no reset!, and the parent keeps its connection" do
