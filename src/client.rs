@@ -340,14 +340,18 @@ impl RbClient {
                 continue;
             };
             let last = facts.peek().is_none();
-            Self::run_on(ruby, client, |_, cancel| {
-                batch.submit(&group, cancel);
-                if last {
-                    batch.finish(cancel);
-                } else {
-                    batch.collect_ready(cancel);
-                }
-            })?;
+            // An interrupt that raised nothing (see `one`) only pauses the batch: it goes
+            // on from the first request not yet taken, or the first answer not yet in.
+            let mut taken = 0;
+            while !Self::run_on(ruby, client, |_, cancel| {
+                taken += batch.submit(&group[taken..], cancel);
+                taken == group.len()
+                    && if last {
+                        batch.finish(cancel)
+                    } else {
+                        batch.collect_ready(cancel)
+                    }
+            })? {}
             group.clear();
             // Answers already in become Ruby results while the rest are on their way.
             for outcome in batch.take_ready() {

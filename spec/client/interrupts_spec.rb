@@ -109,6 +109,18 @@ RSpec.describe "ActsAsTbackend::Client interrupted calls" do
       end
     end
 
+    it "lets write_facts_once woken by Thread#wakeup go on to its own answers" do
+      ids = Array.new(2) { unique("wakeup-batch") }
+      thread = Thread.new { client.write_facts_once(ids.map { |id| fact(id) }) }
+      eventually(2) { thread.status == "sleep" }
+      sleep 0.05
+      thread.wakeup
+      results = join_all([thread], 10).first
+      expect(results.map { |r| r[:status] }).to eq(%w[committed_acked committed_acked]), results.inspect
+      daemon.control({ "op" => "set", "delay_ms" => 0 })
+      expect_writes_match_read_back(client, "specs", ids.zip(results))
+    end
+
     it "lets a call on the main thread go on after a signal trap that returns" do
       id = unique("trap")
       trapped = false

@@ -8,12 +8,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tbackend_core::OpKind;
+use tbackend_core::{OpKind, Status};
 
 use crate::breaker::{Admission, Verdict};
 use crate::cancel::Cancel;
 use crate::client::{Admitted, Client, Outcome, Request};
-use crate::lane::{later, Mode, Slot, SubmitError};
+use crate::error::TransportError;
+use crate::lane::{later, Failure, Mode, Slot, SubmitError};
 use crate::sys;
 
 /// A batch writes its frames to a lane in groups of at most this many, one system call
@@ -72,13 +73,14 @@ impl Batch {
 
     /// Queues `reqs` after the ones before, writing them as the pipelines allow. Waits
     /// only when a lane is full of this batch's own requests (for the oldest of them).
-    /// After a cancel, the rest come back `unavailable` at once.
-    pub fn submit(&mut self, reqs: &[Request], cancel: &Cancel) {
+    /// Returns how many of `reqs` it took: all, or fewer after a cancel, which leaves
+    /// the rest untouched (submit them again, or [`Batch::give_up`] on them).
+    pub fn submit(&mut self, reqs: &[Request], cancel: &Cancel) -> usize {
         let wake = sys::thread_wake_fd();
         let client = self.client.clone();
         let inner = client.inner();
         let sh = &inner.shared;
-        for req in reqs {
+        for (taken, req) in reqs.iter().enumerate() {
             let index = self.out.len();
             self.out.push(None);
             let (frame, admission) = match inner.admit(req) {
@@ -136,7 +138,17 @@ impl Batch {
                         let oldest = self.pending[ix]
                             .pop_front()
                             .expect("Full only with own requests queued");
-                        self.wait(ix, oldest, cancel);
+                        if !self.wait(ix, oldest, cancel) {
+                            self.untake(admission);
+                            return taken;
+                        }
+                    }
+                    Err(SubmitError::Failed(Failure {
+                        error: TransportError::Cancelled { .. },
+                        ..
+                    })) => {
+                        self.untake(admission);
+                        return taken;
                     }
                     Err(SubmitError::Failed(f)) => {
                         self.out[index] = Some(inner.finish(req.op, ix, Err(f), admission));
@@ -145,17 +157,55 @@ impl Batch {
                 }
             }
         }
+        reqs.len()
+    }
+
+    /// Takes back the request just admitted, unsent: it is not part of the batch.
+    fn untake(&mut self, admission: Admission) {
+        self.out.pop();
+        // A probe that was never sent proved nothing: the next call probes.
+        self.client
+            .inner()
+            .breaker
+            .record(admission, Verdict::Neutral);
+    }
+
+    /// Ends the batch after a cancel: `reqs` (what [`Batch::submit`] did not take) come
+    /// back `unavailable`, requests in flight `timeout_unknown`, all "cancelled"; late
+    /// answers are discarded.
+    pub fn give_up(&mut self, reqs: &[Request]) {
+        let inner = self.client.inner();
+        let cancelled = || TransportError::Cancelled {
+            endpoint: inner.shared.endpoint.clone(),
+        };
+        for _ in reqs {
+            self.out
+                .push(Some(Outcome::client_side(Status::Unavailable, cancelled())));
+        }
+        for (ix, queue) in self.pending.iter_mut().enumerate() {
+            for p in queue.drain(..) {
+                p.slot.abandon();
+                let failure = Failure {
+                    error: cancelled(),
+                    sent: true,
+                };
+                self.out[p.index] = Some(inner.finish(p.op, ix, Err(failure), p.admission));
+            }
+        }
     }
 
     /// Collects, without waiting, the answers that have already arrived for the oldest
-    /// requests of each lane.
-    pub fn collect_ready(&mut self, cancel: &Cancel) {
+    /// requests of each lane. `false` if `cancel` cut it short.
+    pub fn collect_ready(&mut self, cancel: &Cancel) -> bool {
         for ix in 0..self.pending.len() {
             while self.pending[ix].front().is_some_and(|p| p.slot.is_done()) {
                 let p = self.pending[ix].pop_front().expect("front checked");
-                self.wait(ix, p, cancel);
+                if !self.wait(ix, p, cancel) {
+                    return false;
+                }
             }
         }
+        true
     }
 
     /// The outcomes, in input order, that follow the ones taken before and are known
@@ -174,16 +224,20 @@ impl Batch {
         ready
     }
 
-    /// Writes whatever is still queued and waits for every outstanding answer (each
-    /// bounded by its own deadline, or ended by `cancel`). Everything not yet taken is
-    /// then ready.
-    pub fn finish(&mut self, cancel: &Cancel) {
+    /// Writes whatever is still queued and waits for every outstanding answer, each
+    /// bounded by its own deadline: everything not yet taken is then ready. `false` if
+    /// `cancel` cut it short; the requests still in flight stay queued (call it again,
+    /// or [`Batch::give_up`]).
+    pub fn finish(&mut self, cancel: &Cancel) -> bool {
         self.flush();
         for ix in 0..self.pending.len() {
             while let Some(p) = self.pending[ix].pop_front() {
-                self.wait(ix, p, cancel);
+                if !self.wait(ix, p, cancel) {
+                    return false;
+                }
             }
         }
+        true
     }
 
     fn flush(&mut self) {
@@ -196,7 +250,8 @@ impl Batch {
         }
     }
 
-    fn wait(&mut self, ix: usize, p: Pending, cancel: &Cancel) {
+    /// Waits for `p`'s answer; `false` (and `p` back at the front) if `cancel` cut it short.
+    fn wait(&mut self, ix: usize, p: Pending, cancel: &Cancel) -> bool {
         // About to block: what is still queued must go out first (an answer that is
         // already there needs nothing sent).
         if !p.slot.is_done() {
@@ -205,9 +260,16 @@ impl Batch {
         let inner = self.client.inner();
         let result =
             inner.lanes[ix].wait_detached(&inner.shared, &p.slot, p.deadline, self.budget, cancel);
-        // A cancel ends the batch: a wait it cut short leaves the answer to the slot.
-        p.slot.abandon();
+        if let Err(Failure {
+            error: TransportError::Cancelled { .. },
+            ..
+        }) = result
+        {
+            self.pending[ix].push_front(p);
+            return false;
+        }
         self.out[p.index] = Some(inner.finish(p.op, ix, result, p.admission));
+        true
     }
 }
 

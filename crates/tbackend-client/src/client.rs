@@ -58,7 +58,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn client_side(status: Status, error: TransportError) -> Outcome {
+    pub(crate) fn client_side(status: Status, error: TransportError) -> Outcome {
         Outcome {
             classified: Classified::transport(status, Some(error.to_string())),
             transport: Some(error),
@@ -294,8 +294,10 @@ impl Client {
         cancel: &Cancel,
     ) -> Vec<Outcome> {
         let mut batch = self.batch(timeout);
-        batch.submit(reqs, cancel);
-        batch.finish(cancel);
+        let taken = batch.submit(reqs, cancel);
+        if taken < reqs.len() || !batch.finish(cancel) {
+            batch.give_up(&reqs[taken..]);
+        }
         batch.take_ready()
     }
 
