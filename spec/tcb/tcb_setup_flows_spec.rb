@@ -299,3 +299,64 @@ RSpec.describe "configure's outbox table check" do
     end
   end
 end
+
+# docs/tcb.md's test setup, taken from the doc itself and run in an RSpec suite of its own:
+# nothing recorded in one example (events, outbox rows) is left in the next.
+RSpec.describe "The documented test setup" do
+  let(:support_file) do
+    doc = File.read(File.expand_path("../../docs/tcb.md", __dir__))
+    doc[%r{^```ruby\n(# spec/support/tcb\.rb.*?)^```$}m, 1] || raise("docs/tcb.md has no spec/support/tcb.rb block")
+  end
+
+  let(:suite) do
+    <<~'RUBY'
+      require "acts_as_tbackend/tcb"
+      module Sales
+        include TCB::Domain
+        OrderPlaced = Struct.new(:order_id)
+        persist events(OrderPlaced, stream_id_from_event: :order_id)
+      end
+      module Billing
+        include TCB::HandlesEvents
+        class Charge
+          def call(_event) = nil
+        end
+        on Sales::OrderPlaced, ensure_reaction(Charge)
+      end
+      # What the generated initializer does at boot in the test environment.
+      TCB.domain_modules = [Sales, Billing]
+      TCB.configure do |c|
+        c.event_bus = TCB::EventBus.new(sync: true)
+        c.event_store = TCB::EventStore::InMemory.new
+        c.outbox_store_class = TCB::OutboxStore::InMemory
+      end
+      require_relative "support/tcb"
+
+      RSpec.describe "two examples in a row", order: :defined do
+        2.times do |n|
+          it "starts empty and records (#{n})" do
+            expect(TCB.read(Sales).stream(1).to_a).to eq([])
+            expect(TCB.config.outbox_store_for(Billing).all).to eq([])
+            TCB.record(events: [Sales::OrderPlaced.new(1)])
+            expect(TCB.read(Sales).stream(1).to_a.size).to eq(1)
+            expect(TCB.config.outbox_store_for(Billing).all.size).to eq(1)
+          end
+        end
+      end
+    RUBY
+  end
+
+  it "clears the in-memory events and outbox rows between examples" do
+    Dir.mktmpdir("tcb-test-setup") do |dir|
+      FileUtils.mkdir_p(File.join(dir, "support"))
+      File.write(File.join(dir, "support", "tcb.rb"), support_file)
+      File.write(File.join(dir, "orders_spec.rb"), suite)
+      out, status = run_ruby(<<~RUBY, timeout: 60)
+        require "rspec/core"
+        exit RSpec::Core::Runner.run([#{File.join(dir, 'orders_spec.rb').inspect}, "--no-color"])
+      RUBY
+      expect(status).to be_success, out
+      expect(out).to include("2 examples, 0 failures")
+    end
+  end
+end
