@@ -32,6 +32,7 @@ require_relative "tcb/event_store/in_memory"
 require_relative "tcb/outbox_entry"
 require_relative "tcb/outbox_store/in_memory"
 require_relative "tcb/instrumentation"
+require_relative "tcb/outbox_table_check"
 require_relative "tcb/recorder"
 require_relative "tcb/runtime"
 

@@ -45,10 +45,9 @@ RSpec.describe "TCB.configure and TCB.reset!" do
                                                                           Money)
   end
 
-  it "raises on a second configure without reset!, and on domain_modules= after configure" do
+  it "raises on a second configure without reset!" do
     configure_tcb(Sales)
-    expect { TCB.configure { |c| c.event_bus = TCB::EventBus.new(sync: true) } }.to raise_error(TCB::ConfigurationError, /reset!/)
-    expect { TCB.domain_modules = [Warehouse] }.to raise_error(TCB::ConfigurationError, /reset!/)
+    expect { TCB.configure { |c| c.event_bus = TCB::EventBus.new(sync: true) } }.to raise_error(TCB::AlreadyConfigured, /reset!/)
   end
 
   it "explains a missing event bus" do
@@ -91,7 +90,7 @@ RSpec.describe "TCB.configure and TCB.reset!" do
     expect(bus).to be_shutdown
   end
 
-  it "warns when configure wires no domain modules (reset! forgets them)" do
+  it "warns when configure wires no domain modules" do
     configure_tcb(Sales)
     TCB.reset!
     configure_tcb
@@ -100,14 +99,14 @@ RSpec.describe "TCB.configure and TCB.reset!" do
   end
 
   describe "reset!" do
-    it "resets everything: bus stopped, config and domain modules dropped, in-memory stores emptied" do
+    it "resets the infrastructure: bus stopped, config dropped, in-memory stores emptied; the domain modules stay" do
       store = TCB::EventStore::InMemory.new
       config = configure_tcb(Sales, Warehouse, bus: TCB::EventBus.new, store: store)
       TCB.record(events: [Sales::OrderPlaced.new(1)])
       TCB.reset!
       expect(config.event_bus).to be_shutdown
       expect(TCB.configured?).to be(false)
-      expect(TCB.domain_modules).to eq([])
+      expect(TCB.domain_modules).to eq([Sales, Warehouse])
       expect(store.read("sales|1")).to eq([])
       expect { TCB.config.event_bus }.to raise_error(TCB::ConfigurationError)
     end

@@ -55,12 +55,15 @@ RSpec.configure do |config|
   # The store and generator specs (spec/tcb/stores, spec/tcb/generators) set TCB up themselves.
   config.define_derived_metadata(file_path: %r{/spec/tcb/(?!stores/|generators/)}) { |metadata| metadata[:tcb] = true }
   config.include TCBSpec::Helpers, :tcb
-  # Every example starts unconfigured; a leftover bus would leak a thread into the next.
+  # Every example starts unconfigured and without domain modules (they outlive reset!,
+  # and another example's may be gone); a leftover bus would leak a thread into the next.
   config.around(:each, :tcb) do |example|
     TCB.reset!
+    TCB.domain_modules = []
     TCB.config.logger = Logger.new(StringIO.new)
     example.run
   ensure
     TCB.reset!
+    TCB.domain_modules = []
   end
 end

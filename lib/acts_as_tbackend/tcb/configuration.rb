@@ -24,12 +24,18 @@ module TCB
       @permitted_serialization_classes = BASE_SERIALIZATION_CLASSES
     end
 
-    def domain_modules=(modules)
+    # Modules, named or not: an anonymous one may react and handle commands, but cannot
+    # persist or use an outbox (streams and tables are named after the module; see wire!).
+    def self.check_domain_modules(modules)
       modules = Array(modules)
-      bad = modules.reject { |mod| mod.is_a?(Module) && mod.name }
-      raise ConfigurationError, "domain modules must be named modules, got #{bad.map(&:inspect).join(', ')}" unless bad.empty?
+      bad = modules.reject { |mod| mod.is_a?(Module) }
+      raise ConfigurationError, "domain modules must be modules, got #{bad.map(&:inspect).join(', ')}" unless bad.empty?
 
-      @domain_modules = modules.uniq
+      modules.uniq
+    end
+
+    def domain_modules=(modules)
+      @domain_modules = self.class.check_domain_modules(modules)
     end
 
     def event_bus
@@ -86,19 +92,63 @@ module TCB
     # ConfigurationError on the first inconsistency; the caller discards this
     # configuration then (and shuts its bus down), so nothing half-wired stays live.
     def wire!
+      prepare!
+      subscribe_planned_reactions
+      self
+    end
+
+    # Everything wire! does but subscribing: checks and collects the registrations, builds
+    # the outbox stores (reusing `outbox_stores` of a previous wiring for the same module,
+    # so in-memory outboxes keep their rows) and plans the subscriptions.
+    def prepare!(outbox_stores: {})
+      check_anonymous_modules
       collect_registrations
-      build_outbox_stores
+      build_outbox_stores(outbox_stores)
+      OutboxTableCheck.call(@outbox_stores, logger)
       domain_modules_with_persistence.each do |mod|
         event_store&.register_domain(mod) if event_store.respond_to?(:register_domain)
       end
-      subscribe_reactions
+      @planned_reactions = plan_reactions
       @permitted_serialization_classes = (BASE_SERIALIZATION_CLASSES + @persist_registrations.keys +
                                           Array(extra_serialization_classes)).uniq.freeze
       freeze_registrations
       self
     end
 
+    def subscribe_planned_reactions
+      @subscriptions = @planned_reactions.map { |event_class, handler| event_bus.subscribe(event_class, handler) }.freeze
+    end
+
+    # Takes this wiring's reactions off the bus (a rewire replaces them).
+    def release_reactions
+      Array(@subscriptions).each { |subscription| event_bus.unsubscribe(subscription) }
+    end
+
+    # An unwired copy with the same infrastructure and other modules, prepared (checked)
+    # but not yet subscribed: see TCB.domain_modules=.
+    def rewired(modules)
+      copy = self.class.new
+      copy.event_bus = @event_bus
+      copy.event_store = event_store
+      copy.outbox_store_class = outbox_store_class
+      copy.extra_serialization_classes = extra_serialization_classes
+      copy.logger = @logger
+      copy.domain_modules = modules
+      copy.prepare!(outbox_stores: @outbox_stores)
+    end
+
     private
+
+    # Stream ids, table names and handler strings come from the module's name.
+    def check_anonymous_modules
+      domain_modules.each do |mod|
+        next if mod.name
+        next if registrations(mod, :persist_registrations).empty? && registrations(mod, :outbox_registrations).empty?
+
+        raise ConfigurationError, "#{mod.inspect} is anonymous but persists events or declares ensure_reaction: " \
+                                  "streams and tables are named after the module, so give it a constant name"
+      end
+    end
 
     def collect_registrations
       domain_modules.each do |mod|
@@ -140,7 +190,7 @@ module TCB
       @persist_registrations.each_value.map(&:domain_module).uniq
     end
 
-    def build_outbox_stores
+    def build_outbox_stores(previous)
       modules = @outbox_registrations.map(&:domain_module).uniq
       return if modules.empty?
 
@@ -149,13 +199,17 @@ module TCB
                                   "(e.g. TCB::OutboxStore::InMemory)"
       end
 
-      modules.each { |mod| @outbox_stores[mod] = outbox_store_class.new(mod) }
+      modules.each do |mod|
+        _, kept = previous.find { |old, store| old.name == mod.name && store.instance_of?(outbox_store_class) }
+        @outbox_stores[mod] = kept || outbox_store_class.new(mod)
+      end
       @outbox_registrations = @outbox_registrations.map do |registration|
         registration.dup.tap { |copy| copy.outbox_store = @outbox_stores.fetch(registration.domain_module) }
       end
     end
 
-    def subscribe_reactions
+    # [[event_class, handler], ...] in declaration order.
+    def plan_reactions
       seen = {}
       domain_modules.each do |mod|
         registrations(mod, :event_handler_registrations).each do |registration|
@@ -167,10 +221,10 @@ module TCB
             end
 
             seen[key] = mod
-            event_bus.subscribe(registration.event_class, handler)
           end
         end
       end
+      seen.keys.freeze
     end
 
     def freeze_registrations

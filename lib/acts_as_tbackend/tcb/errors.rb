@@ -5,8 +5,18 @@ module TCB
   class Error < StandardError; end
 
   # The configuration cannot work: a missing event bus, a duplicate registration, a
-  # handler that is not a class with #call, a second `configure` without `reset!`.
+  # handler that is not a class with #call, a missing outbox table.
   class ConfigurationError < Error; end
+
+  # A second `TCB.configure` without `TCB.reset!`. tcb 0.6.2 yielded its frozen
+  # configuration again, so the block's first write raised FrozenError with this message;
+  # code rescuing that keeps working.
+  class AlreadyConfigured < FrozenError
+    def initialize(config = nil)
+      super("can't modify frozen TCB::Configuration: TCB is already configured; call TCB.reset! before TCB.configure",
+            receiver: config)
+    end
+  end
 
   # `TCB.dispatch` found no handler registered for the command's exact class.
   class CommandHandlerNotFound < Error; end

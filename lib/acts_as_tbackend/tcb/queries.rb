@@ -40,9 +40,15 @@ module TCB
       with(occurred_after: time)
     end
 
-    # What the store knew at `time` (a temporal store such as TCB::EventStore::TBackend):
-    # events recorded later are not seen. Other stores raise ArgumentError on read.
+    # What the store knew at `time`: events recorded later are not seen. Only a temporal
+    # store (TCB::EventStore::TBackend) knows that; the others keep no history of when they
+    # learnt what, so asking them raises ArgumentError here rather than answering wrongly.
     def as_of(time)
+      unless point_in_time_reads?
+        raise ArgumentError, "#{@store.class}: point-in-time reads (as_of) need the TBackend store " \
+                             "(c.event_store = TCB::EventStore::TBackend.new); this store keeps no history"
+      end
+
       with(as_of: time)
     end
 
@@ -80,6 +86,10 @@ module TCB
     def with(**changes)
       self.class.new(@store, @domain_module, stream_id: @stream_id, from_version: @from_version, to_version: @to_version,
                                              occurred_after: @occurred_after, as_of: @as_of, **changes)
+    end
+
+    def point_in_time_reads?
+      @store.method(:read).parameters.any? { |type, name| (%i[key keyreq].include?(type) && name == :as_of) || type == :keyrest }
     end
 
     # `as_of:` only when asked for, so stores without point-in-time reads keep working.

@@ -4,30 +4,38 @@
 module TCB
   @lock = Monitor.new
   @config = nil
+  @domain_modules = [].freeze
 
   class << self
-    # The memoised configuration. Before `configure` it is an unfrozen one that only
-    # collects domain modules; `configure` replaces it with a wired, frozen one.
+    # The memoised configuration. Before `configure` it is an unfrozen one holding the
+    # declared domain modules; `configure` wires and freezes it.
     def config
-      @config || @lock.synchronize { @config ||= Configuration.new }
+      @config || @lock.synchronize { @config ||= Configuration.new.tap { |c| c.domain_modules = @domain_modules } }
     end
 
     def configured?
       !@config.nil? && @config.frozen? && @config.event_bus?
     end
 
+    # The wired modules once configured, else the declared ones.
     def domain_modules
-      config.domain_modules
+      configured? ? config.domain_modules : @domain_modules
     end
 
-    # Set before `configure` (or inside it as `c.domain_modules =`). Setting them on a
-    # configured runtime raises: the wiring is done, and silently not wiring the new
-    # modules is exactly how handlers go missing.
+    # Declares the app's bounded contexts. They outlive `reset!` (tcb's README sets them
+    # once, in a plain initializer, and resets in `to_prepare` and between tests); each is
+    # looked up again by its constant name at every `configure`, so a code reload wires the
+    # fresh classes. On a configured runtime the modules are wired at once: the same
+    # infrastructure is configured again with the new modules.
     def domain_modules=(modules)
       @lock.synchronize do
-        raise ConfigurationError, "TCB is already configured: call TCB.reset! before setting domain_modules" if config.frozen?
-
-        config.domain_modules = modules
+        modules = Configuration.check_domain_modules(modules)
+        if configured?
+          rewire(modules)
+        else
+          @domain_modules = modules.freeze
+          config.domain_modules = modules
+        end
       end
     end
 
@@ -36,11 +44,12 @@ module TCB
     # down) and TCB stays unconfigured.
     def configure
       @lock.synchronize do
-        raise ConfigurationError, "TCB is already configured: call TCB.reset! before configuring again" if config.frozen?
+        raise AlreadyConfigured, @config if @config&.frozen?
 
         candidate = config
         begin
           yield candidate if block_given?
+          candidate.domain_modules = resolve(candidate.domain_modules)
           warn_without_modules(candidate)
           candidate.wire!
           candidate.freeze
@@ -48,12 +57,13 @@ module TCB
           discard(candidate)
           raise
         end
+        @domain_modules = candidate.domain_modules
         candidate
       end
     end
 
     # Stops the bus (draining for `graceful_shutdown_time` seconds when given, otherwise
-    # at once), then forgets the whole configuration, domain modules included.
+    # at once) and forgets the configuration. The domain modules stay declared.
     def reset!(graceful_shutdown_time: nil)
       old = @lock.synchronize do
         previous = @config
@@ -70,13 +80,41 @@ module TCB
 
     private
 
-    # reset! forgets the domain modules; a setup that set them once (the tcb README's)
-    # would otherwise configure a runtime without a single handler, silently.
+    # Each named module is looked up by its name: after a code reload the constant holds a
+    # new module and the old one must not stay wired (its handlers are the stale classes).
+    def resolve(modules)
+      modules.map do |mod|
+        next mod unless mod.name
+
+        current = Object.const_get(mod.name)
+        next current if current.is_a?(Module)
+
+        raise ConfigurationError, "domain module #{mod.name} is now #{current.inspect}, not a module"
+      rescue NameError => e
+        raise unless e.name.to_s == mod.name.split("::").last || e.message.include?(mod.name)
+
+        raise ConfigurationError, "domain module #{mod.name} is no longer defined (removed by a code reload?): " \
+                                  "update TCB.domain_modules"
+      end
+    end
+
+    # The current infrastructure wired again with other modules. The old reactions leave
+    # the bus only once the new wiring has been checked, so a failure keeps the old one.
+    def rewire(modules)
+      current = @config
+      candidate = current.rewired(resolve(modules))
+      current.release_reactions
+      candidate.subscribe_planned_reactions
+      candidate.freeze
+      @domain_modules = candidate.domain_modules
+      @config = candidate
+    end
+
     def warn_without_modules(candidate)
       return unless candidate.domain_modules.empty?
 
-      candidate.logger.warn("[TCB] configure: no domain modules, so no handler is wired. TCB.reset! forgets them: " \
-                            "set TCB.domain_modules = [...] before each TCB.configure (see docs/tcb.md)")
+      candidate.logger.warn("[TCB] configure: no domain modules, so no handler is wired: " \
+                            "set TCB.domain_modules = [...] (see docs/tcb.md)")
     end
 
     def discard(candidate)
@@ -127,8 +165,10 @@ module TCB
       events = Array(events)
       raise ArgumentError, "TCB.record needs events_from: [aggregates] or events: [events]" if events_from.empty? && events.empty?
 
-      current = configured_config!
+      current = config
       collected = collect_events(events_from, events) { yield if block_given? }
+      return unconfigured_envelopes(collected) unless current.frozen?
+
       Recorder.new(current, within: within, expected_version: expected_version).call(collected)
     end
 
@@ -156,6 +196,24 @@ module TCB
       return current if current.frozen?
 
       raise ConfigurationError, "TCB is not configured: set TCB.domain_modules, then call TCB.configure"
+    end
+
+    # Before `configure` (unit tests of aggregates) events are wrapped, not stored, as in
+    # tcb 0.6.2. An event a declared module persists would be lost silently: that raises.
+    def unconfigured_envelopes(events)
+      persisted = events.map(&:class).uniq.filter_map do |klass|
+        owner = @domain_modules.find do |mod|
+          mod.respond_to?(:persist_registrations) && mod.persist_registrations.any? { |r| r.event_class == klass }
+        end
+        "#{klass} (persisted by #{owner})" if owner
+      end
+      unless persisted.empty?
+        raise ConfigurationError, "TCB is not configured, so #{persisted.join(', ')} would not be stored: " \
+                                  "call TCB.configure before TCB.record"
+      end
+
+      context = Context.current
+      events.map { |event| Envelope.wrap(event, correlation_id: context.correlation_id, causation_id: context.causation_id) }
     end
 
     def event_store!
