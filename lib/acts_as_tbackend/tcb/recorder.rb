@@ -45,9 +45,11 @@ module TCB
                            "#{by_stream.empty? ? 'no persisted stream' : by_stream.keys.join(', ')}"
     end
 
+    # The blocks given to `transaction` take no arguments: ActiveRecord 7.1+ yields its
+    # transaction object to them, which a lambda (or a method's &block of one) refuses.
     def in_transaction(store, &block)
-      persist_in_store = store.respond_to?(:transaction) ? -> { store.transaction(&block) } : block
-      @within.respond_to?(:transaction) ? @within.transaction(&persist_in_store) : persist_in_store.call
+      persist_in_store = store.respond_to?(:transaction) ? proc { store.transaction { block.call } } : block
+      @within.respond_to?(:transaction) ? @within.transaction { persist_in_store.call } : persist_in_store.call
     end
 
     def persist(store, by_stream, envelopes, context)

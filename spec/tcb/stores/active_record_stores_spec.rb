@@ -139,15 +139,18 @@ RSpec.describe "ActiveRecord stores" do
     end
 
     context "with ActiveRecord writing local times in another zone" do
+      # ActiveRecord 7.0 moved the setting from ActiveRecord::Base to ActiveRecord (7.1 removed the old one).
+      let(:timezone_owner) { ActiveRecord.respond_to?(:default_timezone=) ? ActiveRecord : ActiveRecord::Base }
+
       around do |example|
         zone = ENV.fetch("TZ", nil)
-        default = ActiveRecord::Base.default_timezone
+        default = timezone_owner.default_timezone
         ENV["TZ"] = "America/New_York"
-        ActiveRecord::Base.default_timezone = :local
+        timezone_owner.default_timezone = :local
         example.run
       ensure
         ENV["TZ"] = zone
-        ActiveRecord::Base.default_timezone = default
+        timezone_owner.default_timezone = default
       end
 
       it "reads occurred_at back as the same instant, in UTC, and bounds correlation reads by instants" do
@@ -390,6 +393,71 @@ RSpec.describe "ActiveRecord stores" do
 
       expect(TCB.read(TcbStoresSpec::Billing).stream("b2").to_a).to eq([])
       expect(TCB.config.outbox_store_for(TcbStoresSpec::Billing).all).to eq([])
+    end
+  end
+end
+
+# The README's handler form, `TCB.record(events_from: [order], within: ApplicationRecord) { ... }`,
+# with each transactional store. Rails 7.1+ yields the transaction object to the block of
+# `transaction`, which broke a lambda handed over as that block (ArgumentError on Rails 7.2).
+RSpec.describe "TCB.record(events_from:, within: an ApplicationRecord-style class)" do
+  let(:application_record) { TcbStoresSpec::PgRecord }
+  let(:order_class) do
+    Class.new do
+      include TCB::RecordsEvents
+
+      def initialize(id) = @id = id
+      def invoice(amount) = record(TcbStoresSpec::Billing::Invoiced.new(order_id: @id, amount: amount))
+    end
+  end
+
+  {
+    "in-memory" => [-> { TCB::EventStore::InMemory.new }, TCB::OutboxStore::InMemory],
+    "ActiveRecord" => [-> { TCB::EventStore::ActiveRecord.new(base_class: TcbStoresSpec::PgRecord) },
+                       TcbStoresSpec::PgOutboxStore]
+  }.each do |name, (event_store, outbox_store_class)|
+    context "with the #{name} stores" do
+      before do
+        TcbStoresSpec.create_tables(application_record, [TcbStoresSpec::Billing])
+        TCB.reset!
+        TCB.domain_modules = [TcbStoresSpec::Billing]
+        TCB.configure do |c|
+          c.event_bus = TCB::EventBus.new(sync: true)
+          c.event_store = event_store.call
+          c.outbox_store_class = outbox_store_class
+        end
+      end
+
+      after { TCB.reset! }
+
+      it "records the aggregate's events and their outbox rows inside the class's transaction" do
+        order = order_class.new("r1")
+        open_during_append = nil
+        connection = application_record.connection
+        TCB.config.event_store.define_singleton_method(:append) do |**args|
+          open_during_append = connection.transaction_open?
+          super(**args)
+        end
+        envelopes = TCB.record(events_from: [order], within: application_record) { order.invoice(7) }
+
+        expect(open_during_append).to be(true)
+        expect(envelopes.map { |e| [e.stream_id, e.version, e.event.amount] }).to eq([["tcb_stores_spec/billing|r1", 1, 7]])
+        expect(TCB.read(TcbStoresSpec::Billing).stream("r1").to_a).to eq(envelopes)
+        expect(TCB.config.outbox_store_for(TcbStoresSpec::Billing).all.map(&:event_id)).to eq([envelopes.first.event_id])
+      end
+
+      it "keeps nothing when the block raises" do
+        order = order_class.new("r2")
+        expect do
+          TCB.record(events_from: [order], within: application_record) do
+            order.invoice(7)
+            raise ArgumentError, "declined"
+          end
+        end.to raise_error(ArgumentError, "declined")
+
+        expect(TCB.read(TcbStoresSpec::Billing).stream("r2").to_a).to eq([])
+        expect(TCB.config.outbox_store_for(TcbStoresSpec::Billing).all).to eq([])
+      end
     end
   end
 end

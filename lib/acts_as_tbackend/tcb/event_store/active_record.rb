@@ -139,8 +139,9 @@ module TCB
         end
       end
 
+      # Yields nothing, as the other stores do (ActiveRecord 7.1+ would yield its transaction).
       def transaction(&block)
-        base_class.transaction(&block)
+        base_class.transaction { block.call }
       end
 
       private
