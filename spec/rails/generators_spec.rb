@@ -41,9 +41,7 @@ RSpec.describe "acts_as_tbackend generators" do
       load "db/schema.rb"
       # A PostgreSQL database outlives the example: start from no outbox at all.
       ActiveRecord::Base.connection.drop_table(:tbackend_outbox_intents, if_exists: true)
-      ActiveRecord::SchemaMigration.create_table
-      ActiveRecord::SchemaMigration.delete_all
-      ActiveRecord::MigrationContext.new("db/migrate", ActiveRecord::SchemaMigration).migrate
+      #{TbackendSpec::RailsApp::MIGRATE_FROM_SCRATCH.chomp}
       order = Order.create!(number: "A-1", status: "new")
       Order.transaction do
         order.update!(status: "paid")

@@ -13,6 +13,14 @@ module TbackendSpec
     LIB = File.expand_path("../../lib", __dir__)
     # No subprocess outlives a stuck boot or task.
     TIMEOUT = 120
+    # Ruby for `boot_and_run`: runs every migration in db/migrate on a database where none is
+    # recorded as run, through the public task (ActiveRecord::SchemaMigration stopped being a
+    # model in Rails 7.1).
+    MIGRATE_FROM_SCRATCH = <<~RUBY
+      ActiveRecord::Base.connection.drop_table(:schema_migrations, if_exists: true)
+      ENV["VERBOSE"] = "false"
+      ActiveRecord::Tasks::DatabaseTasks.migrate
+    RUBY
 
     module_function
 

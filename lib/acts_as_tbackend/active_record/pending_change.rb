@@ -8,6 +8,11 @@ module ActsAsTbackend
     # commit calls `committed!` (exactly once), any rollback that covers it calls
     # `rolledback!`. The fact is built when the change is saved, so it holds the state
     # that was written even if the object changes again before the commit.
+    #
+    # The same on Rails 6.1 to 7.2. Rails 7.2's public `current_transaction.after_commit`
+    # is not used: its callbacks run after every record's after_commit, and not at all
+    # once one of those raised, though the transaction did commit; an enlisted change is
+    # told `committed!(should_run_callbacks: false)` then and is still written.
     class PendingChange
       # Captures the change of `record` and enlists it. Never raises: a change that
       # cannot become a fact (a raising `if:`, a NaN) is enlisted as its soft error and

@@ -11,6 +11,9 @@ require "generators/tcb/outbox/outbox_generator"
 require_relative "../stores/store_helpers"
 
 module TcbGeneratorsSpec
+  # The scaffold's commented example event: a Data class where the Ruby has them (3.2+).
+  SCAFFOLD_EVENT_CLASS =
+    defined?(::Data) && ::Data.respond_to?(:define) ? "Data.define(:id)" : "Struct.new(:id, keyword_init: true)"
   # The reaction a developer adds to the generated Payments::Charges.
   NOTIFY_LEDGER = <<~RUBY
     # frozen_string_literal: true
@@ -263,7 +266,7 @@ RSpec.describe "tcb generators" do
     # What a developer does after generating: an event, its persistence and an outbox
     # reaction, the handler recording it, and the outbox store configured.
     def fill_in_scaffold
-      edit("app/domain/payments/charges.rb", "# SomethingHappened = Struct.new(:id, keyword_init: true)",
+      edit("app/domain/payments/charges.rb", "# SomethingHappened = #{TcbGeneratorsSpec::SCAFFOLD_EVENT_CLASS}",
            "Captured = Struct.new(:charge_id, :amount, keyword_init: true)")
       edit("app/domain/payments/charges.rb", "# persist events(SomethingHappened, stream_id_from_event: :id)",
            "persist events(Captured, stream_id_from_event: :charge_id)\n    on Captured, ensure_reaction(NotifyLedger)")
@@ -281,9 +284,7 @@ RSpec.describe "tcb generators" do
       ActiveRecord::Migration.verbose = false
       connection = ActiveRecord::Base.connection
       %w[payments__charges_events payments__charges_outbox].each { |t| connection.drop_table(t, if_exists: true) }
-      ActiveRecord::SchemaMigration.create_table
-      ActiveRecord::SchemaMigration.delete_all
-      ActiveRecord::MigrationContext.new("db/migrate", ActiveRecord::SchemaMigration).migrate
+      #{TbackendSpec::RailsApp::MIGRATE_FROM_SCRATCH.chomp}
       puts "TABLES \#{%w[payments__charges_events payments__charges_outbox].map { |t| connection.table_exists?(t) }.inspect}"
 
       Notifications::SendWelcomeEmailHandler.prepend(Module.new do
