@@ -166,8 +166,14 @@ pub fn epoch_seconds(ruby: &Ruby, field: &str, value: Value) -> Result<f64, Erro
         // Not through `to_time`: plain Ruby gets Time#to_time only once `date` is loaded.
         value.funcall::<_, _, f64>("to_f", ())?
     } else if is_a(ruby, value, "DateTime") {
+        // From the exact astronomical Julian day (UTC), not `to_time`: under ActiveSupport
+        // 7.2 the first `to_time` warns about Rails 8's zone-preserving change, and only the
+        // instant matters here. (2 * ajd - 2 * 2440587.5) * 43200 = seconds since the epoch.
         value
-            .funcall::<_, _, Value>("to_time", ())?
+            .funcall::<_, _, Value>("ajd", ())?
+            .funcall::<_, _, Value>("*", (2,))?
+            .funcall::<_, _, Value>("-", (2 * UNIX_EPOCH_JD - 1,))?
+            .funcall::<_, _, Value>("*", (43_200,))?
             .funcall::<_, _, f64>("to_f", ())?
     } else if is_a(ruby, value, "Date") {
         let jd: i64 = value.funcall("jd", ())?;

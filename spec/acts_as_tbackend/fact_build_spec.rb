@@ -61,6 +61,19 @@ RSpec.describe "ActsAsTbackend::Fact.build" do
       expect(out).to eq("100.5")
     end
 
+    it "reads a DateTime without a deprecation warning from ActiveSupport 7.2's to_time" do
+      script = <<~RUBY
+        require "active_support"
+        require "active_support/time"
+        require "acts_as_tbackend"
+        at = DateTime.new(2026, 7, 3, 13, 0, 0.5r, "+03:00")
+        print ActsAsTbackend::Fact.build(id: "i", store: "s", key: "k", value: {}, valid_time: at)["valid_time"]
+      RUBY
+      out, status = Open3.capture2e(RbConfig.ruby, "-I", File.expand_path("../../lib", __dir__), "-e", script)
+      expect(status).to be_success, out
+      expect(out).to eq(Time.utc(2026, 7, 3, 10, 0, 0.5r).to_f.to_s)
+    end
+
     it "raises a clear ArgumentError for anything else" do
       ["yesterday", "2026-07-03T10:00:00", "2026-02-30", Float::NAN, Float::INFINITY, Object.new, [1]].each do |bad|
         expect { build(valid_time: bad) }.to raise_error(ActsAsTbackend::InvalidFact, /valid_time/), bad.inspect
