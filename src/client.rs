@@ -15,9 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use magnus::{error::ErrorType, value::ReprValue, Error, RArray, RHash, Ruby, TryConvert, Value};
-use tbackend_client::{
-    tail::Cursor, CallStep, Cancel, Client, Config, Request, RetryPolicy, RetryStep,
-};
+use tbackend_client::{tail::Cursor, Client, Config, Request, RetryPolicy};
 use tbackend_core::protocol::answer::{OpKind, Status};
 use tbackend_core::protocol::request::RequestBuilder;
 
@@ -25,7 +23,7 @@ use crate::answer::{attempts_array, result_hash, soft_result};
 use crate::errors::invalid_fact;
 use crate::fact::{check_store, epoch_seconds, fact_store, to_s};
 use crate::json::Encoder;
-use crate::nogvl::run_cancellable;
+use crate::nogvl::{run_resumable, run_until};
 
 /// A batch hands its facts to the wire in groups of this many: the first group is
 /// written (and its answers coming back) while the next is encoded.
@@ -143,28 +141,6 @@ impl RbClient {
         RequestBuilder::new(op, self.config.token.as_deref())
     }
 
-    /// Runs `work` on the current client without the GVL. `Err` only when the client
-    /// is shut down.
-    fn run<R: Send>(
-        &self,
-        ruby: &Ruby,
-        work: impl FnOnce(&Client, &Cancel) -> R + Send,
-    ) -> Result<Result<R, Status>, Error> {
-        let Some(client) = self.current() else {
-            return Ok(Err(Status::Unavailable));
-        };
-        Self::run_on(ruby, &client, work).map(Ok)
-    }
-
-    /// `run` on a client the caller already holds.
-    fn run_on<R: Send>(
-        ruby: &Ruby,
-        client: &Client,
-        work: impl FnOnce(&Client, &Cancel) -> R + Send,
-    ) -> Result<R, Error> {
-        run_cancellable(ruby, "client", |cancel| work(client, cancel))
-    }
-
     fn shut_down_result(&self, ruby: &Ruby) -> Result<RHash, Error> {
         let error = format!(
             "ActsAsTbackend::ConnectionError: client is shut down ({})",
@@ -188,22 +164,12 @@ impl RbClient {
             return soft_result(ruby, &outcome);
         }
         let timeout = seconds(timeout);
-        let mut step = Self::run_on(ruby, &client, |client, cancel| {
-            client.start(&request, timeout, cancel)
+        // An interrupt that raised nothing does not end the call (see `run_until`); one
+        // that raised drops the paused call (its answer is discarded when it comes).
+        let outcome = run_resumable(ruby, "client", |cancel| {
+            client.start(&request, timeout, cancel).into()
         })?;
-        // Ruby's unblocking function cut the wait short to run an interrupt, and it
-        // raised nothing (a signal trap, Thread#wakeup; on 3.3 also a signal the parent
-        // had not handled yet when it forked): the request goes on, on the same
-        // deadline. One that raised has already left through `?`, dropping the paused
-        // call (its answer is discarded when it comes).
-        loop {
-            match step {
-                CallStep::Done(outcome) => return soft_result(ruby, &outcome),
-                CallStep::Paused(paused) => {
-                    step = run_cancellable(ruby, "client", |cancel| paused.resume(cancel))?;
-                }
-            }
-        }
+        soft_result(ruby, &outcome)
     }
 
     fn read(
@@ -286,18 +252,10 @@ impl RbClient {
         let Some(client) = rb_self.current() else {
             return rb_self.shut_down_result(ruby);
         };
-        let mut step = Self::run_on(ruby, &client, |client, cancel| {
-            client.start_with_retries(&request, &policy, cancel)
-        })?;
         // As in `one`: an interrupt that raised nothing does not end the retries.
-        let (outcome, tried) = loop {
-            match step {
-                RetryStep::Done(outcome, tried) => break (outcome, tried),
-                RetryStep::Paused(paused) => {
-                    step = run_cancellable(ruby, "client", |cancel| paused.resume(cancel))?;
-                }
-            }
-        };
+        let (outcome, tried) = run_resumable(ruby, "client", |cancel| {
+            client.start_with_retries(&request, &policy, cancel).into()
+        })?;
         let result = soft_result(ruby, &outcome)?;
         result.aset(ruby.to_symbol("attempt_count"), tried.len())?;
         result.aset(ruby.to_symbol("attempts"), attempts_array(ruby, &tried)?)?;
@@ -336,22 +294,23 @@ impl RbClient {
                 };
                 results.push(result)?;
             }
-            let (Some(client), Some(batch)) = (&client, &mut batch) else {
+            let Some(batch) = &mut batch else {
                 continue;
             };
             let last = facts.peek().is_none();
             // An interrupt that raised nothing (see `one`) only pauses the batch: it goes
             // on from the first request not yet taken, or the first answer not yet in.
             let mut taken = 0;
-            while !Self::run_on(ruby, client, |_, cancel| {
+            run_until(ruby, "client", |cancel| {
                 taken += batch.submit(&group[taken..], cancel);
-                taken == group.len()
+                let done = taken == group.len()
                     && if last {
                         batch.finish(cancel)
                     } else {
                         batch.collect_ready(cancel)
-                    }
-            })? {}
+                    };
+                done.then_some(())
+            })?;
             group.clear();
             // Answers already in become Ruby results while the rest are on their way.
             for outcome in batch.take_ready() {
@@ -511,13 +470,17 @@ impl RbClient {
         let timeout = seconds(timeout);
         // The cursor travels into the GVL-free section by value and comes back with it.
         let mut state = cursor.take();
-        let polled = rb_self.run(ruby, |client, cancel| {
-            let (outcome, released) = client.tail_poll(&store, &mut state, timeout, cancel);
-            (outcome, released, state)
-        });
+        // A poll that an interrupt raising nothing cut short goes on (see `run_until`),
+        // within its timeout; one that raised leaves the cursor taken (see `take`).
+        let polled = match rb_self.current() {
+            Some(client) => Ok(run_resumable(ruby, "client", |cancel| {
+                client.start_tail_poll(&store, &mut state, timeout, cancel)
+            })?),
+            None => Err(Status::Unavailable),
+        };
         let pair = ruby.ary_new_capa(2);
         match polled {
-            Ok(Ok((outcome, released, state))) => {
+            Ok((outcome, released)) => {
                 cursor.put(state);
                 pair.push(soft_result(ruby, &outcome)?)?;
                 let facts = ruby.ary_new_capa(released.len());
@@ -526,11 +489,10 @@ impl RbClient {
                 }
                 pair.push(facts)?;
             }
-            Ok(Err(_)) => {
+            Err(_) => {
                 pair.push(rb_self.shut_down_result(ruby)?)?;
                 pair.push(ruby.ary_new())?;
             }
-            Err(e) => return Err(e),
         }
         Ok(pair)
     }

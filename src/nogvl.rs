@@ -11,6 +11,8 @@ use std::any::Any;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use tbackend_client::{Cancel, Resumable, Step};
+
 /// What `without_gvl` hands back.
 pub enum NoGvl<R> {
     /// The work ran to the end (possibly cut short by `cancel`, which it must observe).
@@ -114,4 +116,47 @@ pub fn run_cancellable<R: Send>(
             }
         }
     }
+}
+
+/// [`run_cancellable`] for work that a cancel only pauses: `step` runs, without the GVL,
+/// until it gives `Some`. Ruby's unblocking function fires for every interrupt, and most
+/// raise nothing (a signal trap that returns, `Thread#wakeup`; on Ruby 3.3 also a signal
+/// a forked child inherited unhandled): after each cancel the pending interrupts run
+/// here, and unless one raised (`Thread#kill`, `Thread#raise`, `Timeout`, Ctrl-C — then
+/// the error leaves at once, dropping what `step` kept), `step` goes on, within the
+/// deadline it started with. Every native wait that must survive those goes through here.
+pub fn run_until<R: Send>(
+    ruby: &magnus::Ruby,
+    what: &str,
+    mut step: impl FnMut(&Cancel) -> Option<R> + Send,
+) -> Result<R, magnus::Error> {
+    loop {
+        if let Some(r) = run_cancellable(ruby, what, &mut step)? {
+            return Ok(r);
+        }
+    }
+}
+
+/// [`run_until`] over a [`Resumable`]: `start` begins the work, the paused work it (or a
+/// later step) hands back goes on.
+pub fn run_resumable<P: Resumable>(
+    ruby: &magnus::Ruby,
+    what: &str,
+    start: impl FnOnce(&Cancel) -> Step<P::Output, P> + Send,
+) -> Result<P::Output, magnus::Error> {
+    let mut start = Some(start);
+    let mut paused: Option<P> = None;
+    run_until(ruby, what, |cancel| {
+        let step = match paused.take() {
+            Some(p) => p.step(cancel),
+            None => (start.take().expect("started once"))(cancel),
+        };
+        match step {
+            Step::Done(r) => Some(r),
+            Step::Paused(p) => {
+                paused = Some(p);
+                None
+            }
+        }
+    })
 }

@@ -25,7 +25,7 @@ use crate::client::{opt, seconds};
 use crate::errors::configuration;
 use crate::fact::{fact_field, fact_store, to_s};
 use crate::json::Encoder;
-use crate::nogvl::run_cancellable;
+use crate::nogvl::run_resumable;
 
 struct Holder {
     pid: u32,
@@ -179,12 +179,16 @@ impl RbWriter {
         };
         let wait = seconds(wait);
         let result = if rb_self.fsync_always {
-            run_cancellable(ruby, "writer", |cancel| writer.enqueue(entry, wait, cancel))?
+            run_resumable(ruby, "writer", |cancel| {
+                writer.start_enqueue(entry, wait, cancel)
+            })?
         } else {
             match writer.try_enqueue(entry) {
                 Err(refused) if refused.reason == Refusal::Full && wait.is_some() => {
                     let entry = *refused.entry;
-                    run_cancellable(ruby, "writer", |cancel| writer.enqueue(entry, wait, cancel))?
+                    run_resumable(ruby, "writer", |cancel| {
+                        writer.start_enqueue(entry, wait, cancel)
+                    })?
                 }
                 other => other,
             }
@@ -204,7 +208,9 @@ impl RbWriter {
             return Ok(true);
         };
         let timeout = seconds(timeout).unwrap_or(Duration::ZERO);
-        run_cancellable(ruby, "writer", |cancel| writer.flush(Some(timeout), cancel))
+        run_resumable(ruby, "writer", |cancel| {
+            writer.start_flush(Some(timeout), cancel)
+        })
     }
 
     /// Flushes for at most `timeout`, then stops the flusher and closes the spool; `true`
@@ -214,7 +220,9 @@ impl RbWriter {
             return Ok(true);
         };
         let timeout = seconds(timeout).unwrap_or(Duration::ZERO);
-        run_cancellable(ruby, "writer", |cancel| writer.shutdown(timeout, cancel))
+        run_resumable(ruby, "writer", |cancel| {
+            writer.start_shutdown(timeout, cancel)
+        })
     }
 
     pub fn count_dropped(&self) {

@@ -68,6 +68,20 @@ RSpec.describe "ActsAsTbackend::Client interrupted calls" do
       expect(thread.value).to be_a(request_timeout)
     end
 
+    it "lets Thread#kill end a waiting tail poll within ~0.1 s, the tail keeping its place", :gc_stress do
+      tail = client.tail(store: "specs", after_seq: 7, grace: 0.3)
+      thread = Thread.new { tail.poll }
+      eventually(2) { thread.status == "sleep" }
+      sleep 0.05
+      elapsed, = timed do
+        thread.kill
+        thread.join(2)
+      end
+      expect(thread).not_to be_alive
+      expect(elapsed).to be < prompt
+      expect(tail.after_seq).to eq(7)
+    end
+
     it "propagates Timeout.timeout's own error class (Timeout.timeout(t, SomeError))" do
       custom = Class.new(StandardError)
       elapsed, = timed do
@@ -119,6 +133,42 @@ RSpec.describe "ActsAsTbackend::Client interrupted calls" do
       expect(results.map { |r| r[:status] }).to eq(%w[committed_acked committed_acked]), results.inspect
       daemon.control({ "op" => "set", "delay_ms" => 0 })
       expect_writes_match_read_back(client, "specs", ids.zip(results))
+    end
+
+    # Before, the poll came back timeout_unknown with no facts.
+    it "lets a tail poll woken by Thread#wakeup go on to its facts", :gc_stress do
+      store = "tailwake"
+      ids = Array.new(2) { unique("tail") }
+      ids.each { |id| expect(client.write_fact_once(fact(id, store: store))[:status]).to eq("committed_acked") }
+      tail = client.tail(store: store, grace: 0.3)
+      thread = Thread.new { tail.poll }
+      eventually(2) { thread.status == "sleep" }
+      sleep 0.05
+      thread.wakeup
+      facts = join_all([thread], 10).first
+      expect(tail.last_result[:status]).to eq("ok"), tail.last_result.inspect
+      expect(facts.map { |f| f[:id] }).to eq(ids)
+      expect(tail.after_seq).to eq(facts.last[:seq_id])
+    end
+
+    it "lets a tail poll on the main thread go on after a signal trap that returns", :gc_stress do
+      store = "tailtrap"
+      id = unique("tail")
+      expect(client.write_fact_once(fact(id, store: store))[:status]).to eq("committed_acked")
+      tail = client.tail(store: store, grace: 0.3)
+      trapped = false
+      previous = trap(:USR2) { trapped = true }
+      signaller = Thread.new do
+        sleep 0.1
+        Process.kill(:USR2, Process.pid)
+      end
+      facts = tail.poll
+      join_all([signaller], 5)
+      expect(trapped).to be(true)
+      expect(tail.last_result[:status]).to eq("ok"), tail.last_result.inspect
+      expect(facts.map { |f| f[:id] }).to eq([id])
+    ensure
+      trap(:USR2, previous || "DEFAULT")
     end
 
     it "lets a call on the main thread go on after a signal trap that returns" do

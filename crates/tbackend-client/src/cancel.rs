@@ -146,3 +146,23 @@ mod tests {
         assert!(cancel.is_cancelled());
     }
 }
+
+/// Where work that a [`Cancel`] only pauses stands after one run.
+#[derive(Debug)]
+pub enum Step<T, P> {
+    /// The work is over.
+    Done(T),
+    /// Cancelled while it waited: [`Resumable::step`] goes on, dropping gives up.
+    Paused(P),
+}
+
+/// Work that a cancel pauses instead of ending, and that goes on afterwards as if never
+/// disturbed, within the deadline it started with. For callers whose cancel means "let me
+/// run something first": Ruby's unblocking function fires for every interrupt, and most
+/// (a signal trap, `Thread#wakeup`) raise nothing.
+pub trait Resumable: Sized + Send {
+    /// What the finished work gives.
+    type Output: Send;
+    /// Goes on with a fresh `cancel` (a cancelled one stays cancelled).
+    fn step(self, cancel: &Cancel) -> Step<Self::Output, Self>;
+}

@@ -16,7 +16,7 @@ use tbackend_core::{Classified, ErrorKind, OpKind, Status};
 use crate::backoff::full_jitter;
 use crate::batch::Batch;
 use crate::breaker::{Admission, Breaker, BreakerState, Verdict};
-use crate::cancel::Cancel;
+use crate::cancel::{Cancel, Resumable, Step};
 use crate::config::Config;
 use crate::error::TransportError;
 use crate::lane::{self, later, Failure, Lane, LaneStats, Shared, Slot};
@@ -359,6 +359,7 @@ impl Client {
     /// facts after `cursor.after_seq()` and returns, with the outcome, the facts the
     /// cursor releases — only over an unbroken run of seqs, never one twice. The
     /// answer's `facts` array is moved into the returned facts (and the held ones).
+    /// A cancel ends the poll (`timeout_unknown` once the request is out).
     pub fn tail_poll(
         &self,
         store: &str,
@@ -366,30 +367,36 @@ impl Client {
         timeout: Option<Duration>,
         cancel: &Cancel,
     ) -> (Outcome, Vec<(u64, Value)>) {
+        match self.start_tail_poll(store, cursor, timeout, cancel) {
+            Step::Done(polled) => polled,
+            Step::Paused(paused) => paused.give_up(),
+        }
+    }
+
+    /// [`Client::tail_poll`] that a cancel only pauses, as [`Client::start`] does a call.
+    pub fn start_tail_poll<'c>(
+        &self,
+        store: &str,
+        cursor: &'c mut Cursor<Value>,
+        timeout: Option<Duration>,
+        cancel: &Cancel,
+    ) -> Step<(Outcome, Vec<(u64, Value)>), PausedTail<'c>> {
         let mut body =
             RequestBuilder::new("facts_by_seq", self.inner.shared.config.token.as_deref());
         if let Err(e) = body
             .str("store", store)
             .and_then(|b| b.u64("after_seq", cursor.after_seq()))
         {
-            return (Outcome::refused(e.to_string()), Vec::new());
+            return Step::Done((Outcome::refused(e.to_string()), Vec::new()));
         }
         let req = Request::new(OpKind::Read, body.finish());
         let polled_at = Instant::now();
-        let mut outcome = self.call(&req, timeout, cancel);
-        if !outcome.classified.ok {
-            return (outcome, Vec::new());
+        PausedTail {
+            call: self.start(&req, timeout, cancel),
+            cursor,
+            polled_at,
         }
-        let facts = match outcome.classified.answer.get_mut("facts").map(Value::take) {
-            Some(Value::Array(facts)) => facts,
-            _ => Vec::new(),
-        };
-        let items = facts.into_iter().filter_map(|f| {
-            let seq = f.get("seq_id")?.as_u64()?;
-            Some((seq, f))
-        });
-        let released = cursor.feed(items, polled_at);
-        (outcome, released)
+        .settle()
     }
 
     /// Lanes, breaker and connection counters.
@@ -651,6 +658,87 @@ impl PausedRetries {
             Phase::Next => unreachable!("paused only in a call or a backoff"),
         };
         (outcome, self.attempts)
+    }
+}
+
+/// A tail poll cut short by its [`Cancel`]; see [`Client::start_tail_poll`].
+#[derive(Debug)]
+pub struct PausedTail<'c> {
+    /// Paused, until `settle` finds it done.
+    call: CallStep,
+    cursor: &'c mut Cursor<Value>,
+    polled_at: Instant,
+}
+
+impl<'c> PausedTail<'c> {
+    /// Stops here; the cursor stays where it was.
+    pub fn give_up(self) -> (Outcome, Vec<(u64, Value)>) {
+        match self.call {
+            CallStep::Paused(call) => (call.give_up(), Vec::new()),
+            CallStep::Done(_) => unreachable!("a finished poll is never paused"),
+        }
+    }
+
+    fn settle(self) -> Step<(Outcome, Vec<(u64, Value)>), PausedTail<'c>> {
+        let mut outcome = match self.call {
+            CallStep::Done(outcome) => outcome,
+            CallStep::Paused(_) => return Step::Paused(self),
+        };
+        if !outcome.classified.ok {
+            return Step::Done((outcome, Vec::new()));
+        }
+        let facts = match outcome.classified.answer.get_mut("facts").map(Value::take) {
+            Some(Value::Array(facts)) => facts,
+            _ => Vec::new(),
+        };
+        let items = facts.into_iter().filter_map(|f| {
+            let seq = f.get("seq_id")?.as_u64()?;
+            Some((seq, f))
+        });
+        let released = self.cursor.feed(items, self.polled_at);
+        Step::Done((outcome, released))
+    }
+}
+
+impl Resumable for PausedTail<'_> {
+    type Output = (Outcome, Vec<(u64, Value)>);
+    fn step(mut self, cancel: &Cancel) -> Step<Self::Output, Self> {
+        if let CallStep::Paused(call) = self.call {
+            self.call = call.resume(cancel);
+        }
+        self.settle()
+    }
+}
+
+impl From<CallStep> for Step<Outcome, PausedCall> {
+    fn from(step: CallStep) -> Self {
+        match step {
+            CallStep::Done(outcome) => Step::Done(outcome),
+            CallStep::Paused(paused) => Step::Paused(paused),
+        }
+    }
+}
+
+impl Resumable for PausedCall {
+    type Output = Outcome;
+    fn step(self, cancel: &Cancel) -> Step<Outcome, PausedCall> {
+        self.resume(cancel).into()
+    }
+}
+
+impl From<RetryStep> for Step<(Outcome, Vec<Attempt>), PausedRetries> {
+    fn from(step: RetryStep) -> Self {
+        match step {
+            RetryStep::Done(outcome, tried) => Step::Done((outcome, tried)),
+            RetryStep::Paused(paused) => Step::Paused(paused),
+        }
+    }
+}
+
+impl Resumable for PausedRetries {
+    type Output = (Outcome, Vec<Attempt>);
+    fn step(self, cancel: &Cancel) -> Step<Self::Output, PausedRetries> {
+        self.resume(cancel).into()
     }
 }
 

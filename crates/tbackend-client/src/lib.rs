@@ -44,9 +44,9 @@ linux_only! {
     pub mod writer;
 
     pub use batch::Batch;
-    pub use cancel::Cancel;
+    pub use cancel::{Cancel, Resumable, Step};
     pub use client::{
-        Attempt, BreakerStats, CallStep, Client, Outcome, PausedCall, PausedRetries, Request,
+        Attempt, BreakerStats, CallStep, Client, Outcome, PausedCall, PausedRetries, PausedTail, Request,
         RetryPolicy, RetryStep, Stats,
     };
     pub use lane::LaneStats;

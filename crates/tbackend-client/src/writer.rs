@@ -30,7 +30,7 @@ use tbackend_core::protocol::request::RequestBuilder;
 use tbackend_core::{OpKind, Status};
 
 use crate::backoff::full_jitter;
-use crate::cancel::Cancel;
+use crate::cancel::{Cancel, Resumable, Step};
 use crate::client::{Client, Outcome, Request};
 use crate::error::TransportError;
 use crate::lane::later;
@@ -272,6 +272,135 @@ pub struct Writer {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// An enqueue waiting for room, cut short by its [`Cancel`]; see
+/// [`Writer::start_enqueue`]. Dropping it drops the fact.
+#[derive(Debug)]
+pub struct PausedEnqueue<'w> {
+    writer: &'w Writer,
+    entry: Box<Entry>,
+    deadline: Option<Instant>,
+}
+
+impl Resumable for PausedEnqueue<'_> {
+    type Output = Result<Receipt, Refused>;
+    fn step(self, cancel: &Cancel) -> Step<Self::Output, Self> {
+        let PausedEnqueue {
+            writer,
+            mut entry,
+            deadline,
+        } = self;
+        let sh = &*writer.shared;
+        loop {
+            let seen = sh.progress.load(Ordering::SeqCst);
+            match writer.try_enqueue(*entry) {
+                Ok(mut receipt) => {
+                    if let Some(file) = receipt.sync.take() {
+                        if let Err(e) = file.sync_data() {
+                            receipt.spool_error = Some(format!("spool fsync failed: {e}"));
+                            bump(&sh.counters.spool_errors);
+                        }
+                    }
+                    return Step::Done(Ok(receipt));
+                }
+                Err(Refused {
+                    reason: Refusal::Full,
+                    entry: back,
+                }) => {
+                    let now = Instant::now();
+                    let Some(until) = deadline.filter(|d| *d > now) else {
+                        return Step::Done(Err(Refused {
+                            reason: Refusal::Full,
+                            entry: back,
+                        }));
+                    };
+                    if cancel.is_cancelled() {
+                        return Step::Paused(PausedEnqueue {
+                            writer,
+                            entry: back,
+                            deadline,
+                        });
+                    }
+                    sh.wait_progress(seen, until - now, cancel);
+                    entry = back;
+                }
+                Err(other) => return Step::Done(Err(other)),
+            }
+        }
+    }
+}
+
+/// A flush cut short by its [`Cancel`]; see [`Writer::start_flush`].
+#[derive(Debug)]
+pub struct PausedFlush<'w> {
+    writer: &'w Writer,
+    /// Done once every seq below this has a terminal result.
+    target: u64,
+    deadline: Option<Instant>,
+}
+
+impl Resumable for PausedFlush<'_> {
+    type Output = bool;
+    fn step(self, cancel: &Cancel) -> Step<bool, Self> {
+        let sh = &*self.writer.shared;
+        loop {
+            let seen = sh.progress.load(Ordering::SeqCst);
+            let done = sh
+                .lock()
+                .outstanding
+                .first()
+                .is_none_or(|first| *first >= self.target);
+            if done {
+                return Step::Done(true);
+            }
+            let left = match self.deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Step::Done(false),
+                },
+                None => None,
+            };
+            if cancel.is_cancelled() {
+                return Step::Paused(self);
+            }
+            sh.wait_progress(seen, left.unwrap_or(Duration::from_secs(1)), cancel);
+        }
+    }
+}
+
+/// A shutdown cut short by its [`Cancel`] while it flushed; see
+/// [`Writer::start_shutdown`].
+#[derive(Debug)]
+pub struct PausedShutdown<'w> {
+    /// `None` once the shutdown is finished.
+    flush: Option<PausedFlush<'w>>,
+}
+
+impl Resumable for PausedShutdown<'_> {
+    type Output = bool;
+    fn step(mut self, cancel: &Cancel) -> Step<bool, Self> {
+        let flush = self.flush.take().expect("a paused shutdown is unfinished");
+        let writer = flush.writer;
+        match flush.step(cancel) {
+            Step::Done(drained) => {
+                writer.finish_shutdown();
+                Step::Done(drained)
+            }
+            Step::Paused(flush) => {
+                self.flush = Some(flush);
+                Step::Paused(self)
+            }
+        }
+    }
+}
+
+impl Drop for PausedShutdown<'_> {
+    fn drop(&mut self) {
+        if let Some(flush) = self.flush.take() {
+            flush.writer.finish_shutdown();
+        }
+    }
+}
+
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer")
@@ -395,77 +524,59 @@ impl Writer {
     /// ends the wait (async-signal-safe, for Ruby's unblocking function).
     pub fn enqueue(
         &self,
-        mut entry: Entry,
+        entry: Entry,
         wait: Option<Duration>,
         cancel: &Cancel,
     ) -> Result<Receipt, Refused> {
-        let sh = &*self.shared;
-        let deadline = wait.map(|w| later(Instant::now(), w));
-        loop {
-            let seen = sh.progress.load(Ordering::SeqCst);
-            match self.try_enqueue(entry) {
-                Ok(mut receipt) => {
-                    if let Some(file) = receipt.sync.take() {
-                        if let Err(e) = file.sync_data() {
-                            receipt.spool_error = Some(format!("spool fsync failed: {e}"));
-                            bump(&sh.counters.spool_errors);
-                        }
-                    }
-                    return Ok(receipt);
-                }
-                Err(Refused {
-                    reason: Refusal::Full,
-                    entry: back,
-                }) => {
-                    let now = Instant::now();
-                    let Some(deadline) = deadline.filter(|d| *d > now) else {
-                        return Err(Refused {
-                            reason: Refusal::Full,
-                            entry: back,
-                        });
-                    };
-                    if cancel.is_cancelled() {
-                        return Err(Refused {
-                            reason: Refusal::Cancelled,
-                            entry: back,
-                        });
-                    }
-                    sh.wait_progress(seen, deadline - now, cancel);
-                    entry = *back;
-                }
-                Err(other) => return Err(other),
-            }
+        match self.start_enqueue(entry, wait, cancel) {
+            Step::Done(result) => result,
+            Step::Paused(paused) => Err(Refused {
+                reason: Refusal::Cancelled,
+                entry: paused.entry,
+            }),
         }
+    }
+
+    /// [`Writer::enqueue`] that a cancel only pauses: [`Resumable::step`] waits on for
+    /// room, until the first deadline.
+    pub fn start_enqueue(
+        &self,
+        entry: Entry,
+        wait: Option<Duration>,
+        cancel: &Cancel,
+    ) -> Step<Result<Receipt, Refused>, PausedEnqueue<'_>> {
+        PausedEnqueue {
+            writer: self,
+            entry: Box::new(entry),
+            deadline: wait.map(|w| later(Instant::now(), w)),
+        }
+        .step(cancel)
     }
 
     /// Waits until every fact enqueued before the call has a terminal result: `true`,
     /// or `false` at `timeout` (`None`: no limit) or on `cancel`.
     pub fn flush(&self, timeout: Option<Duration>, cancel: &Cancel) -> bool {
-        let sh = &*self.shared;
-        let target = sh.lock().next_seq;
-        let deadline = timeout.map(|t| later(Instant::now(), t));
-        loop {
-            let seen = sh.progress.load(Ordering::SeqCst);
-            let done = sh
-                .lock()
-                .outstanding
-                .first()
-                .is_none_or(|first| *first >= target);
-            if done {
-                return true;
-            }
-            if cancel.is_cancelled() {
-                return false;
-            }
-            let left = match deadline {
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return false,
-                },
-                None => None,
-            };
-            sh.wait_progress(seen, left.unwrap_or(Duration::from_secs(1)), cancel);
+        match self.start_flush(timeout, cancel) {
+            Step::Done(done) => done,
+            Step::Paused(_) => false,
         }
+    }
+
+    /// [`Writer::flush`] that a cancel only pauses: [`Resumable::step`] waits on for
+    /// the same facts, until the first deadline.
+    pub fn start_flush(
+        &self,
+        timeout: Option<Duration>,
+        cancel: &Cancel,
+    ) -> Step<bool, PausedFlush<'_>> {
+        // Bound first: a guard in the struct expression would be held through the wait.
+        let target = self.shared.lock().next_seq;
+        PausedFlush {
+            writer: self,
+            target,
+            deadline: timeout.map(|t| later(Instant::now(), t)),
+        }
+        .step(cancel)
     }
 
     /// Refuses later enqueues, flushes for at most `timeout`, then stops the flusher
@@ -474,15 +585,43 @@ impl Writer {
     /// settled; otherwise `stats().queued` says how much was not (kept in the spool, or
     /// lost without one). Later calls return at once; `stats` keeps working.
     pub fn shutdown(&self, timeout: Duration, cancel: &Cancel) -> bool {
+        match self.start_shutdown(timeout, cancel) {
+            Step::Done(drained) => drained,
+            Step::Paused(_) => false,
+        }
+    }
+
+    /// [`Writer::shutdown`] that a cancel only pauses: [`Resumable::step`] goes on
+    /// flushing until the first deadline. A paused shutdown dropped (given up) stops
+    /// the flusher and closes the spool at once, as a cancelled one does.
+    pub fn start_shutdown(
+        &self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Step<bool, PausedShutdown<'_>> {
         let sh = &*self.shared;
         if sh.stop.load(Ordering::SeqCst) != RUNNING {
-            return sh.lock().queued == 0;
+            return Step::Done(sh.lock().queued == 0);
         }
-        sh.lock().closed = true;
-        let drained = self.flush(Some(timeout), cancel);
+        let target = {
+            let mut state = sh.lock();
+            state.closed = true;
+            state.next_seq
+        };
+        PausedShutdown {
+            flush: Some(PausedFlush {
+                writer: self,
+                target,
+                deadline: Some(later(Instant::now(), timeout)),
+            }),
+        }
+        .step(cancel)
+    }
+
+    /// Stops the flusher and closes the spool: the end of every shutdown.
+    fn finish_shutdown(&self) {
         self.stop_thread();
         self.close_spool();
-        drained
     }
 
     /// Syncs and closes the spool (deleting its drained segments) once the flusher is
