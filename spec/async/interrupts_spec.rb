@@ -75,7 +75,7 @@ RSpec.describe "ActsAsTbackend::AsyncWriter interrupted waits" do
 
   it "lets an enqueue blocked on a full queue and woken by Thread#wakeup wait on for room", :gc_stress do
     writer = async_writer_for(daemon, queue_size: 1, queue_full_policy: "block", queue_block_timeout: 30,
-                                         retry_attempts: 1000)
+                                      retry_attempts: 1000)
     stall(daemon)
     writer.enqueue(fact(unique("fill"), store: "async"))
     id = unique("late")
