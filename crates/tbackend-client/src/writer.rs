@@ -1702,6 +1702,44 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_only_pauses_a_started_flush_and_shutdown() {
+        let sink = Scripted::new(|_, _| Status::CommittedAcked);
+        sink.hold();
+        let w = Writer::start(sink.clone(), fast()).unwrap();
+        put(&w, "k", "a");
+        let cancelled = Cancel::new();
+        cancelled.cancel();
+        let Step::Paused(flush) = w.start_flush(Some(Duration::from_secs(10)), &cancelled) else {
+            panic!("a cancelled flush of an undelivered fact is paused");
+        };
+        put(&w, "k", "b");
+        sink.release();
+        assert!(matches!(flush.step(&Cancel::new()), Step::Done(true)));
+        assert_eq!(sink.sends_of("a"), 1);
+        // The shutdown's flush goes on likewise; given up, it still stops the writer.
+        sink.hold();
+        put(&w, "k", "c");
+        let Step::Paused(shutdown) = w.start_shutdown(Duration::from_secs(10), &cancelled) else {
+            panic!("a cancelled shutdown with a fact queued is paused");
+        };
+        assert_eq!(w.try_enqueue(entry("k", "d")).unwrap_err().reason, Refusal::ShutDown);
+        sink.release();
+        assert!(matches!(shutdown.step(&Cancel::new()), Step::Done(true)));
+        assert_eq!(w.stats().queued, 0);
+        let sink = Scripted::new(|_, _| Status::CommittedAcked);
+        sink.hold();
+        let w = Writer::start(sink.clone(), fast()).unwrap();
+        put(&w, "k", "e");
+        let Step::Paused(shutdown) = w.start_shutdown(Duration::from_secs(10), &cancelled) else {
+            panic!("paused");
+        };
+        let t0 = Instant::now();
+        drop(shutdown);
+        assert!(t0.elapsed() < Duration::from_secs(2), "given up, the shutdown ends");
+        assert!(!w.shutdown(Duration::from_secs(5), &Cancel::new()), "already shut down");
+    }
+
+    #[test]
     fn shutdown_releases_an_enqueue_waiting_for_room() {
         let sink = Scripted::new(|_, _| Status::CommittedAcked);
         sink.hold();
