@@ -468,10 +468,11 @@ impl RbClient {
         let store = to_s(store)?;
         check_store(ruby, &store)?;
         let timeout = seconds(timeout);
-        // The cursor travels into the GVL-free section by value and comes back with it.
+        // The cursor is out of its holder for the poll (the GVL-free section borrows
+        // it) and goes back once the poll is over. A poll that an interrupt raising
+        // nothing cut short goes on (see `run_until`), within its timeout; one that
+        // raised leaves the holder empty (see `take`).
         let mut state = cursor.take();
-        // A poll that an interrupt raising nothing cut short goes on (see `run_until`),
-        // within its timeout; one that raised leaves the cursor taken (see `take`).
         let polled = match rb_self.current() {
             Some(client) => Ok(run_resumable(ruby, "client", |cancel| {
                 client.start_tail_poll(&store, &mut state, timeout, cancel)
