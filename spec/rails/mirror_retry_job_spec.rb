@@ -128,7 +128,8 @@ RSpec.describe ActsAsTbackend::MirrorRetryJob do
       outcomes = ActsAsTbackend::DeadLetters.replay
       expect(outcomes.map { |_, result| result[:status] }).to eq(["committed_acked"])
       expect(kept).to eq([])
-      expect(ActsAsTbackend.client.latest_for(store: "specs", key: "key:#{id}")[:response][:fact][:value]).to eq(v: 2)
+      read = ActsAsTbackend.client.latest_for(store: "specs", key: "key:#{id}")
+      expect(read.dig(:response, :fact, :value)).to eq({ v: 2 }), read.inspect
     end
   end
 
