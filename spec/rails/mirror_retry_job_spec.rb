@@ -128,7 +128,11 @@ RSpec.describe ActsAsTbackend::MirrorRetryJob do
       outcomes = ActsAsTbackend::DeadLetters.replay
       expect(outcomes.map { |_, result| result[:status] }).to eq(["committed_acked"])
       expect(kept).to eq([])
-      read = ActsAsTbackend.client.latest_for(store: "specs", key: "key:#{id}")
+      # Read through a client of its own: this example is about where the replay writes,
+      # and the module client's lane still points at the daemon killed above.
+      reader = ActsAsTbackend::Client.new(ActsAsTbackend.config)
+      read = reader.latest_for(store: "specs", key: "key:#{id}")
+      reader.shutdown
       expect(read.dig(:response, :fact, :value)).to eq({ v: 2 }), read.inspect
     end
   end
