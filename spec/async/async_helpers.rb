@@ -76,4 +76,18 @@ RSpec.shared_context "async spec" do
   # Before the client spec's reset!: a writer left waiting on a stalled daemon must not
   # cost every example the full exit flush.
   after { ActsAsTbackend.shutdown_async_writer(timeout: 0.2) }
+
+  # A scratch directory for the example (`@dir`) and a test daemon whose data lives in it,
+  # so a kill! and restart keep what it stored.
+  def self.with_daemon_in_tmpdir(prefix)
+    around do |example|
+      Dir.mktmpdir(prefix) do |dir|
+        @dir = dir
+        TbackendSpec::TestDaemon.with(data_dir: File.join(dir, "daemon")) do |d|
+          @daemon = d
+          example.run
+        end
+      end
+    end
+  end
 end

@@ -9,15 +9,7 @@ require_relative "async_helpers"
 RSpec.describe "AsyncWriter spool across a crash" do
   include_context "async spec"
 
-  around do |example|
-    Dir.mktmpdir("tbackend-crash") do |dir|
-      @dir = dir
-      TbackendSpec::TestDaemon.with(data_dir: File.join(dir, "daemon")) do |d|
-        @daemon = d
-        example.run
-      end
-    end
-  end
+  with_daemon_in_tmpdir("tbackend-crash")
 
   let(:spool) { File.join(@dir, "spool") }
   let(:total) { 3000 }

@@ -9,17 +9,7 @@ require_relative "async_helpers"
 RSpec.describe "AsyncWriter at exit with the daemon down" do
   include_context "async spec"
 
-  around do |example|
-    Dir.mktmpdir("tbackend-exit") do |dir|
-      @dir = dir
-      TbackendSpec::TestDaemon.with(data_dir: File.join(dir, "daemon")) do |d|
-        @daemon = d
-        example.run
-      end
-    end
-  end
-
-  attr_reader :daemon
+  with_daemon_in_tmpdir("tbackend-exit")
 
   # Enqueues `count` facts to a dead port, says so and exits normally (at_exit runs).
   def enqueue_and_exit(count, env)
