@@ -1,0 +1,167 @@
+# frozen_string_literal: true
+
+# What the mirror costs the request path: CPU per `create!` of a plain ActiveRecord model
+# against the same model mirrored with `async: true` and synchronously, on SQLite and
+# PostgreSQL; what the async writer's background delivery costs the process per fact;
+# and what one `write_fact_once` costs against the native load client. CPU time, not wall
+# time, so a shared machine moves the numbers less: the calling thread's CPU
+# (CLOCK_THREAD_CPUTIME_ID) for the request path, the whole process's for delivery, and
+# the native client's own CPU (a child process's rusage) for the ceiling. Paired ratios
+# per round, medians over alternating rounds.
+#
+#   ruby bench/request_path.rb [ROUNDS=7] [CREATES=1000]
+#   TBACKEND_BENCH_DATABASES=sqlite ruby bench/request_path.rb    # skip PostgreSQL
+#
+# PostgreSQL comes from TBACKEND_PG_URL or this checkout's bin/test-postgres cluster.
+require_relative "support"
+require "active_record"
+require "acts_as_tbackend/extension"
+require "support/database"
+
+ROUNDS = Integer(ARGV[0] || 7)
+CREATES = Integer(ARGV[1] || 1000)
+DATABASES = ENV.fetch("TBACKEND_BENCH_DATABASES", "sqlite,postgresql").split(",").map(&:to_sym)
+
+module RequestPath
+  MODELS = { plain: nil, async: { async: true }, sync: { async: false } }.freeze
+
+  module_function
+
+  def thread_cpu
+    Process.clock_gettime(Process::CLOCK_THREAD_CPUTIME_ID)
+  end
+
+  def process_cpu
+    Process.clock_gettime(Process::CLOCK_PROCESS_CPUTIME_ID)
+  end
+
+  def define_models(adapter)
+    ActiveRecord::Schema.verbose = false
+    MODELS.to_h do |kind, mirror|
+      table = "rp_#{kind}"
+      ActiveRecord::Schema.define do
+        create_table(table, force: true) do |t|
+          t.string :name
+          t.integer :quantity
+          t.decimal :price, precision: 10, scale: 2
+          t.timestamps
+        end
+      end
+      model = Class.new(ActiveRecord::Base) { self.table_name = table }
+      Object.send(:remove_const, "Rp#{kind.capitalize}") if Object.const_defined?("Rp#{kind.capitalize}")
+      Object.const_set("Rp#{kind.capitalize}", model)
+      model.acts_as_tbackend(store: "rp_#{adapter}_#{kind}", **mirror) if mirror
+      [kind, model]
+    end
+  end
+
+  def creates(model, count, from)
+    count.times { |i| model.create!(name: "order #{from + i}", quantity: i, price: "19.99") }
+  end
+
+  # One round of one model: the calling thread's CPU per create, and the process's
+  # (including the async writer's delivery, waited for by a flush).
+  def round(kind, model, from)
+    process_before = process_cpu
+    thread_before = thread_cpu
+    creates(model, CREATES, from)
+    thread = (thread_cpu - thread_before) / CREATES
+    ActsAsTbackend.async_writer.flush(timeout: 60) if kind == :async
+    process = (process_cpu - process_before) / CREATES
+    { thread: thread, process: process }
+  end
+
+  def measure(adapter)
+    models = define_models(adapter)
+    models.each { |kind, model| round(kind, model, 0) } # warm up: caches, connections, JIT of AR
+    Array.new(ROUNDS) do |r|
+      models.to_a.rotate(r).to_h { |kind, model| [kind, round(kind, model, (r + 1) * CREATES)] }
+    end
+  end
+
+  # CPU per write of the native load client over one connection (child rusage).
+  def native_cpu_per_write(port, depth:, count:, store:)
+    before = Process.times
+    rate = Bench.rust_load("rust", port: port, conns: 1, depth: depth, seconds: nil, count: count, store: store).rate
+    after = Process.times
+    [(after.cutime + after.cstime - before.cutime - before.cstime) / count, rate]
+  end
+
+  # CPU per write_fact_once from one thread (process CPU: the caller and the lane's reader).
+  def bare_write(client, count, store)
+    facts = Array.new(count) { |i| Bench.fact(store, "bare:#{store}:#{i}", i) }
+    process_before = process_cpu
+    started = Bench.now
+    facts.each { |fact| raise "write failed" unless client.write_fact_once(fact)[:ok] }
+    elapsed = Bench.now - started
+    [(process_cpu - process_before) / count, count / elapsed]
+  end
+end
+
+def us(seconds)
+  format("%6.1f", seconds * 1e6)
+end
+
+def verdict(value, limit, at_most: true)
+  met = at_most ? value <= limit : value >= limit
+  format("%.2f  (target %s %.2f: %s)", value, at_most ? "<=" : ">=", limit, met ? "meets" : "MISSES")
+end
+
+def report_database(adapter, daemon)
+  TbackendSpec::Database.connect(adapter, database: "acts_as_tbackend_bench")
+  rounds = RequestPath.measure(adapter)
+  print_table(adapter, rounds)
+  paired = ->(&block) { Bench.median(rounds.map(&block)) }
+  async = paired.call { |r| r[:async][:thread] / r[:plain][:thread] }
+  write_cpu, = RequestPath.bare_write(ActsAsTbackend.client, 2000, "rp_write_#{adapter}")
+  sync = paired.call { |r| (r[:sync][:thread] - write_cpu) / r[:plain][:thread] }
+  puts "  async / plain, calling thread       #{verdict(async, 1.10)}"
+  puts "  (sync - one write) / plain, thread  #{verdict(sync, 1.10)}"
+  report_delivery(adapter, daemon, paired.call { |r| r[:async][:process] - r[:async][:thread] })
+end
+
+# The async writer's work off the calling thread, per fact, against the native client
+# writing pipelined on one connection.
+def report_delivery(adapter, daemon, delivery)
+  native, = RequestPath.native_cpu_per_write(daemon.port, depth: 64, count: 20_000, store: "rp_native_#{adapter}")
+  puts "  async delivery per fact (process - calling thread) #{us(delivery)} µs, native pipelined " \
+       "#{us(native)} µs: ratio #{verdict(delivery / native, 1.4)}"
+end
+
+def print_table(adapter, rounds)
+  puts "\n#{adapter}: CPU per create, µs (median)   calling thread   whole process"
+  RequestPath::MODELS.each_key do |kind|
+    thread, process = %i[thread process].map { |field| Bench.median(rounds.map { |r| r[kind][field] }) }
+    puts format("  %-6s %25s %15s", kind, us(thread), us(process))
+  end
+end
+
+def report_bare_write(daemon)
+  ratios = Array.new(ROUNDS) do |r|
+    gem_cpu, gem_rate = RequestPath.bare_write(ActsAsTbackend.client, 5000, "rp_bare_#{r}")
+    native_cpu, native_rate = RequestPath.native_cpu_per_write(daemon.port, depth: 1, count: 5000, store: "rp_nat_#{r}")
+    [gem_cpu / native_cpu, gem_rate / native_rate]
+  end
+  puts "\nbare write_fact_once, one thread, one connection vs the native client (depth 1)"
+  puts "  CPU per write ratio   #{verdict(Bench.median(ratios.map(&:first)), 1.4)}"
+  puts "  throughput ratio      #{verdict(Bench.median(ratios.map(&:last)), 0.9, at_most: false)}"
+end
+
+require "tmpdir"
+
+# The async writer spools, as a production app's should.
+Dir.mktmpdir("request_path") do |spool|
+  daemon = TbackendSpec::TestDaemon.start(pool_size: 16)
+  ActsAsTbackend.configure do |config|
+    config.host = daemon.host
+    config.port = daemon.port
+    config.spool_path = spool
+  end
+  ActsAsTbackend.client.ping
+  puts "rounds=#{ROUNDS} creates per round=#{CREATES} daemon=tbackend-testd"
+  DATABASES.each { |adapter| report_database(adapter, daemon) }
+  report_bare_write(daemon)
+ensure
+  ActsAsTbackend.reset!
+  daemon&.stop
+end
