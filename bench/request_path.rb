@@ -107,17 +107,21 @@ def verdict(value, limit, at_most: true)
   format("%.2f  (target %s %.2f: %s)", value, at_most ? "<=" : ">=", limit, met ? "meets" : "MISSES")
 end
 
+# The median over rounds of a figure taken within each round.
+def paired(rounds, &block)
+  Bench.median(rounds.map(&block))
+end
+
 def report_database(adapter, daemon)
   TbackendSpec::Database.connect(adapter, database: "acts_as_tbackend_bench")
   rounds = RequestPath.measure(adapter)
   print_table(adapter, rounds)
-  paired = ->(&block) { Bench.median(rounds.map(&block)) }
-  async = paired.call { |r| r[:async][:thread] / r[:plain][:thread] }
   write_cpu, = RequestPath.bare_write(ActsAsTbackend.client, 2000, "rp_write_#{adapter}")
-  sync = paired.call { |r| (r[:sync][:thread] - write_cpu) / r[:plain][:thread] }
+  async = paired(rounds) { |r| r[:async][:thread] / r[:plain][:thread] }
+  sync = paired(rounds) { |r| (r[:sync][:thread] - write_cpu) / r[:plain][:thread] }
   puts "  async / plain, calling thread       #{verdict(async, 1.10)}"
   puts "  (sync - one write) / plain, thread  #{verdict(sync, 1.10)}"
-  report_delivery(adapter, daemon, paired.call { |r| r[:async][:process] - r[:async][:thread] })
+  report_delivery(adapter, daemon, paired(rounds) { |r| r[:async][:process] - r[:async][:thread] })
 end
 
 # The async writer's work off the calling thread, per fact, against the native client
