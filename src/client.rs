@@ -11,6 +11,7 @@
 //! held, so it can never be inherited locked.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use tbackend_core::protocol::answer::{OpKind, Status};
 use tbackend_core::protocol::request::RequestBuilder;
 
 use crate::answer::{attempts_array, result_hash, soft_result};
-use crate::errors::invalid_fact;
+use crate::errors::{concurrent_use, invalid_fact};
 use crate::fact::{check_store, epoch_seconds, fact_store, to_s};
 use crate::json::Encoder;
 use crate::nogvl::{run_resumable, run_until};
@@ -468,21 +469,21 @@ impl RbClient {
         let store = to_s(store)?;
         check_store(ruby, &store)?;
         let timeout = seconds(timeout);
-        // The cursor is out of its holder for the poll (the GVL-free section borrows
-        // it) and goes back once the poll is over. A poll that an interrupt raising
-        // nothing cut short goes on (see `run_until`), within its timeout; one that
-        // raised leaves the holder empty (see `take`).
-        let mut state = cursor.take();
+        // The cursor is leased for the poll (the GVL-free section borrows it) and goes
+        // back once the poll is over. A poll that an interrupt raising nothing cut short
+        // goes on (see `run_until`), within its timeout; one that raised drops the lease
+        // unsettled (see `CursorLease`).
+        let mut lease = cursor.lease(ruby, &store)?;
         let polled = match rb_self.current() {
             Some(client) => Ok(run_resumable(ruby, "client", |cancel| {
-                client.start_tail_poll(&store, &mut state, timeout, cancel)
+                client.start_tail_poll(&store, lease.cursor(), timeout, cancel)
             })?),
             None => Err(Status::Unavailable),
         };
+        lease.settle();
         let pair = ruby.ary_new_capa(2);
         match polled {
             Ok((outcome, released)) => {
-                cursor.put(state);
                 pair.push(soft_result(ruby, &outcome)?)?;
                 let facts = ruby.ary_new_capa(released.len());
                 for (_, fact) in &released {
@@ -532,59 +533,112 @@ fn invalid_result(ruby: &Ruby, error: Error) -> Result<RHash, Error> {
 }
 
 /// `ActsAsTbackend::Native::TailCursor`: where a gap-safe tail stands.
+///
+/// One poll at a time: a poll leases the cursor and a second poll while the lease is
+/// out raises `ConcurrentUseError` (it would have to start over from the last settled
+/// seq and hand out the same facts again).
 #[magnus::wrap(class = "ActsAsTbackend::Native::TailCursor", free_immediately, size)]
 pub struct RbTailCursor {
-    cursor: Mutex<Option<Cursor<serde_json::Value>>>,
-    after_seq: std::sync::atomic::AtomicU64,
+    slot: Mutex<CursorSlot>,
+    after_seq: AtomicU64,
     grace: Duration,
+}
+
+struct CursorSlot {
+    /// `None` after a poll that an interrupt ended (it may have moved the cursor past
+    /// facts it never handed out): the next poll starts again at the last settled seq.
+    cursor: Option<Cursor<serde_json::Value>>,
+    /// The process whose poll holds the lease. A forked child does not inherit the
+    /// parent's poll (its thread is not there), so another pid's lease is no lease.
+    leased_by: Option<u32>,
+}
+
+/// The cursor, out of its slot for one poll. Dropped without [`CursorLease::settle`]
+/// (an interrupt raised), it leaves the slot empty; either way the lease ends.
+struct CursorLease<'a> {
+    owner: &'a RbTailCursor,
+    /// `None` once settled.
+    cursor: Option<Cursor<serde_json::Value>>,
+}
+
+impl CursorLease<'_> {
+    fn cursor(&mut self) -> &mut Cursor<serde_json::Value> {
+        self.cursor
+            .as_mut()
+            .expect("a lease holds its cursor until settled")
+    }
+
+    /// The poll is over and its facts handed out: the cursor goes back, its seq settled.
+    fn settle(mut self) {
+        let cursor = self.cursor.take();
+        if let Some(c) = &cursor {
+            self.owner.after_seq.store(c.after_seq(), Ordering::Release);
+        }
+        self.owner.slot().cursor = cursor;
+    }
+}
+
+impl Drop for CursorLease<'_> {
+    fn drop(&mut self) {
+        let mut slot = self.owner.slot();
+        if self.cursor.is_some() {
+            slot.cursor = None;
+        }
+        slot.leased_by = None;
+    }
 }
 
 impl RbTailCursor {
     pub fn new(after_seq: u64, grace: f64) -> Self {
         let grace = seconds(Some(grace)).unwrap_or_default();
         RbTailCursor {
-            cursor: Mutex::new(Some(Cursor::new(after_seq, grace))),
-            after_seq: std::sync::atomic::AtomicU64::new(after_seq),
+            slot: Mutex::new(CursorSlot {
+                cursor: Some(Cursor::new(after_seq, grace)),
+                leased_by: None,
+            }),
+            after_seq: AtomicU64::new(after_seq),
             grace,
         }
     }
 
-    /// The cursor; a fresh one at the last settled seq if a poll was interrupted
-    /// while holding it (what it held is simply read again).
-    fn take(&self) -> Cursor<serde_json::Value> {
-        let taken = self.cursor.lock().unwrap_or_else(|p| p.into_inner()).take();
-        taken.unwrap_or_else(|| {
-            Cursor::new(
-                self.after_seq.load(std::sync::atomic::Ordering::Acquire),
-                self.grace,
-            )
+    fn slot(&self) -> MutexGuard<'_, CursorSlot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cursor for one poll, or `ConcurrentUseError` while another poll has it.
+    fn lease(&self, ruby: &Ruby, store: &str) -> Result<CursorLease<'_>, Error> {
+        let pid = tbackend_client::process_id();
+        let mut slot = self.slot();
+        if slot.leased_by == Some(pid) {
+            return Err(concurrent_use(
+                ruby,
+                format!(
+                    "this tail of store {store:?} is in use by another poll \
+                     (poll one Tail from one thread at a time: give each thread its own)"
+                ),
+            ));
+        }
+        slot.leased_by = Some(pid);
+        let cursor = slot
+            .cursor
+            .take()
+            .unwrap_or_else(|| Cursor::new(self.after_seq.load(Ordering::Acquire), self.grace));
+        Ok(CursorLease {
+            owner: self,
+            cursor: Some(cursor),
         })
     }
 
-    fn put(&self, cursor: Cursor<serde_json::Value>) {
-        self.after_seq
-            .store(cursor.after_seq(), std::sync::atomic::Ordering::Release);
-        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = Some(cursor);
-    }
-
     pub fn after_seq(&self) -> u64 {
-        self.after_seq.load(std::sync::atomic::Ordering::Acquire)
+        self.after_seq.load(Ordering::Acquire)
     }
 
     pub fn held(&self) -> usize {
-        self.cursor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map_or(0, |c| c.held())
+        self.slot().cursor.as_ref().map_or(0, |c| c.held())
     }
 
     pub fn skipped(&self) -> u64 {
-        self.cursor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map_or(0, |c| c.skipped())
+        self.slot().cursor.as_ref().map_or(0, |c| c.skipped())
     }
 }
 

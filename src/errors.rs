@@ -24,3 +24,8 @@ pub fn configuration(ruby: &Ruby, message: impl Into<String>) -> Error {
 pub fn internal(ruby: &Ruby, message: impl Into<String>) -> Error {
     Error::new(class(ruby, "InternalError"), message.into())
 }
+
+/// An `ActsAsTbackend::ConcurrentUseError`: one object used by two callers at once.
+pub fn concurrent_use(ruby: &Ruby, message: impl Into<String>) -> Error {
+    Error::new(class(ruby, "ConcurrentUseError"), message.into())
+}

@@ -31,6 +31,10 @@ module ActsAsTbackend
   # A bug in this gem (a native panic, caught before it could take the process down).
   class InternalError < Error; end
 
+  # One object used by two threads (or fibers) at once where that cannot work: a second
+  # poll of a Tail while another is in progress. Nothing was sent; the object is intact.
+  class ConcurrentUseError < Error; end
+
   # A request that got no daemon answer. Raised only in strict mode; otherwise the same
   # failure is a soft result with the matching status.
   class TransportError < Error

@@ -37,7 +37,8 @@ module ActsAsTbackend
     end
 
     # One poll: the facts it releases, in seq order (Symbol keys). Never raises for a
-    # daemon problem: the facts are then empty and `last_result` tells why.
+    # daemon problem: the facts are then empty and `last_result` tells why. One poll at a
+    # time: during another thread's poll of this tail it raises ConcurrentUseError.
     def poll
       unless @pending.empty?
         facts = @pending

@@ -157,6 +157,62 @@ RSpec.describe "ActsAsTbackend::Client#tail" do
     expect(missed_seqs).to all(satisfy { |s| (s % 3).zero? }) # exactly the facts that were hidden for a while
   end
 
+  # Issue 12: a second poll of a tail whose cursor another poll held built a fresh cursor
+  # at the last settled seq, so two threads polling one tail both got the same facts.
+  it "refuses a poll while another thread's poll of the same tail is in progress, and goes on after it" do
+    write_all(%w[c1 c2 c3], "concurrent")
+    tail = client.tail(store: "concurrent", grace: 0.3)
+    daemon.control({ "op" => "set", "delay_ms" => 300 })
+    first = Thread.new { tail.poll }
+    eventually(2) { client.stats[:lanes].sum { |lane| lane[:in_flight] } >= 1 }
+    second = Thread.new do
+      tail.poll
+    rescue ActsAsTbackend::ConcurrentUseError => e
+      e
+    end
+    polled = join_all([first, second], 10)
+    daemon.control({ "op" => "set", "delay_ms" => 0 })
+
+    ids = polled.grep(Array).flatten.map { |f| f[:id] }
+    expect(ids).to eq(ids.uniq), "a fact was polled twice: #{ids.inspect}"
+    expect(polled.first.map { |f| f[:id] }).to eq(%w[c1 c2 c3])
+    expect(polled.last).to be_a(ActsAsTbackend::ConcurrentUseError)
+    expect(polled.last).to be_a(ActsAsTbackend::Error)
+    expect(polled.last.message).to match(/in use by another poll/)
+    expect(tail.after_seq).to eq(3)
+    write_all(%w[c4], "concurrent")
+    expect(tail.poll.map { |f| f[:id] }).to eq(%w[c4])
+  end
+
+  it "lets a forked child poll a tail that a thread of the parent was polling at the fork",
+     if: Process.respond_to?(:fork) do
+    write_all(%w[f1 f2], "forkedtail")
+    tail = client.tail(store: "forkedtail", grace: 0.3)
+    daemon.control({ "op" => "set", "delay_ms" => 300 })
+    polling = Thread.new { tail.poll }
+    eventually(2) { client.stats[:lanes].sum { |lane| lane[:in_flight] } >= 1 }
+    reader, writer = IO.pipe
+    pid = Process.fork do
+      reader.close
+      ids = begin
+        tail.poll.map { |f| f[:id] }
+      rescue Exception => e # rubocop:disable Lint/RescueException
+        "#{e.class}: #{e.message}"
+      end
+      writer.write(Marshal.dump(ids))
+      writer.close
+      exit!(0)
+    end
+    writer.close
+    child = Marshal.load(reader.read) # rubocop:disable Security/MarshalLoad
+    reader.close
+    Process.waitpid(pid)
+    expect(child).to eq(%w[f1 f2])
+    expect(join_all([polling], 10).first.map { |f| f[:id] }).to eq(%w[f1 f2])
+  ensure
+    daemon.control({ "op" => "set", "delay_ms" => 0 })
+  end
+
   it "returns no facts and keeps its place when the daemon is down" do
     write_all(%w[d1 d2], "down")
     tail = client.tail(store: "down", grace: 0.3)
