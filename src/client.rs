@@ -55,8 +55,9 @@ pub(crate) fn seconds(value: Option<f64>) -> Option<Duration> {
         .map(Duration::from_secs_f64)
 }
 
-/// The client settings of an options Hash (`Native::Client.new`, `Native::Writer.new`).
-pub(crate) fn client_config(options: RHash) -> Result<Config, Error> {
+/// The client settings of an options Hash, as given (`Native::Client.new`; the async
+/// writer adjusts them in `writer::flusher_client_config`).
+pub(crate) fn config_from_options(options: RHash) -> Result<Config, Error> {
     let mut config = Config::default();
     if let Some(host) = opt::<String>(options, "host")? {
         config.host = host;
@@ -91,7 +92,7 @@ pub(crate) fn client_config(options: RHash) -> Result<Config, Error> {
 
 impl RbClient {
     pub fn new(options: RHash) -> Result<Self, Error> {
-        let config = client_config(options)?;
+        let config = config_from_options(options)?;
         let client = Client::new(config.clone());
         Ok(RbClient {
             config,

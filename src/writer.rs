@@ -55,9 +55,10 @@ pub struct RbWriter {
     fsync_always: bool,
 }
 
-/// The client settings, read from the same options Hash as `Native::Client.new`.
-fn client_config(options: RHash) -> Result<Config, Error> {
-    let mut config = crate::client::client_config(options)?;
+/// The settings of the flusher's own client: those of the options Hash (as for
+/// `Native::Client.new`), with one lane and no breaker.
+fn flusher_client_config(options: RHash) -> Result<Config, Error> {
+    let mut config = crate::client::config_from_options(options)?;
     // One lane: the flusher is one thread that pipelines its whole batch on it.
     config.lanes = 1;
     // No breaker: it protects callers from waiting on a dead daemon, and nobody waits
@@ -103,7 +104,7 @@ impl RbWriter {
     /// `Native::Writer.new(client_options, writer_options)`: opens the spool (adopting
     /// what dead processes left) and starts the flusher thread.
     pub fn new(ruby: &Ruby, client_options: RHash, options: RHash) -> Result<Self, Error> {
-        let client = client_config(client_options)?;
+        let client = flusher_client_config(client_options)?;
         let max_request_bytes = client.max_request_bytes;
         let config = writer_config(ruby, options, client.token.clone())?;
         let fsync_always = config.spool.as_ref().map(|s| s.fsync) == Some(Fsync::Always);
