@@ -32,6 +32,7 @@ module ActsAsTbackend
   @config_lock = Mutex.new
   @client_lock = Mutex.new
   @async_writer_lock = Mutex.new
+  ForkSafety.register(self)
 
   class << self
     # The one Config, built from ENV on first use.
@@ -53,16 +54,15 @@ module ActsAsTbackend
     end
 
     # The memoised client, kept in `@client` (test helpers swap that ivar). Shared by
-    # every thread; after a fork the native core rebuilds its connections by itself.
+    # every thread; after a fork it drops the parent's connections (ForkSafety).
     def client
       @client || @client_lock.synchronize { @client ||= Client.new(config) }
     end
 
-    # Drops the connections a forked child inherited (called by the Process._fork hook;
-    # the native client also notices a new pid by itself on its next call).
-    def after_fork!
-      @client.after_fork if @client.respond_to?(:after_fork)
-      forget_inherited_async_writer
+    # @api private: in a forked child (ForkSafety), the memoised async writer is the
+    # parent's (reset on its own as a registered object): the child builds its own.
+    def after_fork
+      @async_writer = nil
     end
 
     # The memoised AsyncWriter for the current config: one per process. A forked child
@@ -71,10 +71,9 @@ module ActsAsTbackend
     def async_writer
       current = config
       writer = @async_writer
-      return writer if writer && writer.pid == Process.pid && writer.config.equal?(current)
+      return writer if writer&.config.equal?(current)
 
       stale = @async_writer_lock.synchronize do
-        forget_inherited_async_writer
         take_async_writer if @async_writer && !@async_writer.config.equal?(current)
       end
       stale&.shutdown(timeout: stale.config.exit_flush_timeout)
@@ -103,10 +102,7 @@ module ActsAsTbackend
     # config's exit_flush_timeout (`shutdown_timeout`; 0 with a spool, whose facts the
     # next writer delivers). Run by reset! and at exit.
     def shutdown_async_writer(timeout: nil)
-      old = @async_writer_lock.synchronize do
-        forget_inherited_async_writer
-        take_async_writer
-      end
+      old = @async_writer_lock.synchronize { take_async_writer }
       old&.shutdown(timeout: timeout || old.config.exit_flush_timeout)
       nil
     end
@@ -117,16 +113,6 @@ module ActsAsTbackend
       previous = @async_writer
       @async_writer = nil
       previous
-    end
-
-    # A writer built by another process (we are a forked child) is never run or shut
-    # down here: it is forgotten.
-    def forget_inherited_async_writer
-      writer = @async_writer
-      return unless writer && writer.pid != Process.pid
-
-      writer.after_fork
-      @async_writer = nil
     end
   end
 end

@@ -4,11 +4,8 @@
 //! GVL released and an unblocking function that cancels it, so Thread#kill, Timeout and
 //! Ctrl-C interrupt a waiting call at once and leave no answer behind for anyone else.
 //!
-//! Fork safety: the native client is stamped with the pid that built it. A call from
-//! another pid forgets the inherited client without touching its locks or shutting its
-//! sockets down (they are the parent's connections too) and builds a fresh one. The
-//! holder's mutex is only taken with the GVL held, and Ruby forks only with the GVL
-//! held, so it can never be inherited locked.
+//! Fork safety: the native client is held per process (see `per_process`); a forked
+//! child forgets the inherited one and builds a fresh one.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,20 +22,16 @@ use crate::errors::{concurrent_use, invalid_fact};
 use crate::fact::{check_store, epoch_seconds, fact_store, to_s};
 use crate::json::Encoder;
 use crate::nogvl::{run_resumable, run_until};
+use crate::per_process::PerProcess;
 
 /// A batch hands its facts to the wire in groups of this many: the first group is
 /// written (and its answers coming back) while the next is encoded.
 const BATCH_GROUP: usize = 64;
 
-struct Holder {
-    pid: u32,
-    client: Option<Client>,
-}
-
 #[magnus::wrap(class = "ActsAsTbackend::Native::Client", free_immediately, size)]
 pub struct RbClient {
     config: Config,
-    holder: Mutex<Holder>,
+    client: PerProcess<Client>,
 }
 
 pub(crate) fn opt<T: TryConvert>(options: RHash, key: &str) -> Result<Option<T>, Error> {
@@ -93,34 +86,14 @@ pub(crate) fn config_from_options(options: RHash) -> Result<Config, Error> {
 impl RbClient {
     pub fn new(options: RHash) -> Result<Self, Error> {
         let config = config_from_options(options)?;
-        let client = Client::new(config.clone());
-        Ok(RbClient {
-            config,
-            holder: Mutex::new(Holder {
-                pid: tbackend_client::process_id(),
-                client: Some(client),
-            }),
-        })
-    }
-
-    fn holder(&self) -> MutexGuard<'_, Holder> {
-        self.holder
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        let client = PerProcess::new(Client::new(config.clone()));
+        Ok(RbClient { config, client })
     }
 
     /// The client for this process: rebuilt after a fork, `None` after shutdown.
     fn current(&self) -> Option<Client> {
-        let mut holder = self.holder();
-        let pid = tbackend_client::process_id();
-        if holder.pid != pid {
-            if let Some(inherited) = holder.client.take() {
-                inherited.forget_after_fork();
-            }
-            holder.pid = pid;
-            holder.client = Some(Client::new(self.config.clone()));
-        }
-        holder.client.clone()
+        self.client
+            .current(|| Some(Client::new(self.config.clone())))
     }
 
     /// Drops the inherited connections in a forked child right away (Process._fork hook).
@@ -129,8 +102,7 @@ impl RbClient {
     }
 
     pub fn shutdown(&self) {
-        let client = self.holder().client.take();
-        if let Some(client) = client {
+        if let Some(client) = self.client.take() {
             client.shutdown();
         }
     }

@@ -7,6 +7,7 @@ mod errors;
 mod fact;
 mod json;
 mod nogvl;
+mod per_process;
 mod writer;
 
 use magnus::{function, method, prelude::*, Error, Ruby};

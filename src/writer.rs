@@ -7,13 +7,12 @@
 //! queue, an `fsync` per fact, `flush`, `shutdown`) runs without the GVL and with an
 //! unblocking function, so Timeout, Thread#kill and Ctrl-C stay prompt.
 //!
-//! Fork: the writer is stamped with the pid that built it. In another process it is
-//! forgotten (its flusher thread does not exist there, its queue is the parent's to
-//! deliver, its spool segment the parent's to hold) and every call answers as if shut
-//! down; the Ruby layer builds the child a fresh writer.
+//! Fork: the writer is held per process (see `per_process`). In a forked child it is
+//! forgotten and every call answers as if shut down; the Ruby layer builds the child a
+//! fresh writer.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use magnus::{Error, RArray, RHash, Ruby, Value};
@@ -26,31 +25,11 @@ use crate::errors::configuration;
 use crate::fact::{fact_field, fact_store, to_s};
 use crate::json::Encoder;
 use crate::nogvl::run_resumable;
-
-struct Holder {
-    pid: u32,
-    writer: Option<Arc<Writer>>,
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        // Garbage-collected in a forked child: the flusher thread is the parent's, so
-        // the writer must be forgotten, never stopped and joined.
-        if self.pid != tbackend_client::process_id() {
-            forget(self.writer.take());
-        }
-    }
-}
-
-fn forget(writer: Option<Arc<Writer>>) {
-    if let Some(writer) = writer {
-        writer.forget_after_fork();
-    }
-}
+use crate::per_process::PerProcess;
 
 #[magnus::wrap(class = "ActsAsTbackend::Native::Writer", free_immediately, size)]
 pub struct RbWriter {
-    holder: Mutex<Holder>,
+    writer: PerProcess<Arc<Writer>>,
     max_request_bytes: usize,
     fsync_always: bool,
 }
@@ -111,28 +90,15 @@ impl RbWriter {
         let writer = Writer::start(Client::new(client), config)
             .map_err(|e| configuration(ruby, format!("cannot start the async writer: {e}")))?;
         Ok(RbWriter {
-            holder: Mutex::new(Holder {
-                pid: tbackend_client::process_id(),
-                writer: Some(Arc::new(writer)),
-            }),
+            writer: PerProcess::new(Arc::new(writer)),
             max_request_bytes,
             fsync_always,
         })
     }
 
-    fn holder(&self) -> MutexGuard<'_, Holder> {
-        self.holder.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The writer, if it belongs to this process and is not shut down.
     fn current(&self) -> Option<Arc<Writer>> {
-        let mut holder = self.holder();
-        let pid = tbackend_client::process_id();
-        if holder.pid != pid {
-            forget(holder.writer.take());
-            holder.pid = pid;
-        }
-        holder.writer.clone()
+        self.writer.current(|| None)
     }
 
     fn entry(&self, ruby: &Ruby, fact: Value, durability: Option<String>) -> Result<Entry, Error> {

@@ -30,7 +30,7 @@ module ActsAsTbackend
 
     def initialize(config = ActsAsTbackend.config)
       @config = config
-      @pid = Process.pid
+      @pid = ForkSafety.pid
       # The soft-result wrapper of a synchronous write (config_error, invalid facts, token
       # redaction) so an enqueue fails exactly as a write would; it never connects.
       @client = Client.new(config)
@@ -38,6 +38,7 @@ module ActsAsTbackend
       @dropped_unreported = 0
       @last_drop_warning = nil
       @native, @open_error = open_native(config)
+      ForkSafety.register(self) if @native
     end
 
     # Queues one fact (a Hash, as Fact.build makes it). Returns a soft result:
@@ -79,7 +80,7 @@ module ActsAsTbackend
     # thread. Returns true when nothing was left; otherwise warns once with the count (kept
     # in the spool for the next writer, or lost without one).
     def shutdown(timeout: 5.0)
-      return true unless @native && Process.pid == pid
+      return true unless @native
       return @drained unless @drained.nil?
 
       @drained = @native.shutdown(Float(timeout))
@@ -87,8 +88,9 @@ module ActsAsTbackend
       @drained
     end
 
-    # In a forked child: gives up the parent's writer without running it (its queue is
-    # the parent's to deliver, its spool segment the parent's to hold).
+    # In a forked child (ForkSafety): gives up the parent's writer without running it
+    # (its queue is the parent's to deliver, its spool segment the parent's to hold);
+    # every later call answers as if shut down.
     def after_fork
       @native&.after_fork
       nil

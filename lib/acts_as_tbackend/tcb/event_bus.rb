@@ -4,6 +4,7 @@ require_relative "event_bus/events"
 require_relative "event_bus/registry"
 require_relative "event_bus/signals"
 require_relative "event_bus/lifecycle"
+require_relative "../fork_safety"
 
 module TCB
   # Pub/sub for events, routed by exact class.
@@ -26,9 +27,6 @@ module TCB
     # subscribe, unsubscribe or publish on a bus that was shut down.
     class ShutdownError < TCB::Error; end
 
-    FORK_LOCK = Mutex.new
-    private_constant :FORK_LOCK
-
     attr_reader :registry, :max_queue_size, :high_water_mark, :shutdown_timeout
 
     def initialize(sync: false, max_queue_size: nil, high_water_mark: nil, handle_signals: false, shutdown_timeout: 30.0,
@@ -43,6 +41,7 @@ module TCB
       @mutex = Mutex.new
       prepare_queue unless sync
       install_signal_handlers(shutdown_signals, on_signal) if handle_signals
+      ActsAsTbackend::ForkSafety.register(self) unless sync
     end
 
     # The dispatcher thread: nil in sync mode and until the first publish (in a forked
@@ -50,7 +49,6 @@ module TCB
     def dispatcher
       return nil if @sync
 
-      restart_after_fork
       @dispatcher
     end
 
@@ -69,7 +67,6 @@ module TCB
         raise ArgumentError, "#{handler.inspect} is not a class with an instance method #call"
       end
 
-      restart_after_fork
       @registry.add(event_class, handler || block, handler ? :class : :block)
     end
 
@@ -89,7 +86,6 @@ module TCB
 
         deliver(envelope)
       else
-        restart_after_fork
         enqueue(envelope, from_dispatcher: Thread.current.equal?(@dispatcher))
       end
       event
@@ -119,6 +115,18 @@ module TCB
       shutdown(drain: false, timeout: 0)
     end
 
+    # @api private: in a forked child (ActsAsTbackend::ForkSafety). The child inherits the
+    # queue but not the thread: it gets an empty queue, and its own dispatcher on its
+    # first publish (the parent still delivers what it had queued).
+    def after_fork
+      @registry.after_fork!
+      if shutdown?
+        @mutex = Mutex.new
+      else
+        prepare_queue
+      end
+    end
+
     private
 
     # A high-water mark without a bound is accepted and inert, as in tcb 0.6.2: pressure is
@@ -139,7 +147,6 @@ module TCB
       @above_mark = false
       @drained = 0
       @dispatcher = nil
-      @pid = Process.pid # last: a matching pid tells other threads the bus is ready
     end
 
     # Called with the lock held, after a push: the first event starts the thread, once.
@@ -150,25 +157,6 @@ module TCB
       # nameless to anyone listing threads (Puma's boot check, a fork's census).
       @dispatcher = Thread.new { dispatch_loop }
       @dispatcher.name = "tcb-event-bus"
-    end
-
-    # A forked child inherits the queue but not the thread: it gets an empty queue, and its
-    # own dispatcher on its first publish (the parent still delivers what it had queued). Once, whichever
-    # of the child's threads gets here first.
-    def restart_after_fork
-      return if @sync || @pid == Process.pid
-
-      FORK_LOCK.synchronize do
-        next if @pid == Process.pid
-
-        @registry.after_fork!
-        if shutdown?
-          @mutex = Mutex.new
-          @pid = Process.pid
-        else
-          prepare_queue
-        end
-      end
     end
 
     def enqueue(envelope, from_dispatcher:)

@@ -15,7 +15,6 @@ module TCB
 
       # Moves a running bus to :draining or :shutdown; false when another call got there first.
       def claim_shutdown(drain)
-        restart_after_fork
         @mutex.synchronize do
           next false unless @state == :running
 
