@@ -115,6 +115,13 @@ RSpec.describe ActsAsTbackend::ForkSafety, if: Process.respond_to?(:fork) do
     expect(daemon_status(daemon)["connections_accepted"]).to eq(2)
   end
 
+  it "keeps a client that was shut down before the fork shut down in the child" do
+    client = ActsAsTbackend::Client.new(config_with(port: daemon.port))
+    client.shutdown
+    expect(in_child { [client.ping[:status], client.stats] }).to eq(["unavailable", { shut_down: true }])
+    expect(daemon_status(daemon)["connections_accepted"]).to eq(0)
+  end
+
   it "resets after Process.daemon too, which forks without Process._fork" do
     plain = counted(counter)
     reader, writer = IO.pipe
