@@ -11,9 +11,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
+use tbackend_core::fact::json::{canonical_json, value_hash};
 
 use crate::auth::{self, Registry};
-use crate::canon;
 use crate::fact::{Fact, FactData};
 use crate::faults::Faults;
 use crate::wal::{Committer, Wal, SUFFIX};
@@ -364,7 +364,7 @@ impl Engine {
         if answer.get("error").is_some() {
             self.metrics.errors.fetch_add(1, Ordering::Relaxed);
         }
-        canon::to_vec(&answer)
+        canonical_json(&answer)
     }
 
     fn answer(&self, body: &[u8]) -> Value {
@@ -549,7 +549,7 @@ impl Engine {
             Ok(d) => d,
             Err(e) => return err(format!("Invalid fact data: {e}")),
         };
-        let hash = canon::value_hash(&data.value);
+        let hash = value_hash(&data.value);
         let strict = req
             .get("strict_hash")
             .and_then(Value::as_bool)
@@ -819,7 +819,7 @@ impl Engine {
         let estimated: usize = store
             .facts
             .iter()
-            .map(|f| canon::to_vec(&f.value).len() + f.id.len() + f.key.len() + 160)
+            .map(|f| canonical_json(&f.value).len() + f.id.len() + f.key.len() + 160)
             .sum();
         json!({
             "estimated_memory_bytes": estimated,

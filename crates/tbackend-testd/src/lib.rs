@@ -14,7 +14,6 @@
 //!   generator.
 
 pub mod auth;
-pub mod canon;
 pub mod config;
 pub mod control;
 pub mod engine;

@@ -11,9 +11,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use tbackend_core::fact::json::canonical_json;
 use tbackend_core::protocol::frame::{encode_into, Decoder};
 
-use crate::canon;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::faults::{AnswerFaultKind, Faults, Stall};
@@ -37,7 +37,8 @@ struct Counters {
     requests_answered: AtomicU64,
 }
 
-struct Shared {
+/// What the accept, worker and control threads of one daemon hold in common.
+struct ServerState {
     cfg: Config,
     engine: Engine,
     faults: Arc<Faults>,
@@ -56,7 +57,7 @@ struct Shared {
 
 /// A started daemon (threads run until the process exits).
 pub struct Running {
-    shared: Arc<Shared>,
+    shared: Arc<ServerState>,
 }
 
 impl Running {
@@ -114,7 +115,7 @@ pub fn start(cfg: Config) -> io::Result<Running> {
     let addr = listener.local_addr()?;
     engine.set_port(addr.port());
     let control = TcpListener::bind(("127.0.0.1", cfg.control_port))?;
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(ServerState {
         engine,
         faults,
         addr,
@@ -154,12 +155,12 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(listener)
 }
 
-fn set_listening(shared: &Shared, value: bool) {
+fn set_listening(shared: &ServerState, value: bool) {
     *shared.listening.lock().unwrap() = value;
     shared.listening_cv.notify_all();
 }
 
-fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+fn accept_loop(shared: Arc<ServerState>, listener: TcpListener) {
     let mut listener = Some(listener);
     loop {
         if shared.faults.refuse_connections() {
@@ -200,7 +201,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 /// Accepts every connection waiting in the backlog (the listener is non-blocking).
-fn accept_pending(shared: &Shared, l: &TcpListener) {
+fn accept_pending(shared: &ServerState, l: &TcpListener) {
     loop {
         match l.accept() {
             Ok((stream, _)) => enqueue(shared, stream),
@@ -216,7 +217,7 @@ fn accept_pending(shared: &Shared, l: &TcpListener) {
     }
 }
 
-fn enqueue(shared: &Shared, stream: TcpStream) {
+fn enqueue(shared: &ServerState, stream: TcpStream) {
     if stream.set_nonblocking(false).is_err() {
         return;
     }
@@ -235,7 +236,7 @@ fn enqueue(shared: &Shared, stream: TcpStream) {
 /// A pool thread: owns one connection until it closes, then takes the next. A
 /// connection waiting in the queue is accepted but not read, and nothing tells its
 /// client so (docs/protocol.md §2).
-fn worker(shared: Arc<Shared>) {
+fn worker(shared: Arc<ServerState>) {
     loop {
         let (id, stream) = {
             let mut q = shared.queue.lock().unwrap();
@@ -273,7 +274,7 @@ enum Next {
 
 /// Serves one connection. It ends only on peer EOF, a bad CRC, the idle timeout, a
 /// failed write, or an injected fault; application errors never close it.
-fn serve(shared: &Shared, mut stream: TcpStream) {
+fn serve(shared: &ServerState, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     // A read that waits longer than the idle timeout ends the connection: no request
     // for that long, or a frame stalled halfway, is closed silently.
@@ -365,7 +366,7 @@ fn spin_read(stream: &TcpStream, buf: &mut [u8], budget: Duration) -> Option<io:
     }
 }
 
-fn flush(shared: &Shared, stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
+fn flush(shared: &ServerState, stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Result<()> {
     if out.is_empty() {
         return Ok(());
     }
@@ -379,7 +380,7 @@ fn flush(shared: &Shared, stream: &mut TcpStream, out: &mut Vec<u8>) -> io::Resu
     result
 }
 
-fn on_frame(shared: &Shared, stream: &mut TcpStream, body: &[u8], out: &mut Vec<u8>) -> Next {
+fn on_frame(shared: &ServerState, stream: &mut TcpStream, body: &[u8], out: &mut Vec<u8>) -> Next {
     let faults = &shared.faults;
     shared
         .counters
@@ -394,7 +395,7 @@ fn on_frame(shared: &Shared, stream: &mut TcpStream, body: &[u8], out: &mut Vec<
             if s.kind == AnswerFaultKind::Close {
                 return Next::Close;
             }
-            canon::to_vec(&json!({"error": "injected fault: request not executed", "ok": false}))
+            canonical_json(&json!({"error": "injected fault: request not executed", "ok": false}))
         }
         _ => shared.engine.handle(body),
     };
@@ -439,7 +440,7 @@ fn on_frame(shared: &Shared, stream: &mut TcpStream, body: &[u8], out: &mut Vec<
     }
 }
 
-fn control_loop(shared: Arc<Shared>, listener: TcpListener) {
+fn control_loop(shared: Arc<ServerState>, listener: TcpListener) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let s = Arc::clone(&shared);
@@ -449,7 +450,7 @@ fn control_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-fn control_conn(shared: &Shared, mut stream: TcpStream) {
+fn control_conn(shared: &ServerState, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut decoder = Decoder::new(16 * 1024 * 1024);
     let mut buf = vec![0u8; 4096];
@@ -470,7 +471,7 @@ fn control_conn(shared: &Shared, mut stream: TcpStream) {
                 Err(e) => json!({"ok": false, "error": format!("invalid JSON: {e}")}),
             };
             let mut frame = Vec::new();
-            encode_into(&canon::to_vec(&answer), NO_CAP, &mut frame).expect("small answer");
+            encode_into(&canonical_json(&answer), NO_CAP, &mut frame).expect("small answer");
             if stream.write_all(&frame).is_err() {
                 return;
             }
@@ -478,7 +479,7 @@ fn control_conn(shared: &Shared, mut stream: TcpStream) {
     }
 }
 
-fn control_op(shared: &Shared, req: &Value) -> Value {
+fn control_op(shared: &ServerState, req: &Value) -> Value {
     match req.get("op").and_then(Value::as_str).unwrap_or("") {
         "ping" => json!({"ok": true, "pong": true}),
         "status" => status(shared),
@@ -514,7 +515,7 @@ fn control_op(shared: &Shared, req: &Value) -> Value {
 
 /// Waits until the data listener matches the refuse-connections fault, so that a
 /// client connecting right after the control answer sees the new state.
-fn await_listener(shared: &Shared) -> Result<(), String> {
+fn await_listener(shared: &ServerState) -> Result<(), String> {
     let want = !shared.faults.refuse_connections();
     let deadline = Instant::now() + LISTENER_SWITCH_TIMEOUT;
     let mut listening = shared.listening.lock().unwrap();
@@ -531,7 +532,7 @@ fn await_listener(shared: &Shared) -> Result<(), String> {
     Ok(())
 }
 
-fn status(shared: &Shared) -> Value {
+fn status(shared: &ServerState) -> Value {
     let c = &shared.counters;
     json!({
         "ok": true,

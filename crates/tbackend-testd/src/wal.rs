@@ -16,9 +16,9 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tbackend_core::fact::json::canonical_json;
 use tbackend_core::protocol::frame::crc32;
 
-use crate::canon;
 use crate::fact::Fact;
 use crate::faults::Faults;
 
@@ -96,7 +96,7 @@ impl Wal {
 
     /// Appends one record with a single `write(2)`.
     pub fn append(&self, fact: &Fact) -> io::Result<()> {
-        let payload = canon::to_vec(&fact.to_json());
+        let payload = canonical_json(&fact.to_json());
         let mut rec = Vec::with_capacity(RECORD_HEADER + payload.len());
         rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         rec.extend_from_slice(&crc32(&payload).to_le_bytes());

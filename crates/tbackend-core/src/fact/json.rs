@@ -1,5 +1,6 @@
 //! JSON writing for the Ruby binding, byte-compatible with serde_json, and the
-//! daemon's canonical value hash (docs/protocol.md §6).
+//! daemon's canonical form and value hash (docs/protocol.md §1, §6): the only ones in
+//! the workspace, `tbackend-testd` answers, logs and hashes with them too.
 //!
 //! The binding walks Ruby objects and writes JSON straight into a buffer instead of
 //! building a `serde_json::Value` first; these writers produce exactly what serde_json

@@ -101,13 +101,14 @@ pub fn days_in_month(year: u32, month: u32) -> u32 {
     }
 }
 
-struct Cursor<'a> {
+/// Reads an ISO 8601 text byte by byte, remembering where it is for the error.
+struct Scanner<'a> {
     input: &'a str,
     bytes: &'a [u8],
     at: usize,
 }
 
-impl<'a> Cursor<'a> {
+impl<'a> Scanner<'a> {
     fn syntax(&self, expected: &'static str) -> TimeError {
         TimeError::Syntax {
             input: self.input.to_owned(),
@@ -169,7 +170,7 @@ pub fn parse_iso8601(input: &str) -> Result<f64, TimeError> {
 /// [`parse_iso8601`] without the final rounding: whole epoch seconds (floored) and
 /// the nanoseconds past them, `0..1_000_000_000`.
 pub fn parse_iso8601_parts(input: &str) -> Result<(i64, u32), TimeError> {
-    let mut c = Cursor {
+    let mut c = Scanner {
         input,
         bytes: input.as_bytes(),
         at: 0,
