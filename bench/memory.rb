@@ -13,7 +13,7 @@ THREADS = 32
 CHECKPOINT = 100_000
 abort "TOTAL must be at least #{2 * CHECKPOINT} to compare two checkpoints" if TOTAL < 2 * CHECKPOINT
 
-daemon = TbackendSpec::TestDaemon.start(pool_size: 16)
+daemon = Bench.start_daemon(pool_size: 16)
 config = ActsAsTbackend::Config.new
 config.port = daemon.port
 client = ActsAsTbackend::Client.new(config)

@@ -36,7 +36,7 @@ def batch_run(client, store, round)
   1000 / elapsed
 end
 
-daemon = TbackendSpec::TestDaemon.start(pool_size: 16)
+daemon = Bench.start_daemon(pool_size: 16)
 config = ActsAsTbackend::Config.new
 config.port = daemon.port
 client = ActsAsTbackend::Client.new(config)

@@ -26,7 +26,20 @@ module Bench
     end
   end
 
+  # The test daemon's profile for every benchmark: `real` reproduces the real daemon's
+  # measured speed (crates/tbackend-testd/README.md#profiles); `fast` is the one the tests use.
+  PROFILE = ENV.fetch("TBACKEND_BENCH_PROFILE", "real")
+
   module_function
+
+  # Starts tbackend-testd (ephemeral) in PROFILE and says so on stdout.
+  def start_daemon(pool_size:, **options)
+    daemon = TbackendSpec::TestDaemon.start(pool_size: pool_size, profile: PROFILE, **options)
+    status = daemon.status
+    puts "daemon: tbackend-testd profile=#{status.fetch('profile')} request_cpu_us=#{status.fetch('request_cpu_us')} " \
+         "pool_size=#{pool_size}"
+    daemon
+  end
 
   def now
     Process.clock_gettime(Process::CLOCK_MONOTONIC)

@@ -6,9 +6,11 @@
 # machine, ratios measured side by side do not.
 #
 #   ruby bench/throughput.rb [ROUNDS=5] [SECONDS=1.5]
-#   TBACKEND_BENCH_EXEC_US=80 ruby bench/throughput.rb   # emulate the real daemon's CPU per request
+#   TBACKEND_BENCH_PROFILE=fast ruby bench/throughput.rb   # the test daemon at full speed
+#   TBACKEND_BENCH_EXEC_US=20 ruby bench/throughput.rb     # 20 µs more daemon CPU per request
 #
-# Uses TBACKEND_HOST/TBACKEND_PORT when set, else starts tbackend-testd (ephemeral).
+# Uses TBACKEND_HOST/TBACKEND_PORT when set, else starts tbackend-testd (ephemeral) in
+# its `real` profile: the real daemon's speed, measured (bench/support.rb, Bench::PROFILE).
 require_relative "support"
 
 ROUNDS = Integer(ARGV[0] || 5)
@@ -17,7 +19,7 @@ SECONDS = Float(ARGV[1] || 1.5)
 def start_daemon
   return [nil, ENV.fetch("TBACKEND_HOST"), Integer(ENV.fetch("TBACKEND_PORT", "7401"), 10)] if ENV["TBACKEND_HOST"]
 
-  daemon = TbackendSpec::TestDaemon.start(pool_size: 64)
+  daemon = Bench.start_daemon(pool_size: 64)
   exec_us = Integer(ENV.fetch("TBACKEND_BENCH_EXEC_US", "0"), 10)
   daemon.control({ "op" => "set", "exec_cost_us" => exec_us }) if exec_us.positive?
   [daemon, daemon.host, daemon.port]
@@ -83,7 +85,8 @@ rounds = Array.new(ROUNDS) do |round|
 end
 daemon&.stop
 
-puts "rounds=#{ROUNDS} seconds=#{SECONDS} exec_cost_us=#{ENV.fetch('TBACKEND_BENCH_EXEC_US', '0')}"
+daemon_kind = daemon ? "tbackend-testd profile=#{Bench::PROFILE}" : "#{host}:#{port} (not started here)"
+puts "rounds=#{ROUNDS} seconds=#{SECONDS} daemon=#{daemon_kind} exec_cost_us=#{ENV.fetch('TBACKEND_BENCH_EXEC_US', '0')}"
 puts format("%-12s %10s %9s %9s %6s %6s", "run", "writes/s", "p50 ms", "p99 ms", "errors", "conns")
 rounds.first.each_key do |label|
   runs = rounds.map { |r| r[label] }

@@ -16,6 +16,8 @@ module ActsAsTbackend
   #
   # Options become daemon flags (`pool_size: 4` is `--pool-size 4`, `auth: true` is
   # `--auth`); see `tbackend-testd --help`. `binary:` overrides Binary.path.
+  # `profile: :real` makes it as slow as the real daemon, in the same ways (for
+  # benchmarks); the default, `:fast` (or $TBACKEND_TESTD_PROFILE), is for tests.
   class TestDaemon
     READY_TIMEOUT = 20
 

@@ -151,6 +151,31 @@ RSpec.describe ActsAsTbackend::TestDaemon do
     end
   end
 
+  describe "profiles" do
+    after { ActsAsTbackend.reset! }
+
+    it "profile: :real runs at the real daemon's pace, and the client reads its three-part answers" do
+      described_class.start(profile: :real) do |daemon|
+        expect(daemon.status).to include("profile" => "real", "request_cpu_us" => be_positive)
+        client = client_for(daemon, request_timeout: 2.0)
+        written = fact(unique)
+        expect(client.write_fact_once(written)[:status]).to eq("committed_acked")
+        read = client.latest_for(store: written["store"], key: written["key"])
+        expect(read.dig(:response, :fact, :id)).to eq(written["id"])
+      end
+    end
+
+    it "takes TBACKEND_TESTD_PROFILE when no option names one, and is fast otherwise" do
+      with_env("TBACKEND_TESTD_PROFILE" => "real") do
+        described_class.start { |daemon| expect(daemon.status["profile"]).to eq("real") }
+        described_class.start(profile: :fast) { |daemon| expect(daemon.status["profile"]).to eq("fast") }
+      end
+      with_env("TBACKEND_TESTD_PROFILE" => nil) do
+        described_class.start { |daemon| expect(daemon.status).to include("profile" => "fast", "request_cpu_us" => 0) }
+      end
+    end
+  end
+
   it "stops the daemon after the block even when the block raises" do
     pid = nil
     expect do

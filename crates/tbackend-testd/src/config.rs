@@ -27,12 +27,67 @@ OPTIONS:
   --auth                      require a token on every op
   --commit-interval-ms MS     group-commit window of durable writes (default 5)
   --strict-hash               reject writes whose value_hash differs from the server's
+  --profile fast|real         fast (default; or $TBACKEND_TESTD_PROFILE): answers as
+                              quickly as it can, for tests. real: behaves like the real
+                              daemon where speed is concerned (each answer in three
+                              sends, no polling for the next request, the accept loop
+                              polling every 10 ms, the real daemon's CPU per request),
+                              for benchmarks
+  --request-cpu-us US         CPU burnt per request, in µs (default: the profile's;
+                              0 for fast, 20 for real)
   -h, --help                  print this help
 
 On ready it prints one line to stdout:
   tbackend-testd ready host=H port=P control_port=C pid=PID data_dir=DIR|ephemeral auth=on|off
 SIGTERM / SIGINT stop it. The control protocol is described in the crate README.
 ";
+
+/// The environment variable that picks the profile when `--profile` is not given.
+pub const PROFILE_ENV: &str = "TBACKEND_TESTD_PROFILE";
+
+/// CPU the `real` profile burns per request, in µs: calibrated with `tbackend-load`
+/// so that a native client sees the real daemon's rates and their ratios over 1, 2 and
+/// 12 connections (the crate README says what was measured).
+pub const REAL_REQUEST_CPU_US: u64 = 20;
+
+/// How the daemon spends its time: as fast as it can, or as the real one does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// For tests: answers coalesced into one send, a lone connection polls briefly for
+    /// its next request, no CPU burnt.
+    #[default]
+    Fast,
+    /// For benchmarks: the real daemon's measured behaviour (docs/protocol.md §2, §11):
+    /// one worker thread per connection blocking in its read, every answer written as
+    /// three sends (length, body, CRC), the accept loop polling every 10 ms, and
+    /// [`REAL_REQUEST_CPU_US`] of CPU per request.
+    Real,
+}
+
+impl Profile {
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Fast => "fast",
+            Profile::Real => "real",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Profile, String> {
+        match s {
+            "fast" => Ok(Profile::Fast),
+            "real" => Ok(Profile::Real),
+            other => Err(format!("unknown profile '{other}' (fast or real)")),
+        }
+    }
+
+    /// CPU burnt per request unless `--request-cpu-us` says otherwise.
+    pub fn request_cpu_us(self) -> u64 {
+        match self {
+            Profile::Fast => 0,
+            Profile::Real => REAL_REQUEST_CPU_US,
+        }
+    }
+}
 
 /// The daemon's configuration.
 #[derive(Debug, Clone)]
@@ -47,6 +102,9 @@ pub struct Config {
     pub auth: bool,
     pub commit_interval: Duration,
     pub strict_hash: bool,
+    pub profile: Profile,
+    /// CPU burnt per request, in µs (the `exec_cost_us` control knob adds to it).
+    pub request_cpu_us: u64,
 }
 
 impl Default for Config {
@@ -62,6 +120,8 @@ impl Default for Config {
             auth: false,
             commit_interval: Duration::from_millis(5),
             strict_hash: false,
+            profile: Profile::Fast,
+            request_cpu_us: 0,
         }
     }
 }
@@ -75,8 +135,21 @@ pub enum Command {
 
 impl Config {
     /// Parses the arguments after the program name; `--flag value` and `--flag=value`.
+    /// Without `--profile`, the profile comes from `$TBACKEND_TESTD_PROFILE`.
     pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+        let env = std::env::var(PROFILE_ENV).ok().filter(|v| !v.is_empty());
+        Config::parse_with(args, env.as_deref())
+    }
+
+    fn parse_with<I: IntoIterator<Item = String>>(
+        args: I,
+        env_profile: Option<&str>,
+    ) -> Result<Command, String> {
         let mut cfg = Config::default();
+        let mut profile = env_profile
+            .map(|p| Profile::parse(p).map_err(|e| format!("{PROFILE_ENV}: {e}")))
+            .transpose()?;
+        let mut request_cpu_us = None;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -124,9 +197,15 @@ impl Config {
                 "--strict-hash" => {
                     cfg.strict_hash = flag_value(inline.as_deref(), "--strict-hash")?
                 }
+                "--profile" => profile = Some(Profile::parse(&value("--profile")?)?),
+                "--request-cpu-us" => {
+                    request_cpu_us = Some(number("--request-cpu-us", &value("--request-cpu-us")?)?)
+                }
                 other => return Err(format!("unknown argument: {other} (try --help)")),
             }
         }
+        cfg.profile = profile.unwrap_or_default();
+        cfg.request_cpu_us = request_cpu_us.unwrap_or(cfg.profile.request_cpu_us());
         Ok(Command::Run(cfg))
     }
 }
@@ -149,7 +228,11 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, String> {
-        match Config::parse(args.iter().map(|s| s.to_string()))? {
+        parse_env(args, None)
+    }
+
+    fn parse_env(args: &[&str], env: Option<&str>) -> Result<Config, String> {
+        match Config::parse_with(args.iter().map(|s| s.to_string()), env)? {
             Command::Run(c) => Ok(c),
             Command::Help => Err("help".into()),
         }
@@ -177,5 +260,26 @@ mod tests {
         assert!(parse(&["--bogus"]).is_err());
         assert!(parse(&["--port"]).is_err());
         assert_eq!(parse(&["--help"]).unwrap_err(), "help");
+    }
+
+    #[test]
+    fn profiles() {
+        let fast = parse(&[]).unwrap();
+        assert_eq!((fast.profile, fast.request_cpu_us), (Profile::Fast, 0));
+        let real = parse(&["--profile", "real"]).unwrap();
+        assert_eq!(
+            (real.profile, real.request_cpu_us),
+            (Profile::Real, REAL_REQUEST_CPU_US)
+        );
+        let tuned = parse(&["--profile=real", "--request-cpu-us", "7"]).unwrap();
+        assert_eq!(tuned.request_cpu_us, 7);
+        assert!(parse(&["--profile", "slow"]).is_err());
+        // The environment picks the profile; the flag wins over it.
+        assert_eq!(parse_env(&[], Some("real")).unwrap().profile, Profile::Real);
+        let flag = parse_env(&["--profile", "fast"], Some("real")).unwrap();
+        assert_eq!(flag.profile, Profile::Fast);
+        assert!(USAGE.contains(&format!("0 for fast, {REAL_REQUEST_CPU_US} for real")));
+        let err = parse_env(&[], Some("turbo")).unwrap_err();
+        assert!(err.contains("TBACKEND_TESTD_PROFILE"), "{err}");
     }
 }

@@ -73,6 +73,8 @@ pub struct EngineConfig {
     pub max_inflight: usize,
     pub host: String,
     pub pool_size: usize,
+    /// CPU burnt per request, in µs, before the `exec_cost_us` knob's.
+    pub request_cpu_us: u64,
 }
 
 /// The counters `metrics` reports. Rules inferred from the transcripts: a request is
@@ -291,6 +293,27 @@ fn json_error_text(body: &[u8], e: &serde_json::Error) -> String {
     msg
 }
 
+/// Keeps this thread busy until it has used `cost` of CPU. Busy, not asleep: the real
+/// daemon's per-request cost is CPU, and on a small machine it competes with the client
+/// for the same cores. Counted on the thread's CPU clock, not the wall clock, so that a
+/// preempted worker still spends all of it (on a loaded machine a wall-clock spin
+/// would burn only the slices it happened to get).
+fn burn_cpu(cost: Duration) {
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid out pointer; this clock exists on every Linux.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+    let until = thread_cpu() + cost;
+    while thread_cpu() < until {
+        std::hint::spin_loop();
+    }
+}
+
 /// `^[A-Za-z0-9_-]+$`; no length check (docs/protocol.md §6).
 pub fn valid_store_name(name: &str) -> bool {
     !name.is_empty()
@@ -406,14 +429,15 @@ impl Engine {
         if exec_delay > 0 {
             std::thread::sleep(Duration::from_millis(exec_delay));
         }
-        let exec_cost = self.faults.exec_cost_us();
+        // The real daemon answers a ping in about half a write's round trip: the
+        // profile's CPU goes to the ops that do work.
+        let profile_cost = match op.as_deref() {
+            Some("ping") => 0,
+            _ => self.cfg.request_cpu_us,
+        };
+        let exec_cost = profile_cost + self.faults.exec_cost_us();
         if exec_cost > 0 {
-            // Busy, not asleep: the real daemon's per-request cost is CPU, and on a small
-            // machine it competes with the client for the same cores.
-            let until = Instant::now() + Duration::from_micros(exec_cost);
-            while Instant::now() < until {
-                std::hint::spin_loop();
-            }
+            burn_cpu(Duration::from_micros(exec_cost));
         }
         let answer = self.execute(req, op.as_deref().unwrap_or(""));
         self.metrics

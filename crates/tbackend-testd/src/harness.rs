@@ -19,6 +19,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::auth::{BOOTSTRAP_FILE, EPHEMERAL_ADMIN_TOKEN};
+use crate::config::Profile;
 use crate::control::ControlClient;
 use crate::wire::Conn;
 
@@ -35,7 +36,8 @@ pub enum DataDir {
 }
 
 /// How to start a [`TestDaemon`]. Defaults: ephemeral, a free port, pool 16, idle
-/// timeout 30 s, no auth, no limiter, 5 ms commit window.
+/// timeout 30 s, no auth, no limiter, 5 ms commit window, the profile the daemon picks
+/// (`$TBACKEND_TESTD_PROFILE`, else fast).
 #[derive(Debug, Clone)]
 pub struct Options {
     pub port: u16,
@@ -46,6 +48,8 @@ pub struct Options {
     pub auth: bool,
     pub commit_interval_ms: u64,
     pub strict_hash: bool,
+    /// `--profile`; `None` leaves the choice to the daemon.
+    pub profile: Option<Profile>,
     /// The binary to run; see the module doc for the search when `None`.
     pub binary: Option<PathBuf>,
     /// More arguments, appended as they are.
@@ -65,6 +69,7 @@ impl Default for Options {
             auth: false,
             commit_interval_ms: 5,
             strict_hash: false,
+            profile: None,
             binary: None,
             extra_args: Vec::new(),
             ready_timeout: Duration::from_secs(60),
@@ -106,6 +111,11 @@ impl Options {
     }
     pub fn strict_hash(mut self) -> Self {
         self.strict_hash = true;
+        self
+    }
+    /// Fast for tests, real for benchmarks (see [`Profile`]).
+    pub fn profile(mut self, profile: Profile) -> Self {
+        self.profile = Some(profile);
         self
     }
     pub fn port(mut self, port: u16) -> Self {
@@ -208,6 +218,9 @@ impl TestDaemon {
         }
         if o.strict_hash {
             cmd.arg("--strict-hash");
+        }
+        if let Some(profile) = o.profile {
+            cmd.arg("--profile").arg(profile.name());
         }
         cmd.args(&o.extra_args)
             .stdin(Stdio::null())

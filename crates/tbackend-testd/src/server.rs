@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tbackend_core::fact::json::canonical_json;
 use tbackend_core::protocol::frame::{encode_into, Decoder};
 
-use crate::config::Config;
+use crate::config::{Config, Profile};
 use crate::engine::{Engine, EngineConfig};
 use crate::faults::{AnswerFaultKind, Faults, Stall};
 
@@ -23,6 +23,10 @@ use crate::faults::{AnswerFaultKind, Faults, Stall};
 /// daemon allocates it up front; see transcript length_prefix_0xFFFFFFFF_no_body).
 const NO_CAP: usize = usize::MAX;
 const READ_CHUNK: usize = 64 * 1024;
+/// How often the `real` profile's accept loop looks for new connections, as the real
+/// daemon's does (docs/protocol.md §2: a new connection waits about 7 ms for its first
+/// answer).
+const REAL_ACCEPT_POLL: Duration = Duration::from_millis(10);
 /// How long a control `set` waits for the data listener to close or rebind.
 const LISTENER_SWITCH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,6 +108,7 @@ pub fn start(cfg: Config) -> io::Result<Running> {
             max_inflight: cfg.max_inflight,
             host: cfg.host.clone(),
             pool_size: cfg.pool_size,
+            request_cpu_us: cfg.request_cpu_us,
         },
         Arc::clone(&faults),
     )?;
@@ -189,13 +194,17 @@ fn accept_loop(shared: Arc<ServerState>, listener: TcpListener) {
             }
             continue;
         };
-        let mut pfd = libc::pollfd {
-            fd: l.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut pfd, 1, 20) };
+        if shared.cfg.profile == Profile::Real {
+            thread::sleep(REAL_ACCEPT_POLL);
+        } else {
+            let mut pfd = libc::pollfd {
+                fd: l.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, 20) };
+        }
         accept_pending(&shared, l);
     }
 }
@@ -331,7 +340,9 @@ fn serve(shared: &ServerState, mut stream: TcpStream) {
 /// How long a lone connection polls for its next request before blocking: a
 /// request-answer round trip on one connection is bound by two thread wake-ups, and
 /// polling briefly saves the server's. Only on machines with a core to spare, and only
-/// while a single connection is served (more would burn the CPU the others need).
+/// while a single connection is served (more would burn the CPU the others need). Both
+/// profiles poll: the real daemon answers a lone connection's ping in 0.04 ms
+/// (docs/protocol.md §11), which a worker that blocks at once does not reach here.
 fn spin_budget() -> Duration {
     match thread::available_parallelism().map(usize::from) {
         Ok(n) if n >= 2 => Duration::from_micros(60),
@@ -370,14 +381,40 @@ fn flush(shared: &ServerState, stream: &mut TcpStream, out: &mut Vec<u8>) -> io:
     if out.is_empty() {
         return Ok(());
     }
-    let result = stream.write_all(out);
+    let result = send(shared, stream, out);
+    out.clear();
+    result
+}
+
+fn send(shared: &ServerState, stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    let result = stream.write_all(bytes);
     shared
         .engine
         .metrics
         .bytes_written
-        .fetch_add(out.len() as u64, Ordering::Relaxed);
-    out.clear();
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
     result
+}
+
+/// Queues one answer frame. The fast profile gathers the answers of one read into a
+/// single send; the real daemon writes each answer at once as three sends (length,
+/// body, CRC), which with `TCP_NODELAY` are three segments, and three wake-ups for a
+/// client that waits for them.
+fn emit(shared: &ServerState, stream: &mut TcpStream, frame: &[u8], out: &mut Vec<u8>) -> Next {
+    if shared.cfg.profile == Profile::Fast {
+        out.extend_from_slice(frame);
+        return Next::Continue;
+    }
+    let (len, rest) = frame.split_at(4);
+    let (body, crc) = rest.split_at(rest.len() - 4);
+    let sent = flush(shared, stream, out)
+        .and_then(|()| send(shared, stream, len))
+        .and_then(|()| send(shared, stream, body))
+        .and_then(|()| send(shared, stream, crc));
+    match sent {
+        Ok(()) => Next::Continue,
+        Err(_) => Next::Close,
+    }
 }
 
 fn on_frame(shared: &ServerState, stream: &mut TcpStream, body: &[u8], out: &mut Vec<u8>) -> Next {
@@ -412,12 +449,11 @@ fn on_frame(shared: &ServerState, stream: &mut TcpStream, body: &[u8], out: &mut
     let mut frame = Vec::with_capacity(answer.len() + 8);
     encode_into(&answer, NO_CAP, &mut frame).expect("an answer fits a u32 length");
     let Some(strike) = strike else {
-        out.extend_from_slice(&frame);
         shared
             .counters
             .requests_answered
             .fetch_add(1, Ordering::SeqCst);
-        return Next::Continue;
+        return emit(shared, stream, &frame, out);
     };
     match strike.kind {
         AnswerFaultKind::Close => Next::Close,
@@ -430,8 +466,7 @@ fn on_frame(shared: &ServerState, stream: &mut TcpStream, body: &[u8], out: &mut
             for b in &mut frame[n - 4..] {
                 *b ^= 0xff;
             }
-            out.extend_from_slice(&frame);
-            Next::Continue
+            emit(shared, stream, &frame, out)
         }
         AnswerFaultKind::Garbage => {
             out.extend_from_slice(&strike.garbage);
@@ -539,6 +574,8 @@ fn status(shared: &ServerState) -> Value {
         "port": shared.addr.port(),
         "control_port": shared.control_port,
         "pool_size": shared.cfg.pool_size,
+        "profile": shared.cfg.profile.name(),
+        "request_cpu_us": shared.cfg.request_cpu_us,
         "listening": *shared.listening.lock().unwrap(),
         "connections_accepted": c.accepted.load(Ordering::SeqCst),
         "connections_open": c.open.load(Ordering::SeqCst),

@@ -21,6 +21,7 @@ fn engine() -> Engine {
             max_inflight: 0,
             host: "127.0.0.1".into(),
             pool_size: 1,
+            request_cpu_us: 0,
         },
         Arc::new(Faults::default()),
     )

@@ -108,9 +108,13 @@ fn exec_cost_burns_cpu_per_request() {
         20_000
     );
     d.control().clear().unwrap();
+    // Cleared: five pings take less than the 100 ms of CPU they cost with the knob (a
+    // bound on the five, not on one: on a loaded machine one ping can take 15 ms).
     let t0 = Instant::now();
-    c.call(&ping()).unwrap();
-    assert!(t0.elapsed() < Duration::from_millis(15), "cleared");
+    for _ in 0..5 {
+        c.call(&ping()).unwrap();
+    }
+    assert!(t0.elapsed() < Duration::from_millis(100), "cleared");
 }
 
 #[test]
