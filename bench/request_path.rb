@@ -155,14 +155,14 @@ require "tmpdir"
 
 # The async writer spools, as a production app's should.
 Dir.mktmpdir("request_path") do |spool|
-  daemon = TbackendSpec::TestDaemon.start(pool_size: 16)
+  daemon = Bench.start_daemon(pool_size: 16)
   ActsAsTbackend.configure do |config|
     config.host = daemon.host
     config.port = daemon.port
     config.spool_path = spool
   end
   ActsAsTbackend.client.ping
-  puts "rounds=#{ROUNDS} creates per round=#{CREATES} daemon=tbackend-testd"
+  puts "rounds=#{ROUNDS} creates per round=#{CREATES} daemon=tbackend-testd profile=#{Bench::PROFILE}"
   DATABASES.each { |adapter| report_database(adapter, daemon) }
   report_bare_write(daemon)
 ensure
