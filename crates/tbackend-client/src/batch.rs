@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use tbackend_core::{OpKind, Status};
 
-use crate::breaker::{Admission, Verdict};
+use crate::breaker::{Admission, Evidence};
 use crate::cancel::Cancel;
 use crate::client::{Admitted, Client, Outcome, Request};
 use crate::error::TransportError;
-use crate::lane::{later, Failure, Mode, Slot, SubmitError};
-use crate::sys;
+use crate::lane::{Failure, Mode, Slot, SubmitError};
+use crate::wait::{later, Wait};
 
 /// A batch writes its frames to a lane in groups of at most this many, one system call
 /// each (sooner whenever it is about to wait for an answer): fewer calls, while the
@@ -36,7 +36,6 @@ struct Pending {
 pub struct Batch {
     client: Client,
     budget: Duration,
-    window: Duration,
     out: Vec<Option<Outcome>>,
     /// Outcomes already handed out by [`Batch::take_ready`].
     taken: usize,
@@ -53,7 +52,6 @@ impl Batch {
         Batch {
             client: client.clone(),
             budget,
-            window: budget.max(client.config().request_timeout),
             out: Vec::new(),
             taken: 0,
             pending: (0..lanes).map(|_| VecDeque::new()).collect(),
@@ -76,10 +74,10 @@ impl Batch {
     /// Returns how many of `reqs` it took: all, or fewer after a cancel, which leaves
     /// the rest untouched (submit them again, or [`Batch::give_up`] on them).
     pub fn submit(&mut self, reqs: &[Request], cancel: &Cancel) -> usize {
-        let wake = sys::thread_wake_fd();
         let client = self.client.clone();
         let inner = client.inner();
-        let sh = &inner.shared;
+        let cx = &inner.context;
+        let mut wait = Wait::until(Instant::now(), self.budget, cancel);
         for (taken, req) in reqs.iter().enumerate() {
             let index = self.out.len();
             self.out.push(None);
@@ -102,21 +100,12 @@ impl Batch {
                 if park_on_full {
                     self.flush();
                 }
-                let deadline = later(Instant::now(), self.budget);
+                wait.deadline = later(Instant::now(), self.budget);
+                let deadline = wait.deadline;
                 let mode = Mode::Detached { park_on_full };
                 let submitted = {
-                    let _armed = cancel.arm(&slot.word, wake);
-                    inner.lanes[ix].submit(
-                        sh,
-                        &slot,
-                        &frame,
-                        deadline,
-                        self.budget,
-                        self.window,
-                        cancel,
-                        wake,
-                        mode,
-                    )
+                    let _armed = wait.arm(&slot.word);
+                    inner.lanes[ix].submit(cx, &slot, &frame, &wait, mode)
                 };
                 match submitted {
                     Ok(_) => {
@@ -167,7 +156,7 @@ impl Batch {
         self.client
             .inner()
             .breaker
-            .record(admission, Verdict::Neutral);
+            .record(admission, Evidence::Neutral);
     }
 
     /// Ends the batch after a cancel: `reqs` (what [`Batch::submit`] did not take) come
@@ -176,7 +165,7 @@ impl Batch {
     pub fn give_up(&mut self, reqs: &[Request]) {
         let inner = self.client.inner();
         let cancelled = || TransportError::Cancelled {
-            endpoint: inner.shared.endpoint.clone(),
+            endpoint: inner.context.endpoint.clone(),
         };
         for _ in reqs {
             self.out
@@ -258,8 +247,8 @@ impl Batch {
             self.flush();
         }
         let inner = self.client.inner();
-        let result =
-            inner.lanes[ix].wait_detached(&inner.shared, &p.slot, p.deadline, self.budget, cancel);
+        let wait = Wait::until(p.deadline, self.budget, cancel);
+        let result = inner.lanes[ix].wait_detached(&inner.context, &p.slot, &wait);
         if let Err(Failure {
             error: TransportError::Cancelled { .. },
             ..
@@ -282,8 +271,8 @@ impl Drop for Batch {
         for queue in &mut self.pending {
             for p in queue.drain(..) {
                 p.slot.abandon();
-                // A probe that never got its verdict proved nothing: the next call probes.
-                inner.breaker.record(p.admission, Verdict::Neutral);
+                // A probe that never got its outcome proved nothing: the next call probes.
+                inner.breaker.record(p.admission, Evidence::Neutral);
             }
         }
     }

@@ -25,13 +25,13 @@ pub enum BreakerState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admission {
     Normal,
-    /// The one call allowed while half-open: its verdict closes or re-opens the breaker.
+    /// The one call allowed while half-open: its outcome closes or re-opens the breaker.
     Probe,
 }
 
-/// A call's verdict, as far as the breaker cares.
+/// What a call's outcome tells the breaker about the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub(crate) enum Evidence {
     /// The daemon answered (whatever it said).
     Answered,
     /// `unavailable` or `timeout_unknown`.
@@ -103,21 +103,21 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn record(&self, admission: Admission, verdict: Verdict) {
-        match (admission, verdict) {
-            (Admission::Probe, Verdict::Answered) => {
+    pub(crate) fn record(&self, admission: Admission, evidence: Evidence) {
+        match (admission, evidence) {
+            (Admission::Probe, Evidence::Answered) => {
                 self.failures.store(0, Ordering::Relaxed);
                 self.state.store(CLOSED, Ordering::Release);
             }
-            (Admission::Probe, Verdict::Failed) => self.open(),
+            (Admission::Probe, Evidence::Failed) => self.open(),
             // A cancelled probe proved nothing: let the next call probe at once.
-            (Admission::Probe, Verdict::Neutral) => self.state.store(OPEN, Ordering::Release),
-            (Admission::Normal, Verdict::Answered) => {
+            (Admission::Probe, Evidence::Neutral) => self.state.store(OPEN, Ordering::Release),
+            (Admission::Normal, Evidence::Answered) => {
                 if self.failures.load(Ordering::Relaxed) != 0 {
                     self.failures.store(0, Ordering::Relaxed);
                 }
             }
-            (Admission::Normal, Verdict::Failed) => {
+            (Admission::Normal, Evidence::Failed) => {
                 let n = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
                 if self.threshold > 0
                     && n >= self.threshold
@@ -135,7 +135,7 @@ impl Breaker {
                     }
                 }
             }
-            (Admission::Normal, Verdict::Neutral) => {}
+            (Admission::Normal, Evidence::Neutral) => {}
         }
     }
 
@@ -175,16 +175,16 @@ mod tests {
     fn opens_after_threshold_and_success_resets() {
         let b = breaker(10_000);
         for _ in 0..2 {
-            b.record(Admission::Normal, Verdict::Failed);
+            b.record(Admission::Normal, Evidence::Failed);
         }
-        b.record(Admission::Normal, Verdict::Answered);
+        b.record(Admission::Normal, Evidence::Answered);
         assert_eq!(b.consecutive_failures(), 0);
         for _ in 0..2 {
-            b.record(Admission::Normal, Verdict::Failed);
+            b.record(Admission::Normal, Evidence::Failed);
         }
         assert_eq!(b.admit(), Some(Admission::Normal));
-        b.record(Admission::Normal, Verdict::Neutral);
-        b.record(Admission::Normal, Verdict::Failed);
+        b.record(Admission::Normal, Evidence::Neutral);
+        b.record(Admission::Normal, Evidence::Failed);
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(b.admit(), None);
         assert_eq!(b.opens(), 1);
@@ -195,7 +195,7 @@ mod tests {
         let b = breaker(20);
         assert!(!b.refuses());
         for _ in 0..3 {
-            b.record(Admission::Normal, Verdict::Failed);
+            b.record(Admission::Normal, Evidence::Failed);
         }
         assert!(b.refuses());
         assert_eq!(b.admit(), None);
@@ -205,7 +205,7 @@ mod tests {
         assert!(!b.refuses());
         assert_eq!(b.admit(), Some(Admission::Probe));
         assert!(b.refuses(), "half-open with the probe out");
-        b.record(Admission::Probe, Verdict::Answered);
+        b.record(Admission::Probe, Evidence::Answered);
         assert!(!b.refuses());
     }
 
@@ -213,25 +213,25 @@ mod tests {
     fn one_probe_after_cooldown() {
         let b = breaker(20);
         for _ in 0..3 {
-            b.record(Admission::Normal, Verdict::Failed);
+            b.record(Admission::Normal, Evidence::Failed);
         }
         assert_eq!(b.admit(), None);
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(b.admit(), Some(Admission::Probe));
         assert_eq!(b.admit(), None, "only one probe");
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        b.record(Admission::Probe, Verdict::Failed);
+        b.record(Admission::Probe, Evidence::Failed);
         assert_eq!(b.state(), BreakerState::Open);
         assert_eq!(b.admit(), None, "a failed probe restarts the cooldown");
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(b.admit(), Some(Admission::Probe));
-        b.record(Admission::Probe, Verdict::Neutral);
+        b.record(Admission::Probe, Evidence::Neutral);
         assert_eq!(
             b.admit(),
             Some(Admission::Probe),
             "a cancelled probe is retried at once"
         );
-        b.record(Admission::Probe, Verdict::Answered);
+        b.record(Admission::Probe, Evidence::Answered);
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.consecutive_failures(), 0);
         assert_eq!(b.opens(), 2);
@@ -242,7 +242,7 @@ mod tests {
         for _ in 0..50 {
             let b = Arc::new(breaker(0));
             for _ in 0..3 {
-                b.record(Admission::Normal, Verdict::Failed);
+                b.record(Admission::Normal, Evidence::Failed);
             }
             let barrier = Arc::new(std::sync::Barrier::new(8));
             let probes: usize = (0..8)
@@ -265,7 +265,7 @@ mod tests {
     fn threshold_zero_never_opens() {
         let b = Breaker::new(0, Duration::from_secs(1), Instant::now());
         for _ in 0..100 {
-            b.record(Admission::Normal, Verdict::Failed);
+            b.record(Admission::Normal, Evidence::Failed);
         }
         assert_eq!(b.state(), BreakerState::Closed);
     }

@@ -3,7 +3,7 @@
 //!
 //! - [`Client`]: a few persistent **lanes** per endpoint, each one TCP connection that
 //!   pipelines the requests of every calling thread (leader/follower, described in
-//!   `src/lane.rs` and the README), with deadlines, a shared circuit breaker, reconnect
+//!   `src/lane/` and the README), with deadlines, a shared circuit breaker, reconnect
 //!   backoff, idle-cut avoidance and fork safety ([`Client::forget_after_fork`]).
 //! - [`Cancel`]: cancels a waiting call from another thread or a signal handler
 //!   (async-signal-safe), the hook Ruby's unblocking functions need.
@@ -41,6 +41,7 @@ linux_only! {
     mod lane;
     pub mod spool;
     mod sys;
+    mod wait;
     pub mod writer;
 
     pub use batch::Batch;

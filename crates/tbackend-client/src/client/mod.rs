@@ -1,12 +1,15 @@
-//! [`Client`]: the lanes of one endpoint, its breaker, and the calls.
+//! [`Client`]: the lanes of one endpoint, its breaker, and the calls. The calls that a
+//! cancel only pauses are in [`paused`], the request check in [`check`].
+
+mod check;
+mod paused;
 
 use std::fmt;
 use std::mem::ManuallyDrop;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 use tbackend_core::protocol::answer::classify;
 use tbackend_core::protocol::frame;
@@ -15,13 +18,18 @@ use tbackend_core::{Classified, ErrorKind, OpKind, Status};
 
 use crate::backoff::full_jitter;
 use crate::batch::Batch;
-use crate::breaker::{Admission, Breaker, BreakerState, Verdict};
-use crate::cancel::{Cancel, Resumable, Step};
+use crate::breaker::{Admission, Breaker, BreakerState, Evidence};
+use crate::cancel::{Cancel, Step};
 use crate::config::Config;
 use crate::error::TransportError;
-use crate::lane::{self, later, Failure, Lane, LaneStats, Shared, Slot};
+use crate::lane::{self, Context, Failure, Lane, LaneStats, Slot};
 use crate::sys;
 use crate::tail::Cursor;
+use crate::wait::later;
+
+use check::check_body;
+pub use paused::{CallStep, PausedCall, PausedRetries, PausedTail, RetryStep};
+use paused::Phase;
 
 /// One request: its kind (which the status table depends on) and its body, one complete
 /// JSON object built by the caller (with core's `RequestBuilder`, token included).
@@ -160,7 +168,7 @@ pub struct Stats {
 }
 
 pub(crate) struct Inner {
-    pub(crate) shared: Shared,
+    pub(crate) context: Context,
     pub(crate) breaker: Breaker,
     /// Never dropped after `forget_after_fork`: a forked child must not run the
     /// destructors of state another thread of the parent may have been using.
@@ -170,7 +178,7 @@ pub(crate) struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.shared.state.load(Ordering::Acquire) != lane::FORGOTTEN {
+        if self.context.state.load(Ordering::Acquire) != lane::FORGOTTEN {
             // SAFETY: dropped exactly once, here, and never touched again.
             unsafe { ManuallyDrop::drop(&mut self.lanes) };
         }
@@ -193,7 +201,7 @@ pub struct Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("endpoint", &self.inner.shared.endpoint)
+            .field("endpoint", &self.inner.context.endpoint)
             .field("lanes", &self.inner.lanes.len())
             .finish_non_exhaustive()
     }
@@ -210,7 +218,7 @@ impl Client {
         let seed = epoch.elapsed().as_nanos() as u64 ^ (u64::from(std::process::id()) << 17) | 1;
         Client {
             inner: Arc::new(Inner {
-                shared: Shared {
+                context: Context {
                     endpoint: Arc::from(config.endpoint()),
                     config,
                     epoch,
@@ -226,7 +234,7 @@ impl Client {
 
     /// The configuration this client was built with.
     pub fn config(&self) -> &Config {
-        &self.inner.shared.config
+        &self.inner.context.config
     }
 
     /// Sends one request and waits for its answer, at most `timeout` (default: the
@@ -250,7 +258,7 @@ impl Client {
             Admitted::Send(frame, admission) => (frame, admission),
             Admitted::Answered(outcome) => return CallStep::Done(outcome),
         };
-        let budget = timeout.unwrap_or(inner.shared.config.request_timeout);
+        let budget = timeout.unwrap_or(inner.context.config.request_timeout);
         PausedCall {
             client: self.clone(),
             op: req.op,
@@ -270,12 +278,12 @@ impl Client {
     /// Takes nothing (no probe slot), so a `None` caller goes on through [`Client::call`].
     pub fn refused_outright(&self) -> Option<Outcome> {
         let inner = &*self.inner;
-        if let Some(e) = inner.shared.closed_error() {
+        if let Some(e) = inner.context.closed_error() {
             return Some(Outcome::client_side(Status::Unavailable, e));
         }
         inner.breaker.refuses().then(|| {
             let e = TransportError::CircuitOpen {
-                endpoint: inner.shared.endpoint.clone(),
+                endpoint: inner.context.endpoint.clone(),
             };
             Outcome::client_side(Status::CircuitOpen, e)
         })
@@ -348,7 +356,7 @@ impl Client {
             deadline: policy.deadline.map(|d| later(Instant::now(), d)),
             request_timeout: policy
                 .attempt_timeout
-                .unwrap_or(self.inner.shared.config.request_timeout),
+                .unwrap_or(self.inner.context.config.request_timeout),
             attempts: Vec::new(),
             phase: Phase::Next,
         }
@@ -382,7 +390,7 @@ impl Client {
         cancel: &Cancel,
     ) -> Step<(Outcome, Vec<(u64, Value)>), PausedTail<'c>> {
         let mut body =
-            RequestBuilder::new("facts_by_seq", self.inner.shared.config.token.as_deref());
+            RequestBuilder::new("facts_by_seq", self.inner.context.config.token.as_deref());
         if let Err(e) = body
             .str("store", store)
             .and_then(|b| b.u64("after_seq", cursor.after_seq()))
@@ -409,7 +417,7 @@ impl Client {
                 consecutive_failures: inner.breaker.consecutive_failures(),
                 opens: inner.breaker.opens(),
             },
-            connections_opened: inner.shared.connections_opened.load(Ordering::Relaxed),
+            connections_opened: inner.context.connections_opened.load(Ordering::Relaxed),
         }
     }
 
@@ -417,14 +425,14 @@ impl Client {
     /// written); later calls get `unavailable` ("client is shut down") at once.
     pub fn shutdown(&self) {
         let inner = &*self.inner;
-        let _ = inner.shared.state.compare_exchange(
+        let _ = inner.context.state.compare_exchange(
             lane::OPEN,
             lane::SHUT_DOWN,
             Ordering::AcqRel,
             Ordering::Acquire,
         );
         for lane in inner.lanes.iter() {
-            lane.shut_down(&inner.shared);
+            lane.shut_down(&inner.context);
         }
     }
 
@@ -439,7 +447,7 @@ impl Client {
     /// may take a lane mutex.
     pub fn forget_after_fork(self) {
         let inner = &*self.inner;
-        inner.shared.state.store(lane::FORGOTTEN, Ordering::Release);
+        inner.context.state.store(lane::FORGOTTEN, Ordering::Release);
         for lane in inner.lanes.iter() {
             let fd = lane.fd.swap(-1, Ordering::AcqRel);
             if fd >= 0 {
@@ -458,290 +466,6 @@ impl Client {
     }
 }
 
-/// Where [`Client::start`] or [`PausedCall::resume`] got to.
-#[derive(Debug)]
-pub enum CallStep {
-    /// The call is over.
-    Done(Outcome),
-    /// Cancelled while it waited: resume it, or drop it (or [`PausedCall::give_up`]).
-    Paused(PausedCall),
-}
-
-/// A call cut short by its [`Cancel`]. Dropping it gives the call up: a written
-/// request's answer is then discarded when it comes, as for any cancelled call.
-pub struct PausedCall {
-    client: Client,
-    op: OpKind,
-    frame: Vec<u8>,
-    /// Taken by the verdict: `finish` or `Drop`.
-    admission: Option<Admission>,
-    lane: usize,
-    slot: Arc<Slot>,
-    /// Whether the frame went out (its slot is queued on `lane`).
-    sent: bool,
-    deadline: Instant,
-    budget: Duration,
-}
-
-impl fmt::Debug for PausedCall {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PausedCall")
-            .field("lane", &self.lane)
-            .field("sent", &self.sent)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PausedCall {
-    /// Goes on waiting for the answer (sending the request first if the cancel came
-    /// before it was written), with a fresh `cancel` and the call's first deadline.
-    pub fn resume(mut self, cancel: &Cancel) -> CallStep {
-        let inner = &*self.client.inner;
-        let lane = &inner.lanes[self.lane];
-        let result = if self.sent {
-            lane.wait_detached(
-                &inner.shared,
-                &self.slot,
-                self.deadline,
-                self.budget,
-                cancel,
-            )
-        } else {
-            lane.exchange(
-                &inner.shared,
-                &self.slot,
-                &self.frame,
-                self.deadline,
-                self.budget,
-                cancel,
-            )
-        };
-        match result {
-            Err(Failure {
-                error: TransportError::Cancelled { .. },
-                sent,
-            }) => {
-                self.sent = sent;
-                CallStep::Paused(self)
-            }
-            result => CallStep::Done(self.finish(result)),
-        }
-    }
-
-    /// The outcome of giving up now: `timeout_unknown` (cancelled) if the request was
-    /// written, `unavailable` if not; a late answer is discarded.
-    pub fn give_up(self) -> Outcome {
-        let error = TransportError::Cancelled {
-            endpoint: self.client.inner.shared.endpoint.clone(),
-        };
-        let sent = self.sent;
-        self.finish(Err(Failure { error, sent }))
-    }
-
-    fn finish(mut self, result: Result<Vec<u8>, Failure>) -> Outcome {
-        let admission = self.admission.take().expect("a verdict is given once");
-        self.client
-            .inner
-            .finish(self.op, self.lane, result, admission)
-    }
-}
-
-impl Drop for PausedCall {
-    fn drop(&mut self) {
-        // Queued and given up: its answer, when it comes, is consumed by this slot.
-        self.slot.abandon();
-        if let Some(admission) = self.admission.take() {
-            // A probe that never got its verdict proved nothing: the next call probes.
-            self.client
-                .inner
-                .breaker
-                .record(admission, Verdict::Neutral);
-        }
-    }
-}
-
-/// Where [`Client::start_with_retries`] or [`PausedRetries::resume`] got to.
-#[derive(Debug)]
-pub enum RetryStep {
-    /// The last outcome and every attempt.
-    Done(Outcome, Vec<Attempt>),
-    /// Cancelled during an attempt or a backoff: resume it, or give it up.
-    Paused(PausedRetries),
-}
-
-/// A retried call cut short by its [`Cancel`]; see [`Client::start_with_retries`].
-#[derive(Debug)]
-pub struct PausedRetries {
-    client: Client,
-    req: Request,
-    attempts_allowed: u32,
-    base_backoff: Duration,
-    max_backoff: Duration,
-    deadline: Option<Instant>,
-    request_timeout: Duration,
-    attempts: Vec<Attempt>,
-    phase: Phase,
-}
-
-#[derive(Debug)]
-enum Phase {
-    /// The next attempt is due.
-    Next,
-    /// An attempt waits for its answer.
-    Call(PausedCall),
-    /// Backing off after `last`, until `until`.
-    Backoff { last: Outcome, until: Instant },
-}
-
-impl PausedRetries {
-    /// Goes on from where the cancel stopped it, with a fresh `cancel`.
-    pub fn resume(mut self, cancel: &Cancel) -> RetryStep {
-        loop {
-            let step = match std::mem::replace(&mut self.phase, Phase::Next) {
-                Phase::Next => {
-                    let budget = match self.deadline {
-                        Some(d) => d
-                            .saturating_duration_since(Instant::now())
-                            .min(self.request_timeout),
-                        None => self.request_timeout,
-                    };
-                    self.client.start(&self.req, Some(budget), cancel)
-                }
-                Phase::Call(paused) => paused.resume(cancel),
-                Phase::Backoff { last, until } => {
-                    let left = until.saturating_duration_since(Instant::now());
-                    if !sleep_unless_cancelled(left, cancel) {
-                        self.phase = Phase::Backoff { last, until };
-                        return RetryStep::Paused(self);
-                    }
-                    continue;
-                }
-            };
-            let outcome = match step {
-                CallStep::Done(outcome) => outcome,
-                CallStep::Paused(paused) => {
-                    self.phase = Phase::Call(paused);
-                    return RetryStep::Paused(self);
-                }
-            };
-            self.attempts.push(Attempt::of(&outcome.classified));
-            let n = self.attempts.len() as u32;
-            if n >= self.attempts_allowed || !worth_retrying(&outcome) {
-                return RetryStep::Done(outcome, self.attempts);
-            }
-            let sleep = self.client.jitter(self.base_backoff, self.max_backoff, n);
-            let now = Instant::now();
-            // A retry needs time for the sleep and at least a little for the attempt.
-            if self
-                .deadline
-                .is_some_and(|d| later(now, sleep + Duration::from_millis(1)) >= d)
-            {
-                return RetryStep::Done(outcome, self.attempts);
-            }
-            self.phase = Phase::Backoff {
-                last: outcome,
-                until: later(now, sleep),
-            };
-        }
-    }
-
-    /// Stops here: an attempt in flight is given up (its outcome is the last), a backoff
-    /// ends with the outcome before it.
-    pub fn give_up(mut self) -> (Outcome, Vec<Attempt>) {
-        let outcome = match std::mem::replace(&mut self.phase, Phase::Next) {
-            Phase::Call(paused) => {
-                let outcome = paused.give_up();
-                self.attempts.push(Attempt::of(&outcome.classified));
-                outcome
-            }
-            Phase::Backoff { last, .. } => last,
-            Phase::Next => unreachable!("paused only in a call or a backoff"),
-        };
-        (outcome, self.attempts)
-    }
-}
-
-/// A tail poll cut short by its [`Cancel`]; see [`Client::start_tail_poll`].
-#[derive(Debug)]
-pub struct PausedTail<'c> {
-    /// Paused, until `settle` finds it done.
-    call: CallStep,
-    cursor: &'c mut Cursor<Value>,
-    polled_at: Instant,
-}
-
-impl<'c> PausedTail<'c> {
-    /// Stops here; the cursor stays where it was.
-    pub fn give_up(self) -> (Outcome, Vec<(u64, Value)>) {
-        match self.call {
-            CallStep::Paused(call) => (call.give_up(), Vec::new()),
-            CallStep::Done(_) => unreachable!("a finished poll is never paused"),
-        }
-    }
-
-    fn settle(self) -> Step<(Outcome, Vec<(u64, Value)>), PausedTail<'c>> {
-        let mut outcome = match self.call {
-            CallStep::Done(outcome) => outcome,
-            CallStep::Paused(_) => return Step::Paused(self),
-        };
-        if !outcome.classified.ok {
-            return Step::Done((outcome, Vec::new()));
-        }
-        let facts = match outcome.classified.answer.get_mut("facts").map(Value::take) {
-            Some(Value::Array(facts)) => facts,
-            _ => Vec::new(),
-        };
-        let items = facts.into_iter().filter_map(|f| {
-            let seq = f.get("seq_id")?.as_u64()?;
-            Some((seq, f))
-        });
-        let released = self.cursor.feed(items, self.polled_at);
-        Step::Done((outcome, released))
-    }
-}
-
-impl Resumable for PausedTail<'_> {
-    type Output = (Outcome, Vec<(u64, Value)>);
-    fn step(mut self, cancel: &Cancel) -> Step<Self::Output, Self> {
-        if let CallStep::Paused(call) = self.call {
-            self.call = call.resume(cancel);
-        }
-        self.settle()
-    }
-}
-
-impl From<CallStep> for Step<Outcome, PausedCall> {
-    fn from(step: CallStep) -> Self {
-        match step {
-            CallStep::Done(outcome) => Step::Done(outcome),
-            CallStep::Paused(paused) => Step::Paused(paused),
-        }
-    }
-}
-
-impl Resumable for PausedCall {
-    type Output = Outcome;
-    fn step(self, cancel: &Cancel) -> Step<Outcome, PausedCall> {
-        self.resume(cancel).into()
-    }
-}
-
-impl From<RetryStep> for Step<(Outcome, Vec<Attempt>), PausedRetries> {
-    fn from(step: RetryStep) -> Self {
-        match step {
-            RetryStep::Done(outcome, tried) => Step::Done((outcome, tried)),
-            RetryStep::Paused(paused) => Step::Paused(paused),
-        }
-    }
-}
-
-impl Resumable for PausedRetries {
-    type Output = (Outcome, Vec<Attempt>);
-    fn step(self, cancel: &Cancel) -> Step<Self::Output, PausedRetries> {
-        self.resume(cancel).into()
-    }
-}
-
 /// What [`Inner::admit`] decided.
 pub(crate) enum Admitted {
     /// Send this frame.
@@ -754,24 +478,24 @@ impl Inner {
     /// Everything a call checks before touching a lane: client state, the request
     /// itself, the breaker. Returns the frame to send and the breaker's admission.
     pub(crate) fn admit(&self, req: &Request) -> Admitted {
-        let sh = &self.shared;
-        if let Some(e) = sh.closed_error() {
+        let cx = &self.context;
+        if let Some(e) = cx.closed_error() {
             return Admitted::Answered(Outcome::client_side(Status::Unavailable, e));
         }
         let Some(admission) = self.breaker.admit() else {
             let e = TransportError::CircuitOpen {
-                endpoint: sh.endpoint.clone(),
+                endpoint: cx.endpoint.clone(),
             };
             return Admitted::Answered(Outcome::client_side(Status::CircuitOpen, e));
         };
         let checked = check_body(req.op, &req.body).and_then(|()| {
-            frame::encode(&req.body, sh.config.max_request_bytes)
+            frame::encode(&req.body, cx.config.max_request_bytes)
                 .map_err(|e| format!("request refused: {e}"))
         });
         match checked {
             Ok(frame) => Admitted::Send(frame, admission),
             Err(reason) => {
-                self.breaker.record(admission, Verdict::Neutral);
+                self.breaker.record(admission, Evidence::Neutral);
                 Admitted::Answered(Outcome::refused(reason))
             }
         }
@@ -788,7 +512,7 @@ impl Inner {
         let mut best_score = (true, usize::MAX, true);
         for (i, lane) in self.lanes.iter().enumerate() {
             let score = (
-                lane.backing_off(&self.shared, now),
+                lane.backing_off(&self.context, now),
                 lane.in_flight.load(Ordering::Relaxed),
                 !lane.is_connected(),
             );
@@ -806,7 +530,7 @@ impl Inner {
         let now = Instant::now();
         (0..count)
             .map(|k| (n + k) % count)
-            .find(|&i| !self.lanes[i].backing_off(&self.shared, now))
+            .find(|&i| !self.lanes[i].backing_off(&self.context, now))
             .unwrap_or(n % count)
     }
 
@@ -826,7 +550,7 @@ impl Inner {
                 },
                 Err(e) => {
                     let error = TransportError::Malformed {
-                        endpoint: self.shared.endpoint.clone(),
+                        endpoint: self.context.endpoint.clone(),
                         detail: e.to_string(),
                     };
                     Outcome {
@@ -847,155 +571,21 @@ impl Inner {
                 }
             }
         };
-        let verdict = match &outcome.transport {
-            None => Verdict::Answered,
+        let evidence = match &outcome.transport {
+            None => Evidence::Answered,
             Some(TransportError::Cancelled { .. } | TransportError::ShutDown { .. }) => {
-                Verdict::Neutral
+                Evidence::Neutral
             }
-            Some(_) => Verdict::Failed,
+            Some(_) => Evidence::Failed,
         };
-        self.breaker.record(admission, verdict);
+        self.breaker.record(admission, evidence);
         outcome
-    }
-}
-
-fn worth_retrying(o: &Outcome) -> bool {
-    let status_retryable = matches!(
-        o.classified.status,
-        Status::Unavailable | Status::TimeoutUnknown | Status::RejectedBeforeCommit
-    );
-    status_retryable
-        && !matches!(
-            o.transport,
-            Some(TransportError::Cancelled { .. } | TransportError::ShutDown { .. })
-        )
-}
-
-/// Sleeps `d` unless `cancel` fires first; `false` if it did.
-fn sleep_unless_cancelled(d: Duration, cancel: &Cancel) -> bool {
-    let word = AtomicU32::new(0);
-    let _armed = cancel.arm(&word, None);
-    let until = later(Instant::now(), d);
-    loop {
-        if cancel.is_cancelled() {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= until {
-            return true;
-        }
-        sys::futex_wait(&word, word.load(Ordering::Acquire), Some(until - now));
-    }
-}
-
-/// The daemon is lax about two top-level keys (docs/protocol.md §3): `"error"` makes it echo
-/// the request back unexecuted and unauthenticated, and `"store"` on a write is what its
-/// ACL checks instead of `fact.store`. Core's builder refuses both; this re-check is one
-/// pass over the body, so a body built any other way cannot slip them through.
-fn check_body(op: OpKind, body: &[u8]) -> Result<(), String> {
-    let keys: TopKeys = serde_json::from_slice(body)
-        .map_err(|e| format!("request refused: the body is not one JSON object: {e}"))?;
-    if keys.error {
-        return Err("request refused: a top-level \"error\" key makes the daemon echo the request unexecuted".into());
-    }
-    if keys.store && op == OpKind::Write {
-        return Err(
-            "request refused: a top-level \"store\" on a write would be checked by the store ACL instead of fact.store"
-                .into(),
-        );
-    }
-    Ok(())
-}
-
-#[derive(Default)]
-struct TopKeys {
-    error: bool,
-    store: bool,
-}
-
-impl<'de> Deserialize<'de> for TopKeys {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TopKeys;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopKeys, A::Error> {
-                let mut keys = TopKeys::default();
-                while let Some(key) = map.next_key::<Key>()? {
-                    map.next_value::<IgnoredAny>()?;
-                    match key {
-                        Key::Error => keys.error = true,
-                        Key::Store => keys.store = true,
-                        Key::Other => {}
-                    }
-                }
-                Ok(keys)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-enum Key {
-    Error,
-    Store,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-                Ok(match v {
-                    "error" => Key::Error,
-                    "store" => Key::Store,
-                    _ => Key::Other,
-                })
-            }
-        }
-        d.deserialize_str(V)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn body_checks() {
-        assert!(check_body(
-            OpKind::Read,
-            br#"{"op":"latest_for","store":"s","key":"k"}"#
-        )
-        .is_ok());
-        assert!(check_body(
-            OpKind::Write,
-            br#"{"op":"write_fact_once","fact":{"store":"s"}}"#
-        )
-        .is_ok());
-        let e = check_body(
-            OpKind::Write,
-            br#"{"op":"write_fact_once","store":"s","fact":{}}"#,
-        )
-        .unwrap_err();
-        assert!(e.contains("ACL"), "{e}");
-        let e = check_body(OpKind::Ping, br#"{"op":"ping","error":"x"}"#).unwrap_err();
-        assert!(e.contains("echo"), "{e}");
-        assert!(
-            check_body(OpKind::Ping, br#"{"op":"ping","err\u006fr":1}"#).is_err(),
-            "escaped key"
-        );
-        assert!(check_body(OpKind::Ping, b"[1]").is_err());
-        assert!(check_body(OpKind::Ping, br#"{"op":"ping"} {}"#).is_err());
-        assert!(check_body(OpKind::Ping, b"").is_err());
-    }
 
     #[test]
     fn refused_requests_never_touch_a_socket() {

@@ -1,0 +1,230 @@
+//! The socket side of a lane: connecting, non-blocking writes with their overflow buffer,
+//! reading and decoding whatever answers have arrived, and the idle-close probe.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
+
+use tbackend_core::protocol::frame::{Decoder, FrameError};
+
+use super::Context;
+use crate::error::{Endpoint, TimeoutPhase, TransportError};
+use crate::sys;
+use crate::wait::{later, Wait};
+
+const READ_CHUNK: usize = 64 * 1024;
+
+/// One open connection of a lane.
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    endpoint: Endpoint,
+    /// Held by the reader only.
+    pub(crate) read: Mutex<ReadSide>,
+}
+
+pub(crate) struct ReadSide {
+    decoder: Decoder,
+    buf: Box<[u8]>,
+}
+
+impl Conn {
+    pub(crate) fn new(stream: TcpStream, cx: &Context) -> Conn {
+        Conn {
+            stream,
+            endpoint: cx.endpoint.clone(),
+            read: Mutex::new(ReadSide {
+                decoder: Decoder::new(cx.config.max_answer_bytes),
+                buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            }),
+        }
+    }
+
+    /// Reads what the socket holds now (it is non-blocking) and appends the whole answers
+    /// it completes to `bodies`. Whole frames that arrived before an EOF or a broken
+    /// frame are still good answers: they are appended before the error is returned.
+    pub(crate) fn read_available(
+        &self,
+        side: &mut ReadSide,
+        bodies: &mut Vec<Vec<u8>>,
+    ) -> Option<TransportError> {
+        let ReadSide { decoder, buf } = side;
+        let mut broken = None;
+        loop {
+            match (&self.stream).read(buf) {
+                Ok(0) => {
+                    broken = Some(TransportError::Eof {
+                        endpoint: self.endpoint.clone(),
+                    });
+                    break;
+                }
+                Ok(n) => {
+                    decoder.feed(&buf[..n]);
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    broken = Some(io_error(self.endpoint.clone(), e));
+                    break;
+                }
+            }
+        }
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(body)) => bodies.push(body),
+                Ok(None) => break,
+                Err(e) => {
+                    broken = Some(frame_error(self.endpoint.clone(), e));
+                    break;
+                }
+            }
+        }
+        broken
+    }
+
+    /// Whether the daemon closed an idle connection (or sent bytes nobody asked for,
+    /// which makes it just as unusable). Non-blocking: the socket is in non-blocking mode.
+    pub(crate) fn peer_gone(&self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.stream.peek(&mut byte) {
+            Ok(_) => true,
+            Err(e) => e.kind() != ErrorKind::WouldBlock,
+        }
+    }
+}
+
+/// What a lane has to write: socket writes never block, so what the socket does not
+/// take waits here for the reader to flush when the socket is writable.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    pub(crate) pending: Vec<u8>,
+    /// `write(2)` calls so far, all connections.
+    pub(crate) writes: u64,
+}
+
+impl Outbox {
+    /// Writes a whole frame or queues the rest; never blocks. On error, whether not one
+    /// byte of this frame left.
+    pub(crate) fn write_frame(
+        &mut self,
+        conn: &Conn,
+        frame: &[u8],
+    ) -> Result<(), (TransportError, bool)> {
+        if !self.pending.is_empty() {
+            self.flush(conn).map_err(|e| (e, false))?;
+            if !self.pending.is_empty() {
+                self.pending.extend_from_slice(frame);
+                return Ok(());
+            }
+        }
+        let mut off = 0;
+        while off < frame.len() {
+            self.writes += 1;
+            match (&conn.stream).write(&frame[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.pending.extend_from_slice(&frame[off..]);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err((io_error(conn.endpoint.clone(), e), off == 0)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes as much of the pending output as the socket takes now.
+    pub(crate) fn flush(&mut self, conn: &Conn) -> Result<(), TransportError> {
+        let mut off = 0;
+        let mut result = Ok(());
+        while off < self.pending.len() {
+            self.writes += 1;
+            match (&conn.stream).write(&self.pending[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    result = Err(io_error(conn.endpoint.clone(), e));
+                    break;
+                }
+            }
+        }
+        self.pending.drain(..off);
+        result
+    }
+}
+
+/// Opens a connection within the wait's deadline and the connect timeout. On error,
+/// whether the failure counts towards the reconnect backoff (a cancel does not).
+pub(crate) fn connect(cx: &Context, wait: &Wait) -> Result<TcpStream, (TransportError, bool)> {
+    let start = std::time::Instant::now();
+    let connect_deadline = wait.deadline.min(later(start, cx.config.connect_timeout));
+    let endpoint = || cx.endpoint.clone();
+    let addrs = (cx.config.host.as_str(), cx.config.port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            let detail = format!("cannot resolve {:?}: {e}", cx.config.host);
+            (
+                TransportError::Connect {
+                    endpoint: endpoint(),
+                    detail,
+                },
+                true,
+            )
+        })?;
+    let mut last = None;
+    for addr in addrs {
+        match sys::connect(&addr, connect_deadline, wait.wake, &|| wait.cancelled()) {
+            Ok(stream) => return Ok(stream),
+            Err(sys::ConnectError::Cancelled) => {
+                return Err((
+                    TransportError::Cancelled {
+                        endpoint: endpoint(),
+                    },
+                    false,
+                ));
+            }
+            Err(sys::ConnectError::TimedOut) => {
+                let after = if connect_deadline < wait.deadline {
+                    cx.config.connect_timeout
+                } else {
+                    wait.budget
+                };
+                let error = TransportError::Timeout {
+                    endpoint: endpoint(),
+                    after,
+                    phase: TimeoutPhase::Connect,
+                };
+                return Err((error, true));
+            }
+            Err(sys::ConnectError::Io(e)) => last = Some(e),
+        }
+    }
+    let detail = last.map_or_else(
+        || "host resolves to no address".to_owned(),
+        |e| e.to_string(),
+    );
+    Err((
+        TransportError::Connect {
+            endpoint: endpoint(),
+            detail,
+        },
+        true,
+    ))
+}
+
+fn io_error(endpoint: Endpoint, e: std::io::Error) -> TransportError {
+    TransportError::Io {
+        endpoint,
+        detail: e.to_string(),
+    }
+}
+
+fn frame_error(endpoint: Endpoint, e: FrameError) -> TransportError {
+    match e {
+        FrameError::BadCrc { .. } => TransportError::BadCrc { endpoint },
+        FrameError::TooLarge { len, cap } => TransportError::TooLarge { endpoint, len, cap },
+    }
+}
