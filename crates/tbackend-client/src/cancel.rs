@@ -1,9 +1,32 @@
 //! [`Cancel`]: how another thread, or a signal handler, stops a waiting call.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
-use crate::sys;
+use imp::{
+    eventfd_signal, fence, futex_wake, yield_now, AtomicBool, AtomicI32, AtomicPtr, AtomicU32,
+};
+
+/// What the protocol runs on: the real atomics and system calls, or, with the `loom`
+/// feature, loom's atomics, under which the models below explore every interleaving.
+#[cfg(not(feature = "loom"))]
+mod imp {
+    pub(super) use crate::sys::{eventfd_signal, futex_wake};
+    pub(super) use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32};
+    pub(super) use std::thread::yield_now;
+}
+
+#[cfg(feature = "loom")]
+mod imp {
+    pub(super) use loom::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32};
+    pub(super) use loom::thread::yield_now;
+    use std::os::fd::RawFd;
+
+    /// A modelled sleeper compares the word instead of sleeping on it, so changing the
+    /// word is the whole wake-up.
+    pub(super) fn futex_wake(_word: *const AtomicU32, _n: i32) {}
+    pub(super) fn eventfd_signal(_fd: RawFd) {}
+}
 
 /// Added to a registered futex word by [`Cancel::cancel`]. It lives above the flag bits
 /// of a slot word, so it changes the word (a `FUTEX_WAIT` that raced with the cancel
@@ -41,33 +64,49 @@ impl Default for Cancel {
     }
 }
 
-impl Cancel {
-    /// A handle that has not been cancelled.
-    pub const fn new() -> Cancel {
-        Cancel {
-            cancelled: AtomicBool::new(false),
-            target: AtomicPtr::new(std::ptr::null_mut()),
-            wake_fd: AtomicI32::new(-1),
-            busy: AtomicU32::new(0),
+/// `Cancel::new`, `const` except under loom (whose atomics cannot be built in a const).
+macro_rules! new_cancel {
+    ($($constness:ident)?) => {
+        /// A handle that has not been cancelled.
+        pub $($constness)? fn new() -> Cancel {
+            Cancel {
+                cancelled: AtomicBool::new(false),
+                target: AtomicPtr::new(std::ptr::null_mut()),
+                wake_fd: AtomicI32::new(-1),
+                busy: AtomicU32::new(0),
+            }
         }
-    }
+    };
+}
+
+impl Cancel {
+    #[cfg(not(feature = "loom"))]
+    new_cancel!(const);
+    #[cfg(feature = "loom")]
+    new_cancel!();
 
     /// Cancels the call waiting on this handle (and any later call given it).
     /// Async-signal-safe and idempotent.
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         self.busy.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fences of `arm` and `Armed::drop` (store, fence, then load the
+        // other side's variable on both sides): either this cancel sees the word armed,
+        // or the armed caller sees the cancel; and either this cancel sees the word
+        // disarmed, or the disarm sees `busy` raised. SeqCst accesses alone promise that
+        // too, but loom models them weaker; the fences are what it checks.
+        fence(Ordering::SeqCst);
         let word = self.target.load(Ordering::SeqCst);
         if !word.is_null() {
             // SAFETY: `Armed::drop` clears `target` and then waits for `busy` to reach
             // zero before the word can be freed, so a non-null word read while `busy`
             // is raised is alive until the decrement below.
             unsafe { (*word).fetch_add(POKE, Ordering::SeqCst) };
-            sys::futex_wake(word, i32::MAX);
+            futex_wake(word, i32::MAX);
         }
         let fd = self.wake_fd.load(Ordering::SeqCst);
         if fd >= 0 {
-            sys::eventfd_signal(fd);
+            eventfd_signal(fd);
         }
         self.busy.fetch_sub(1, Ordering::SeqCst);
     }
@@ -84,6 +123,7 @@ impl Cancel {
         self.wake_fd.store(wake_fd.unwrap_or(-1), Ordering::SeqCst);
         self.target
             .store(word as *const AtomicU32 as *mut AtomicU32, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         Armed { cancel: self }
     }
 }
@@ -98,18 +138,20 @@ impl Drop for Armed<'_> {
         let c = self.cancel;
         c.target.store(std::ptr::null_mut(), Ordering::SeqCst);
         c.wake_fd.store(-1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         // A concurrent cancel() holds the old pointer for a few instructions and one
         // system call; a signal handler on this very thread has already finished.
         while c.busy.load(Ordering::SeqCst) != 0 {
             std::hint::spin_loop();
-            std::thread::yield_now();
+            yield_now();
         }
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(feature = "loom")))]
 mod tests {
     use super::*;
+    use crate::sys;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -144,6 +186,104 @@ mod tests {
         }
         cancel.cancel();
         assert!(cancel.is_cancelled());
+    }
+}
+
+/// Model checks of the protocol between [`Cancel::cancel`] and [`Cancel::arm`] /
+/// [`Armed`]'s drop, under every interleaving loom finds: `cargo test -p tbackend-client
+/// --features loom --lib` (README.md, "Model checks"). The caller's sleep is modelled by
+/// what ends it: `FUTEX_WAIT` returns when the word differs from the value it was given.
+#[cfg(all(test, feature = "loom"))]
+mod models {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Stored into a word once it is disarmed: it stands for the memory being freed or
+    /// reused, which a late poke would corrupt.
+    const FREED: u32 = 0xDEAD;
+
+    /// The call the handle belongs to: arms `word`, reads the word and the flag the way a
+    /// caller does before it sleeps, "sleeps" until `canceller` is done, and checks it
+    /// would have woken: it saw the cancel, or the cancel changed the word it sleeps on.
+    fn wait_once(cancel: &Cancel, word: &AtomicU32, canceller: thread::JoinHandle<()>) {
+        let armed = cancel.arm(word, Some(7));
+        let seen = word.load(Ordering::SeqCst);
+        let cancelled = cancel.is_cancelled();
+        // "Asleep" until the cancel is over: it must have changed the word or been seen.
+        canceller.join().unwrap();
+        assert!(
+            cancelled || word.load(Ordering::SeqCst) != seen,
+            "a cancel after arming left the sleeper asleep"
+        );
+        drop(armed);
+    }
+
+    #[test]
+    fn a_cancel_is_never_lost() {
+        loom::model(|| {
+            let cancel = Arc::new(Cancel::new());
+            let c = cancel.clone();
+            let canceller = thread::spawn(move || c.cancel());
+            let word = AtomicU32::new(0);
+            wait_once(&cancel, &word, canceller);
+        });
+    }
+
+    #[test]
+    fn a_cancel_never_touches_a_word_after_disarm() {
+        loom::model(|| {
+            let cancel = Arc::new(Cancel::new());
+            let c = cancel.clone();
+            let canceller = thread::spawn(move || c.cancel());
+            let word = AtomicU32::new(0);
+            {
+                let _armed = cancel.arm(&word, Some(7));
+                let _ = cancel.is_cancelled();
+            }
+            word.store(FREED, Ordering::SeqCst);
+            canceller.join().unwrap();
+            assert_eq!(word.load(Ordering::SeqCst), FREED, "poked after disarm");
+        });
+    }
+
+    #[test]
+    fn a_handle_rearmed_on_another_word_leaves_the_first_alone() {
+        // A resumed call arms the same handle again, on a new slot's word.
+        loom::model(|| {
+            let cancel = Arc::new(Cancel::new());
+            let c = cancel.clone();
+            let canceller = thread::spawn(move || c.cancel());
+            let first = AtomicU32::new(0);
+            drop(cancel.arm(&first, None));
+            first.store(FREED, Ordering::SeqCst);
+            let second = AtomicU32::new(0);
+            wait_once(&cancel, &second, canceller);
+            assert_eq!(first.load(Ordering::SeqCst), FREED, "poked after disarm");
+        });
+    }
+
+    #[test]
+    fn two_cancels_racing_a_disarm_both_finish_with_it() {
+        // The busy count, not a flag: a second cancel (a signal handler on another thread)
+        // must hold the disarm back too.
+        let mut model = loom::model::Builder::new();
+        // Three threads: bound the preemptions, or the state space takes hours.
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            let cancel = Arc::new(Cancel::new());
+            let spawn = || {
+                let c = cancel.clone();
+                thread::spawn(move || c.cancel())
+            };
+            let (a, b) = (spawn(), spawn());
+            let word = AtomicU32::new(0);
+            drop(cancel.arm(&word, None));
+            word.store(FREED, Ordering::SeqCst);
+            a.join().unwrap();
+            b.join().unwrap();
+            assert_eq!(word.load(Ordering::SeqCst), FREED, "poked after disarm");
+        });
     }
 }
 
