@@ -29,8 +29,8 @@ macro_rules! linux_only {
     ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
 }
 
-/// The whole crate but the cancel protocol, which the `loom` feature builds alone and
-/// model-checks under loom's atomics (README.md, "Model checks"): everything else sleeps
+/// The whole crate but the cancel and slot-word protocols, which the `loom` feature
+/// builds alone and model-checks under loom's atomics (README.md, "Model checks"): everything else sleeps
 /// on real futex words, which loom cannot model.
 macro_rules! not_loom {
     ($($item:item)*) => { $( #[cfg(not(feature = "loom"))] $item )* };
@@ -69,9 +69,13 @@ not_loom! {
     pub use tbackend_core::{Classified, ErrorKind, OpKind, Status};
 }
 
-// Outside the models, nothing arms a word in this build.
+// Outside the models, nothing uses them in this build.
 #[cfg(feature = "loom")]
 #[cfg_attr(not(test), allow(dead_code))]
 mod cancel;
 #[cfg(feature = "loom")]
 pub use cancel::{Cancel, Resumable, Step};
+#[cfg(feature = "loom")]
+#[cfg_attr(not(test), allow(dead_code))]
+#[path = "lane/word.rs"]
+mod slot_word;

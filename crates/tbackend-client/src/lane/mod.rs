@@ -30,6 +30,7 @@
 mod conn;
 mod pipeline;
 mod reader;
+mod word;
 
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};

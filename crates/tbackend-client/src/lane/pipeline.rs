@@ -13,19 +13,11 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{lock, Failure};
+use super::{lock, word, Failure};
 use crate::error::TransportError;
 use crate::sys;
 
-/// Slot word flags (the bits above them count pokes, see [`crate::cancel::POKE`]).
-pub(crate) const DONE: u32 = 1;
-/// The caller gave up; the reader drops the answer.
-pub(crate) const ABANDONED: u32 = 2;
-/// The previous reader handed the reader role to this slot's caller.
-pub(crate) const LEAD: u32 = 4;
-/// The caller sleeps (or is about to) on the word: completing must wake it, and a
-/// hand-off may pick it.
-pub(crate) const PARKED: u32 = 8;
+pub(crate) use super::word::{ABANDONED, DONE, LEAD, PARKED};
 
 /// One request's place in a lane's FIFO, and how its caller waits.
 pub(crate) struct Slot {
@@ -104,17 +96,9 @@ impl Slot {
         self.overdue_ns.load(Ordering::Relaxed)
     }
 
-    /// A waiting caller leaves its queued slot: for good past its deadline (abandoned:
-    /// the answer is dropped when it comes), or for now when cancelled (detached: no
-    /// longer parked, so no hand-off picks it, and it can be waited for again; the
-    /// binding does, when the interrupt that cancelled it raised nothing). Returns the
-    /// word before: a `LEAD` in it is a reader role the caller must pass on.
+    /// Its caller stops waiting; see [`word::leave`].
     pub(crate) fn leave(&self, cancelled: bool) -> u32 {
-        if cancelled {
-            self.word.fetch_and(!(PARKED | LEAD), Ordering::AcqRel)
-        } else {
-            self.word.fetch_or(ABANDONED, Ordering::AcqRel)
-        }
+        word::leave(&self.word, cancelled)
     }
 }
 
@@ -222,24 +206,7 @@ impl Pipeline {
     /// Gives the reader role to the oldest parked follower still waiting, if any: the one
     /// to wake (with [`wake_reader`], after the lane mutex is released).
     pub(crate) fn hand_off(&self) -> Option<Arc<Slot>> {
-        for slot in &self.fifo {
-            let mut w = slot.word.load(Ordering::Acquire);
-            loop {
-                if w & (DONE | ABANDONED) != 0 || w & PARKED == 0 {
-                    break;
-                }
-                // A CAS, not fetch_or: a caller abandoning concurrently must either see
-                // LEAD (and pass it on) or have its ABANDONED seen here.
-                match slot
-                    .word
-                    .compare_exchange(w, w | LEAD, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => return Some(slot.clone()),
-                    Err(now) => w = now,
-                }
-            }
-        }
-        None
+        self.fifo.iter().find(|s| word::offer_lead(&s.word)).cloned()
     }
 }
 
