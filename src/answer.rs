@@ -3,7 +3,7 @@
 use magnus::{prelude::*, value::LazyId, Error, IntoValue, RArray, RHash, Ruby, Value};
 use serde_json::Value as Json;
 use tbackend_client::Outcome;
-use tbackend_core::protocol::answer::{Flags, Status};
+use tbackend_core::protocol::answer::{ErrorKind, Flags, Status};
 
 /// The answer with Symbol keys at every depth, as the 0.2 gem's
 /// `JSON.parse(…, symbolize_names: true)` returned it.
@@ -67,16 +67,6 @@ fn symbol(ruby: &Ruby, name: &str) -> Value {
     }
 }
 
-/// The Ruby error class named in a transport failure's text (`"<ErrorClass>: <message>"`)
-/// and raised for it in strict mode.
-fn transport_class(status: Status) -> &'static str {
-    match status {
-        Status::Unavailable => "ActsAsTbackend::ConnectionError",
-        Status::CircuitOpen => "ActsAsTbackend::CircuitOpenError",
-        _ => "ActsAsTbackend::TimeoutError",
-    }
-}
-
 // The result keys, interned once: every call builds one of these Hashes.
 static OK: LazyId = LazyId::new("ok");
 static STATUS: LazyId = LazyId::new("status");
@@ -84,16 +74,25 @@ static COMMITTED: LazyId = LazyId::new("committed");
 static RETRYABLE: LazyId = LazyId::new("retryable");
 static RESPONSE: LazyId = LazyId::new("response");
 static ERROR: LazyId = LazyId::new("error");
+static ERROR_KIND: LazyId = LazyId::new("error_kind");
 
 fn key(ruby: &Ruby, id: &LazyId) -> magnus::value::Id {
     LazyId::get_inner_with(id, ruby)
 }
 
-/// `{ ok:, status:, committed:, retryable:, response:, error: }`.
+/// `{ ok:, status:, committed:, retryable:, response:, error:, error_kind: }`.
 pub fn soft_result(ruby: &Ruby, outcome: &Outcome) -> Result<RHash, Error> {
     let c = &outcome.classified;
     let error = match &outcome.transport {
-        Some(transport) => Some(format!("{}: {transport}", transport_class(c.status))),
+        // Every transport status names its class; the fallback only keeps a future row
+        // that forgets one readable.
+        Some(transport) => Some(format!(
+            "{}: {transport}",
+            c.status
+                .row()
+                .error_class
+                .unwrap_or("ActsAsTbackend::TransportError")
+        )),
         None => c.error.clone(),
     };
     let response = if c.answer.is_null() {
@@ -111,6 +110,7 @@ pub fn soft_result(ruby: &Ruby, outcome: &Outcome) -> Result<RHash, Error> {
         },
         response,
         error,
+        c.kind,
     )
 }
 
@@ -120,6 +120,7 @@ pub fn result_hash(
     flags: Flags,
     response: Value,
     error: Option<String>,
+    kind: ErrorKind,
 ) -> Result<RHash, Error> {
     let hash = ruby.hash_new();
     hash.aset(key(ruby, &OK), flags.ok)?;
@@ -128,6 +129,7 @@ pub fn result_hash(
     hash.aset(key(ruby, &RETRYABLE), flags.retryable)?;
     hash.aset(key(ruby, &RESPONSE), response)?;
     hash.aset(key(ruby, &ERROR), error)?;
+    hash.aset(key(ruby, &ERROR_KIND), error_kind(kind))?;
     Ok(hash)
 }
 
@@ -143,4 +145,9 @@ pub fn attempts_array(ruby: &Ruby, attempts: &[tbackend_client::Attempt]) -> Res
         array.push(hash)?;
     }
     Ok(array)
+}
+
+/// `result[:error_kind]`: `nil` on success, else the kind's name.
+pub fn error_kind(kind: ErrorKind) -> Option<&'static str> {
+    (kind != ErrorKind::None).then(|| kind.as_str())
 }

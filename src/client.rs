@@ -116,16 +116,19 @@ impl RbClient {
     }
 
     fn shut_down_result(&self, ruby: &Ruby) -> Result<RHash, Error> {
+        let row = Status::Unavailable.row();
         let error = format!(
-            "ActsAsTbackend::ConnectionError: client is shut down ({})",
+            "{}: client is shut down ({})",
+            row.error_class.unwrap_or_default(),
             self.endpoint()
         );
         result_hash(
             ruby,
             Status::Unavailable,
-            Status::Unavailable.defaults(),
+            row.flags,
             ruby.qnil().as_value(),
             Some(error),
+            row.kind,
         )
     }
 
@@ -502,6 +505,7 @@ fn invalid_result(ruby: &Ruby, error: Error) -> Result<RHash, Error> {
         flags,
         ruby.qnil().as_value(),
         Some(text),
+        tbackend_core::ErrorKind::ClientBug,
     )
 }
 

@@ -10,21 +10,52 @@ mod nogvl;
 mod per_process;
 mod writer;
 
-use magnus::{function, method, prelude::*, Error, Ruby};
-use tbackend_core::protocol::answer::ErrorKind;
+use magnus::{function, method, prelude::*, Error, RHash, Ruby};
+use tbackend_core::Status;
 
 use client::{RbClient, RbTailCursor};
 use writer::RbWriter;
 
-/// The error kind of a daemon error text (`"auth"`, `"access_denied"`, …).
-fn error_kind(text: String) -> &'static str {
-    ErrorKind::from_error(None, Some(&text), None).as_str()
+/// `ActsAsTbackend::STATUSES`: the status table, frozen, status name =>
+/// `{ ok:, committed:, retryable:, transport:, retry_safe:, error_kind: }`.
+fn statuses(ruby: &Ruby) -> Result<RHash, Error> {
+    let table = ruby.hash_new();
+    for status in Status::ALL {
+        let row = status.row();
+        let entry = ruby.hash_new();
+        entry.aset(ruby.to_symbol("ok"), row.flags.ok)?;
+        entry.aset(ruby.to_symbol("committed"), row.flags.committed)?;
+        entry.aset(ruby.to_symbol("retryable"), row.flags.retryable)?;
+        entry.aset(ruby.to_symbol("transport"), row.transport)?;
+        entry.aset(ruby.to_symbol("retry_safe"), row.retry_safe)?;
+        entry.aset(ruby.to_symbol("error_kind"), answer::error_kind(row.kind))?;
+        entry.freeze();
+        table.aset(status.as_str(), entry)?;
+    }
+    table.freeze();
+    Ok(table)
+}
+
+/// `ActsAsTbackend::Native::STRICT_ERRORS`: the class strict mode raises for each
+/// transport status, frozen.
+fn strict_errors(ruby: &Ruby) -> Result<RHash, Error> {
+    let table = ruby.hash_new();
+    for status in Status::ALL {
+        if let Some(class) = errors::strict_class(ruby, status) {
+            table.aset(status.as_str(), class)?;
+        }
+    }
+    table.freeze();
+    Ok(table)
 }
 
 #[magnus::init(name = "acts_as_tbackend_native")]
 fn init(ruby: &Ruby) -> Result<(), Error> {
     let root = ruby.define_module("ActsAsTbackend")?;
+    errors::load(ruby, root)?;
+    root.const_set("STATUSES", statuses(ruby)?)?;
     let native = root.define_module("Native")?;
+    native.const_set("STRICT_ERRORS", strict_errors(ruby)?)?;
     native.const_set(
         "DEFAULT_MAX_REQUEST_BYTES",
         tbackend_core::protocol::frame::DEFAULT_MAX_REQUEST,
@@ -40,7 +71,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
         function!(fact::validate_store_name, 1),
     )?;
     native.define_singleton_method("encode_json", function!(json::encode_json, 2))?;
-    native.define_singleton_method("error_kind", function!(error_kind, 1))?;
 
     let client = native.define_class("Client", ruby.class_object())?;
     client.define_singleton_method("new", function!(RbClient::new, 1))?;

@@ -1,15 +1,6 @@
 # frozen_string_literal: true
 
 module ActsAsTbackend
-  # Raised by AsyncWriter#enqueue when the queue is full and `queue_full_policy` is
-  # "raise". Nothing was queued; enqueueing the same fact later is safe (its id makes a
-  # second delivery a replay).
-  class QueueFull < Error
-    def retryable?
-      true
-    end
-  end
-
   # Writes facts off the request path. `enqueue` hands the fact to a bounded queue in the
   # native core and returns in microseconds; a native thread (no Ruby, no GVL) delivers the
   # queue through a connection of its own, pipelined, with retries, exponential backoff
@@ -128,14 +119,14 @@ module ActsAsTbackend
     end
 
     def enqueue_native(fact, durability)
-      return result(false, "config_error", retryable: false, error: @open_error) unless @native
+      return Client.result("config_error", error: @open_error) unless @native
 
       wait = config.queue_full_policy == "block" ? config.queue_block_timeout : nil
       status, error = @native.enqueue(@client.wire_fact(fact), (durability || config.durability_default).to_s, wait)
       case status
-      when "enqueued" then result(true, "enqueued", retryable: false, error: error)
+      when "enqueued" then Client.result("enqueued", error: error)
       when "full" then queue_full(wait)
-      else result(false, "unavailable", retryable: true, error: "ActsAsTbackend::ConnectionError: async writer is shut down")
+      else Client.result("unavailable", error: "ActsAsTbackend::ConnectionError: async writer is shut down")
       end
     end
 
@@ -146,14 +137,10 @@ module ActsAsTbackend
       when "drop"
         @native.count_dropped
         warn_dropped
-        result(false, "dropped", retryable: true, error: "ActsAsTbackend::QueueFull: #{message}: fact dropped")
+        Client.result("dropped", error: "ActsAsTbackend::QueueFull: #{message}: fact dropped")
       else
-        result(false, "queue_full", retryable: true, error: "ActsAsTbackend::QueueFull: #{message} for #{waited}s")
+        Client.result("queue_full", error: "ActsAsTbackend::QueueFull: #{message} for #{waited}s")
       end
-    end
-
-    def result(success, status, retryable:, error: nil)
-      { ok: success, status: status, committed: success ? nil : false, retryable: retryable, response: nil, error: error }
     end
 
     # One line per DROP_WARNING_INTERVAL, counting every drop since the last line.

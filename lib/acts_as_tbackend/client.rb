@@ -7,18 +7,24 @@ module ActsAsTbackend
   # configuration into native options and keeps the 0.2 gem's promises: non-strict,
   # nothing raises; strict, transport failures raise an ActsAsTbackend::TransportError.
   class Client
-    TRANSPORT_ERRORS = {
-      "unavailable" => ConnectionError,
-      "timeout_unknown" => TimeoutError,
-      "circuit_open" => CircuitOpenError
-    }.freeze
+    # Every list below is read from the status table, ActsAsTbackend::STATUSES.
+    # status => the TransportError subclass strict mode raises for it.
+    TRANSPORT_ERRORS = Native::STRICT_ERRORS
     # A request that got no daemon answer (strict mode raises these).
-    TRANSPORT_STATUSES = TRANSPORT_ERRORS.keys.freeze
+    TRANSPORT_STATUSES = STATUSES.select { |_, row| row[:transport] }.keys.freeze
     # Nothing was stored, or it is not known whether it was: sending the same fact again
     # is safe (its id makes a repeat a replay) and may succeed.
-    RETRY_SAFE_STATUSES = (TRANSPORT_STATUSES + %w[rejected_before_commit]).freeze
+    RETRY_SAFE_STATUSES = STATUSES.select { |_, row| row[:retry_safe] }.keys.freeze
+
+    # The soft result for `status` as its row in the table fixes it.
+    def self.result(status, response: nil, error: nil)
+      row = STATUSES.fetch(status)
+      { ok: row[:ok], status: status, committed: row[:committed], retryable: row[:retryable], response: response,
+        error: error, error_kind: row[:error_kind] }
+    end
+
     # What the mirror paths answer while the connector is disabled.
-    DISABLED = { ok: true, status: "disabled", committed: nil, retryable: false, response: nil, error: nil }.freeze
+    DISABLED = result("disabled").freeze
 
     # The soft result for an exception that stands for a failed call (an invalid value, a
     # bug of ours, a strict-mode TransportError caught by a caller that must not raise);
@@ -26,7 +32,19 @@ module ActsAsTbackend
     def self.error_result(exception, token = ActsAsTbackend.config.token)
       message = Redact.call("#{exception.class.name}: #{exception.message}", token)
       retryable = (exception.respond_to?(:retryable?) && exception.retryable?) == true
-      { ok: false, status: "error", committed: false, retryable: retryable, response: nil, error: message }
+      result("error", error: message).merge(committed: false, retryable: retryable, error_kind: error_kind(exception))
+    end
+
+    # The error kind an exception stands for (see ErrorKind in tbackend-core).
+    def self.error_kind(exception)
+      case exception
+      when ConfigurationError then STATUSES["config_error"][:error_kind]
+      when TransportError
+        exception.result&.dig(:error_kind) || STATUSES.dig(TRANSPORT_ERRORS.key(exception.class), :error_kind) ||
+          STATUSES["timeout_unknown"][:error_kind]
+      when InternalError then STATUSES["error"][:error_kind]
+      else "client_bug" # what the caller passed is wrong, as for a refused request
+      end
     end
 
     attr_reader :config
@@ -234,7 +252,7 @@ module ActsAsTbackend
 
     def config_error(count)
       message = "ActsAsTbackend::ConfigurationError: #{config.errors.join('; ')}"
-      one = { ok: false, status: "config_error", committed: nil, retryable: false, response: nil, error: message }
+      one = self.class.result("config_error", error: message)
       count ? Array.new(count) { one.dup } : one
     end
 

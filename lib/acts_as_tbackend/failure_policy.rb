@@ -1,14 +1,6 @@
 # frozen_string_literal: true
 
 module ActsAsTbackend
-  # Raised by the `raise_in_test` policy, in test environments only, when a mirror write
-  # soft-failed. `result` is the soft result that failed.
-  class MirrorFailure < Error
-    def retryable?
-      result.is_a?(Hash) && result[:retryable] ? true : false
-    end
-  end
-
   # What happens, beyond the soft result itself, when a mirror write fails. Success is
   # `ok == true` or status `disabled`; every policy returns the result it was given.
   #

@@ -7,6 +7,8 @@ module ActsAsTbackend
   # (whether "accepted" writes reach a disk at all: `data_dir` or "ephemeral").
   class Health
     DAEMON_FACTS = %i[data_dir pool_size host port total_stores total_facts_across_stores uptime_seconds].freeze
+    # The error kinds (`result[:error_kind]`) a token that must change gives.
+    AUTH_KINDS = %w[auth access_denied].freeze
 
     def initialize(client)
       @client = client
@@ -40,13 +42,11 @@ module ActsAsTbackend
     end
 
     def status_of(ping)
-      case ping[:status]
-      when "ok" then "ok"
-      when "unavailable", "timeout_unknown" then "down"
-      when "circuit_open" then "circuit_open"
-      when "config_error" then "config_error"
-      else %w[auth access_denied].include?(Native.error_kind(ping[:error].to_s)) ? "auth_error" : "error"
-      end
+      status = ping[:status]
+      return status if %w[ok circuit_open config_error].include?(status)
+      return "down" if Client::TRANSPORT_STATUSES.include?(status)
+
+      AUTH_KINDS.include?(ping[:error_kind]) ? "auth_error" : "error"
     end
 
     # Best effort: a token may not be allowed diagnostics; health stays "ok" then.

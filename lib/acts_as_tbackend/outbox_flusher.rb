@@ -19,7 +19,8 @@ module ActsAsTbackend
       "idempotent_replay" => "replay",
       "duplicate_fact_id_conflict" => "conflict"
     }.freeze
-    RETRYABLE_STATUSES = %w[unavailable circuit_open rejected_before_commit].freeze
+    # The other retry-safe statuses of ActsAsTbackend::STATUSES (timeout_unknown is `unknown`).
+    RETRYABLE_STATUSES = (Client::RETRY_SAFE_STATUSES - %w[timeout_unknown]).freeze
     SUCCESS = %w[inserted replay].freeze
 
     module_function

@@ -13,18 +13,10 @@ module ActsAsTbackend
     # Stands in for ActsAsTbackend.client. Each call takes the next queued result (an
     # empty queue answers status `ok`); thread-safe, so it serves threaded code too.
     class FakeClient
-      # status => [ok, committed, retryable], as the real client reports them.
-      DEFAULTS = {
-        "committed_acked" => [true, true, false],
-        "idempotent_replay" => [true, true, false],
-        "duplicate_fact_id_conflict" => [false, false, false],
-        "rejected_before_commit" => [false, false, true],
-        "unavailable" => [false, nil, true],
-        "circuit_open" => [false, nil, true],
-        "timeout_unknown" => [false, nil, nil],
-        "ok" => [true, nil, false],
-        "disabled" => [true, nil, false]
-      }.freeze
+      # status => [ok, committed, retryable], as the status table (ActsAsTbackend::STATUSES)
+      # fixes them.
+      DEFAULTS = STATUSES.transform_values { |row| row.values_at(:ok, :committed, :retryable).freeze }.freeze
+      # A status the table does not know: a failure nobody can retry.
       UNKNOWN_STATUS = [false, nil, false].freeze
       # One recorded call, as acts-as-tbackend 0.2 recorded it. `kwargs` holds only the
       # keywords the caller passed, so a test can compare it with exactly what it sent.
@@ -44,9 +36,13 @@ module ActsAsTbackend
       # Queues the answer for a later call; chainable. Extra keywords override or add
       # result fields (`seq_id: 7`).
       def queue_result(status:, response: nil, error: nil, **overrides)
-        ok, committed, retryable = DEFAULTS.fetch(status.to_s, UNKNOWN_STATUS)
-        result = { ok: ok, status: status.to_s, committed: committed, retryable: retryable,
-                   response: response, error: error }.merge(overrides)
+        result = if STATUSES.key?(status.to_s)
+                   Client.result(status.to_s, response: response, error: error)
+                 else
+                   ok, committed, retryable = UNKNOWN_STATUS
+                   { ok: ok, status: status.to_s, committed: committed, retryable: retryable,
+                     response: response, error: error, error_kind: STATUSES["error"][:error_kind] }
+                 end.merge(overrides)
         @lock.synchronize { @queue << result }
         self
       end
@@ -112,6 +108,15 @@ module ActsAsTbackend
         nil
       end
 
+      # No lanes, no breaker.
+      def stats
+        {}
+      end
+
+      def after_fork
+        nil
+      end
+
       def inspect
         "#<#{self.class.name} queued=#{queued_count} calls=#{calls.size}>"
       end
@@ -130,7 +135,7 @@ module ActsAsTbackend
       end
 
       def next_result
-        @queue.shift || { ok: true, status: "ok", committed: nil, retryable: false, response: nil, error: nil }
+        @queue.shift || Client.result("ok")
       end
     end
 

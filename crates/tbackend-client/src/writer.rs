@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tbackend_core::protocol::request::RequestBuilder;
-use tbackend_core::{OpKind, Status};
+use tbackend_core::{ErrorKind, OpKind, Status};
 
 use crate::backoff::full_jitter;
 use crate::cancel::{Cancel, Resumable, Step};
@@ -788,14 +788,16 @@ fn verdict(o: &Outcome) -> Verdict {
         return Verdict::Interrupted;
     }
     let c = &o.classified;
+    let row = c.status.row();
     match c.status {
-        Status::CommittedAcked => Verdict::Delivered { replay: false },
-        Status::IdempotentReplay => Verdict::Delivered { replay: true },
+        _ if row.flags.committed == Some(true) => Verdict::Delivered {
+            replay: c.status == Status::IdempotentReplay,
+        },
         Status::DuplicateFactIdConflict => Verdict::Terminal("conflict"),
-        Status::Unavailable | Status::CircuitOpen => Verdict::Unreachable,
-        Status::TimeoutUnknown | Status::RejectedBeforeCommit => Verdict::Retry,
-        Status::Error if c.retryable == Some(true) => Verdict::Retry,
-        Status::Error | Status::Ok | Status::Disabled => Verdict::Terminal("error"),
+        // Nothing was sent: the daemon cannot be reached.
+        _ if row.transport && row.kind == ErrorKind::NotApplied => Verdict::Unreachable,
+        _ if row.retry_safe || c.retryable == Some(true) => Verdict::Retry,
+        _ => Verdict::Terminal("error"),
     }
 }
 

@@ -249,7 +249,7 @@ fn every_transcript_answer_classifies() {
             _ => says_ok,
         };
         assert_eq!(r.ok, expected_ok, "{}", t["op_case"]);
-        assert_eq!(r.ok, r.status.defaults().ok, "{}", t["op_case"]);
+        assert_eq!(r.ok, r.status.row().flags.ok, "{}", t["op_case"]);
         if !r.ok {
             assert!(r.error.is_some(), "{}", t["op_case"]);
         }

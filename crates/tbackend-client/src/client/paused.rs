@@ -292,10 +292,10 @@ impl Resumable for PausedRetries {
 }
 
 fn worth_retrying(o: &Outcome) -> bool {
-    let status_retryable = matches!(
-        o.classified.status,
-        Status::Unavailable | Status::TimeoutUnknown | Status::RejectedBeforeCommit
-    );
+    // An open breaker refuses every attempt until its cooldown ends: retrying inside
+    // one call cannot help.
+    let status = o.classified.status;
+    let status_retryable = status.row().retry_safe && status != Status::CircuitOpen;
     status_retryable
         && !matches!(
             o.transport,

@@ -1,15 +1,14 @@
-//! What a daemon answer means: the one place for the soft-result statuses (the 0.2
-//! gem's, listed in the README's "The client") and the error taxonomy of
-//! docs/protocol.md §4.
+//! What a daemon answer means: the status table (every status a soft result can carry,
+//! listed in the README's "The client", with what each one says) and the error
+//! taxonomy of docs/protocol.md §4.
 //!
 //! The daemon tells most errors apart only by their text, and a few by `error_code`;
-//! [`classify`] turns an answer body into the soft result every client call returns,
-//! and [`Status::defaults`] holds the `ok` / `committed` / `retryable` of each status
-//! so the transport rows and the Ruby test doubles read the same table.
+//! [`classify`] turns an answer body into the soft result every client call returns.
+//! [`Status::row`] is the one home of what a status means: the client, the async
+//! writer, the binding and (as `ActsAsTbackend::STATUSES`) every Ruby list read it.
 
 use serde_json::{Map, Value};
 use std::fmt;
-use std::str::FromStr;
 use thiserror::Error;
 
 /// The kind of operation an answer belongs to: the status table depends on it.
@@ -48,9 +47,17 @@ pub enum Status {
     CircuitOpen,
     /// The connector is switched off: nothing was sent, and that is not a failure.
     Disabled,
+    /// The gem's configuration cannot work: nothing was sent.
+    ConfigError,
+    /// The async writer queued the fact; it is delivered later.
+    Enqueued,
+    /// The async writer's queue stayed full: the fact was not queued.
+    QueueFull,
+    /// The async writer's queue was full and its policy drops: the fact was not queued.
+    Dropped,
 }
 
-/// The three flags of a soft result that the status table fixes.
+/// The flags of a soft result that a status fixes when no daemon answer says otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Flags {
     /// The call succeeded.
@@ -61,9 +68,29 @@ pub struct Flags {
     pub retryable: Option<bool>,
 }
 
+/// One row of the status table: what a status says about the call it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Row {
+    /// `ok` / `committed` / `retryable`. Only [`Status::Error`] takes `committed` and
+    /// `retryable` from the daemon's answer; its row (`false` / `None` / `None`) is what
+    /// holds when there is none.
+    pub flags: Flags,
+    /// No valid daemon answer came back: strict mode raises [`Row::error_class`].
+    pub transport: bool,
+    /// Nothing was stored, or nobody knows whether it was, and sending the same fact
+    /// again may succeed: its id makes a repeat a replay, so a retry is safe.
+    pub retry_safe: bool,
+    /// The error kind of a result with this status, unless the daemon's answer names a
+    /// finer one (only for [`Status::Error`]).
+    pub kind: ErrorKind,
+    /// The Ruby error class strict mode raises for this status, also named at the head
+    /// of its error text.
+    pub error_class: Option<&'static str>,
+}
+
 impl Status {
     /// Every status, in the order of the soft-result table.
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 14] = [
         Status::IdempotentReplay,
         Status::CommittedAcked,
         Status::RejectedBeforeCommit,
@@ -74,6 +101,10 @@ impl Status {
         Status::TimeoutUnknown,
         Status::CircuitOpen,
         Status::Disabled,
+        Status::ConfigError,
+        Status::Enqueued,
+        Status::QueueFull,
+        Status::Dropped,
     ];
 
     /// The name Ruby sees in `result[:status]`.
@@ -89,59 +120,77 @@ impl Status {
             Status::TimeoutUnknown => "timeout_unknown",
             Status::CircuitOpen => "circuit_open",
             Status::Disabled => "disabled",
+            Status::ConfigError => "config_error",
+            Status::Enqueued => "enqueued",
+            Status::QueueFull => "queue_full",
+            Status::Dropped => "dropped",
         }
     }
 
-    /// `ok` / `committed` / `retryable` of this status when no daemon answer says
-    /// otherwise. Only [`Status::Error`] takes `committed` and `retryable` from the
-    /// daemon; its defaults (`false` / `None` / `None`) apply when there is none, as in
-    /// the test helpers' `queue_result`.
-    pub fn defaults(self) -> Flags {
-        let (ok, committed, retryable) = match self {
-            Status::CommittedAcked | Status::IdempotentReplay => (true, Some(true), Some(false)),
-            Status::RejectedBeforeCommit => (false, Some(false), Some(true)),
-            Status::DuplicateFactIdConflict => (false, Some(false), Some(false)),
-            Status::Error => (false, None, None),
-            Status::Ok | Status::Disabled => (true, None, Some(false)),
-            Status::Unavailable | Status::CircuitOpen => (false, None, Some(true)),
-            Status::TimeoutUnknown => (false, None, None),
+    /// The status table: this status's row.
+    pub const fn row(self) -> Row {
+        use ErrorKind as K;
+        const T: Option<bool> = Some(true);
+        const F: Option<bool> = Some(false);
+        const N: Option<bool> = None;
+        // (ok, committed, retryable, transport, retry_safe, kind, strict-mode class)
+        let (ok, committed, retryable, transport, retry_safe, kind, error_class) = match self {
+            Status::CommittedAcked => (true, T, F, false, false, K::None, None),
+            Status::IdempotentReplay => (true, T, F, false, false, K::None, None),
+            Status::RejectedBeforeCommit => (false, F, T, false, true, K::Overloaded, None),
+            Status::DuplicateFactIdConflict => (false, F, F, false, false, K::Conflict, None),
+            Status::Error => (false, N, N, false, false, K::Other, None),
+            Status::Ok => (true, N, F, false, false, K::None, None),
+            Status::Unavailable => (
+                false,
+                N,
+                T,
+                true,
+                true,
+                K::NotApplied,
+                Some("ActsAsTbackend::ConnectionError"),
+            ),
+            Status::TimeoutUnknown => (
+                false,
+                N,
+                N,
+                true,
+                true,
+                K::OutcomeUnknown,
+                Some("ActsAsTbackend::TimeoutError"),
+            ),
+            Status::CircuitOpen => (
+                false,
+                N,
+                T,
+                true,
+                true,
+                K::NotApplied,
+                Some("ActsAsTbackend::CircuitOpenError"),
+            ),
+            Status::Disabled => (true, N, F, false, false, K::None, None),
+            Status::ConfigError => (false, N, F, false, false, K::Config, None),
+            Status::Enqueued => (true, N, F, false, false, K::None, None),
+            Status::QueueFull => (false, F, T, false, true, K::NotApplied, None),
+            Status::Dropped => (false, F, T, false, true, K::NotApplied, None),
         };
-        Flags {
-            ok,
-            committed,
-            retryable,
+        Row {
+            flags: Flags {
+                ok,
+                committed,
+                retryable,
+            },
+            transport,
+            retry_safe,
+            kind,
+            error_class,
         }
-    }
-
-    /// Whether this status can only come from the client side (nothing, or nothing
-    /// valid, came back from the daemon).
-    pub fn is_transport(self) -> bool {
-        matches!(
-            self,
-            Status::Unavailable | Status::TimeoutUnknown | Status::CircuitOpen | Status::Disabled
-        )
     }
 }
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// A status name that is not in the table.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("unknown status {0:?}; expected one of committed_acked, idempotent_replay, rejected_before_commit, duplicate_fact_id_conflict, error, ok, unavailable, timeout_unknown, circuit_open, disabled")]
-pub struct UnknownStatus(pub String);
-
-impl FromStr for Status {
-    type Err = UnknownStatus;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Status::ALL
-            .into_iter()
-            .find(|status| status.as_str() == s)
-            .ok_or_else(|| UnknownStatus(s.to_owned()))
     }
 }
 
@@ -169,6 +218,8 @@ pub enum ErrorKind {
     /// `Access denied…`: the token's role or stores do not allow this. A configuration
     /// problem.
     AccessDenied,
+    /// The gem's own configuration cannot work (`config_error`): nothing was sent.
+    Config,
     /// The request itself is wrong, so retrying cannot help: `Invalid fact data…`,
     /// `Invalid store name`, `Missing…`, `Invalid JSON request…`, `Unknown operation…`.
     ClientBug,
@@ -188,6 +239,7 @@ impl ErrorKind {
             ErrorKind::NotApplied => "not_applied",
             ErrorKind::Auth => "auth",
             ErrorKind::AccessDenied => "access_denied",
+            ErrorKind::Config => "config",
             ErrorKind::ClientBug => "client_bug",
             ErrorKind::Other => "other",
         }
@@ -258,29 +310,15 @@ pub struct Classified {
 }
 
 impl Classified {
-    /// The result of a call that got no daemon answer (or, for a daemon status, the
-    /// table's defaults without an answer, which is what test doubles need).
+    /// The result of a call that got no daemon answer (or, for a daemon status, its
+    /// row without an answer, which is what test doubles need).
     pub fn transport(status: Status, error: Option<String>) -> Self {
-        let Flags {
-            ok,
-            committed,
-            retryable,
-        } = status.defaults();
-        let kind = match status {
-            Status::Unavailable | Status::CircuitOpen => ErrorKind::NotApplied,
-            Status::TimeoutUnknown => ErrorKind::OutcomeUnknown,
-            Status::RejectedBeforeCommit => ErrorKind::Overloaded,
-            Status::DuplicateFactIdConflict => ErrorKind::Conflict,
-            Status::Error => ErrorKind::Other,
-            Status::CommittedAcked | Status::IdempotentReplay | Status::Ok | Status::Disabled => {
-                ErrorKind::None
-            }
-        };
+        let Row { flags, kind, .. } = status.row();
         Classified {
             status,
-            ok,
-            committed,
-            retryable,
+            ok: flags.ok,
+            committed: flags.committed,
+            retryable: flags.retryable,
             kind,
             error,
             answer: Value::Null,
@@ -322,11 +360,6 @@ pub fn classify(op: OpKind, body: &[u8]) -> Result<Classified, AnswerError> {
         Err(e) => return Err(AnswerError::NotJson(e.to_string())),
     };
     Ok(classify_object(op, answer))
-}
-
-/// [`classify`], with an unreadable answer reported as [`Status::TimeoutUnknown`].
-pub fn classify_or_unknown(op: OpKind, body: &[u8]) -> Classified {
-    classify(op, body).unwrap_or_else(AnswerError::into_classified)
 }
 
 /// Classifies an answer already parsed into an object.
@@ -777,7 +810,7 @@ mod tests {
             classify(OpKind::Read, b"null"),
             Err(AnswerError::NotObject("null"))
         );
-        let r = classify_or_unknown(OpKind::Write, b"[1,2]");
+        let r = classify(OpKind::Write, b"[1,2]").unwrap_or_else(AnswerError::into_classified);
         assert_eq!(r.status, Status::TimeoutUnknown);
         assert_eq!(flags(&r), (false, None, None));
         assert_eq!(r.kind, ErrorKind::OutcomeUnknown);
@@ -796,42 +829,54 @@ mod tests {
 
     #[test]
     fn the_table() {
+        const T: Option<bool> = Some(true);
+        const F: Option<bool> = Some(false);
+        const N: Option<bool> = None;
+        #[rustfmt::skip]
         let expect = [
-            ("idempotent_replay", true, Some(true), Some(false)),
-            ("committed_acked", true, Some(true), Some(false)),
-            ("rejected_before_commit", false, Some(false), Some(true)),
-            (
-                "duplicate_fact_id_conflict",
-                false,
-                Some(false),
-                Some(false),
-            ),
-            ("error", false, None, None),
-            ("ok", true, None, Some(false)),
-            ("unavailable", false, None, Some(true)),
-            ("timeout_unknown", false, None, None),
-            ("circuit_open", false, None, Some(true)),
-            ("disabled", true, None, Some(false)),
+            // status, ok, committed, retryable, transport, retry_safe, kind, strict-mode class
+            (Status::IdempotentReplay, "idempotent_replay", true, T, F, false, false, ErrorKind::None, None),
+            (Status::CommittedAcked, "committed_acked", true, T, F, false, false, ErrorKind::None, None),
+            (Status::RejectedBeforeCommit, "rejected_before_commit", false, F, T, false, true, ErrorKind::Overloaded, None),
+            (Status::DuplicateFactIdConflict, "duplicate_fact_id_conflict", false, F, F, false, false, ErrorKind::Conflict, None),
+            (Status::Error, "error", false, N, N, false, false, ErrorKind::Other, None),
+            (Status::Ok, "ok", true, N, F, false, false, ErrorKind::None, None),
+            (Status::Unavailable, "unavailable", false, N, T, true, true, ErrorKind::NotApplied, Some("ActsAsTbackend::ConnectionError")),
+            (Status::TimeoutUnknown, "timeout_unknown", false, N, N, true, true, ErrorKind::OutcomeUnknown, Some("ActsAsTbackend::TimeoutError")),
+            (Status::CircuitOpen, "circuit_open", false, N, T, true, true, ErrorKind::NotApplied, Some("ActsAsTbackend::CircuitOpenError")),
+            (Status::Disabled, "disabled", true, N, F, false, false, ErrorKind::None, None),
+            (Status::ConfigError, "config_error", false, N, F, false, false, ErrorKind::Config, None),
+            (Status::Enqueued, "enqueued", true, N, F, false, false, ErrorKind::None, None),
+            (Status::QueueFull, "queue_full", false, F, T, false, true, ErrorKind::NotApplied, None),
+            (Status::Dropped, "dropped", false, F, T, false, true, ErrorKind::NotApplied, None),
         ];
-        for (status, (name, ok, committed, retryable)) in Status::ALL.into_iter().zip(expect) {
+        // ALL lists every status once, in this order (config_error and the async
+        // statuses were once left out of it).
+        assert_eq!(Status::ALL.to_vec(), expect.map(|row| row.0).to_vec());
+        for (status, name, ok, committed, retryable, transport, retry_safe, kind, class) in expect {
             assert_eq!(status.as_str(), name);
             assert_eq!(status.to_string(), name);
-            assert_eq!(name.parse::<Status>(), Ok(status));
+            let flags = Flags {
+                ok,
+                committed,
+                retryable,
+            };
             assert_eq!(
-                status.defaults(),
-                Flags {
-                    ok,
-                    committed,
-                    retryable
+                status.row(),
+                Row {
+                    flags,
+                    transport,
+                    retry_safe,
+                    kind,
+                    error_class: class,
                 },
                 "{name}"
             );
             let t = Classified::transport(status, None);
             assert_eq!((t.ok, t.committed, t.retryable), (ok, committed, retryable));
+            assert_eq!(t.kind, kind);
             assert_eq!(t.answer, Value::Null);
         }
-        assert!("Committed_Acked".parse::<Status>().is_err());
-        assert_eq!(Status::ALL.iter().filter(|s| s.is_transport()).count(), 4);
     }
 
     #[test]
@@ -881,7 +926,7 @@ mod tests {
                     committed: r.committed,
                     retryable: r.retryable
                 },
-                r.status.defaults(),
+                r.status.row().flags,
                 "{body}"
             );
         }

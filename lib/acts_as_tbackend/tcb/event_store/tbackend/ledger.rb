@@ -11,7 +11,7 @@ module TCB
       # not (a domain write that did not happen has to stop the caller), so every call here
       # returns what was asked for or raises Unavailable / Rejected.
       class Ledger
-        STORED_STATUSES = %w[committed_acked idempotent_replay].freeze
+        STORED_STATUSES = ActsAsTbackend::STATUSES.select { |_, row| row[:committed] }.keys.freeze
         CONFLICT = "duplicate_fact_id_conflict"
 
         def initialize(client:, durability:, attempts:, timeout:)
