@@ -34,9 +34,44 @@ RSpec.describe ActsAsTbackend::TestHelpers do
                               error_kind: nil)
     end
 
+    it "answers every status exactly as the status table says" do
+      ActsAsTbackend::STATUSES.each do |status, row|
+        fake.queue_result(status: status)
+        expect(fake.write_fact_once(fact)).to eq(ok: row[:ok], status: status, committed: row[:committed],
+                                                 retryable: row[:retryable], response: nil, error: nil,
+                                                 error_kind: row[:error_kind])
+      end
+    end
+
     it "passes response through" do
       fake.queue_result(status: :ok, response: { facts: [{ id: "x" }] })
       expect(fake.facts_for(store: "orders")[:response]).to eq(facts: [{ id: "x" }])
+    end
+  end
+
+  describe "FakeClient's interface" do
+    # Client methods a fake has no use for: the native plumbing (@api private) and the
+    # gap-safe tail, which needs the native cursor.
+    let(:not_faked) { %i[wire_store wire_fact native_options native_call tail] }
+
+    it "keeps every public method of Client, with the same parameters and keywords" do
+      real = ActsAsTbackend::Client.public_instance_methods(false) - not_faked
+      expect(real).to include(:write_fact_once, :write_facts_once, :ping, :health, :stats, :shutdown, :after_fork)
+      fake_class = described_class::FakeClient
+      missing = real.reject { |name| fake_class.public_method_defined?(name) }
+      expect(missing).to be_empty, "FakeClient lacks #{missing.inspect}"
+      differing = real.filter_map do |name|
+        want = ActsAsTbackend::Client.instance_method(name).parameters
+        got = fake_class.instance_method(name).parameters
+        "#{name}: Client #{want.inspect}, FakeClient #{got.inspect}" unless want == got
+      end
+      expect(differing).to be_empty, differing.join("\n")
+    end
+
+    it "answers stats and after_fork as a client without lanes" do
+      expect(fake.stats).to eq({})
+      expect(fake.after_fork).to be_nil
+      expect(fake.calls).to be_empty
     end
   end
 
