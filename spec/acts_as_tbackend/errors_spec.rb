@@ -50,8 +50,11 @@ RSpec.describe "ActsAsTbackend::Error" do
       .to eq(status: "unavailable")
   end
 
+  # TCB's errors answer TCB's contract (tcb 0.6.2's names), not the connector's
+  # `retryable?`/`result`: they stay outside the root.
   it "leaves TCB's own contract root alone" do
     require "acts_as_tbackend/tcb"
+    expect(TCB::Error.ancestors).not_to include(ActsAsTbackend::Error)
     expect(TCB::ConfigurationError).to be < TCB::Error
     expect(TCB::AlreadyConfigured).to be < FrozenError
     expect(TCB::Error).to be < StandardError

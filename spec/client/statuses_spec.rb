@@ -101,6 +101,20 @@ RSpec.describe "ActsAsTbackend::STATUSES" do
     end
   end
 
+  it "gives the result of an exception that stands for a failed call the kind of that exception" do
+    kinds = {
+      ActsAsTbackend::InvalidFact.new("x") => "client_bug", TypeError.new("x") => "client_bug",
+      ActsAsTbackend::ConfigurationError.new("x") => "config", ActsAsTbackend::InternalError.new("x") => "other",
+      ActsAsTbackend::ConnectionError.new("x") => "not_applied", ActsAsTbackend::CircuitOpenError.new("x") => "not_applied",
+      ActsAsTbackend::TimeoutError.new("x") => "outcome_unknown"
+    }
+    kinds.each do |exception, kind|
+      expect(client_class.error_result(exception, nil)).to include(status: "error", error_kind: kind), exception.inspect
+    end
+    strict = ActsAsTbackend::TimeoutError.new("x", result: client_class.result("unavailable"))
+    expect(client_class.error_result(strict, nil)[:error_kind]).to eq("not_applied")
+  end
+
   describe "the async writer's results" do
     with_daemon
 
