@@ -80,7 +80,8 @@ fn key(ruby: &Ruby, id: &LazyId) -> magnus::value::Id {
     LazyId::get_inner_with(id, ruby)
 }
 
-/// `{ ok:, status:, committed:, retryable:, response:, error:, error_kind: }`.
+/// `{ ok:, status:, committed:, retryable:, response:, error: }`, plus `error_kind:` when
+/// the call failed.
 pub fn soft_result(ruby: &Ruby, outcome: &Outcome) -> Result<RHash, Error> {
     let c = &outcome.classified;
     let error = match &outcome.transport {
@@ -129,7 +130,10 @@ pub fn result_hash(
     hash.aset(key(ruby, &RETRYABLE), flags.retryable)?;
     hash.aset(key(ruby, &RESPONSE), response)?;
     hash.aset(key(ruby, &ERROR), error)?;
-    hash.aset(key(ruby, &ERROR_KIND), error_kind(kind))?;
+    // Only a failure has a kind: a success keeps the 0.2 gem's six keys.
+    if let Some(kind) = error_kind(kind) {
+        hash.aset(key(ruby, &ERROR_KIND), kind)?;
+    }
     Ok(hash)
 }
 
@@ -147,7 +151,7 @@ pub fn attempts_array(ruby: &Ruby, attempts: &[tbackend_client::Attempt]) -> Res
     Ok(array)
 }
 
-/// `result[:error_kind]`: `nil` on success, else the kind's name.
+/// `result[:error_kind]`: absent (`nil`) on success, else the kind's name.
 pub fn error_kind(kind: ErrorKind) -> Option<&'static str> {
     (kind != ErrorKind::None).then(|| kind.as_str())
 }

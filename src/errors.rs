@@ -28,7 +28,8 @@ const CLASSES: [(Class, &str); 6] = [
     (Class::CircuitOpenError, "CircuitOpenError"),
 ];
 
-// Constants of a module keep their classes alive, so holding the bare values is safe.
+// Each class is registered with the GC when it is found: removing its constant later
+// cannot free what this table holds.
 static TABLE: OnceLock<[Opaque<ExceptionClass>; 6]> = OnceLock::new();
 
 /// Looks every class up; called once by the extension's init, which fails with the
@@ -43,6 +44,7 @@ pub fn load(ruby: &Ruby, root: RModule) -> Result<(), Error> {
                 format!("acts_as_tbackend_native needs ActsAsTbackend::{name} (lib/acts_as_tbackend/errors.rb): {e}"),
             )
         })?;
+        magnus::gc::register_mark_object(class);
         found.push(Opaque::from(class));
     }
     // Every class the status table names must be one of them.

@@ -16,11 +16,14 @@ module ActsAsTbackend
     # is safe (its id makes a repeat a replay) and may succeed.
     RETRY_SAFE_STATUSES = STATUSES.select { |_, row| row[:retry_safe] }.keys.freeze
 
-    # The soft result for `status` as its row in the table fixes it.
+    # The soft result for `status` as its row in the table fixes it. Only a failure has an
+    # `error_kind`: a success keeps the 0.2 gem's six keys, as the native results do.
     def self.result(status, response: nil, error: nil)
       row = STATUSES.fetch(status)
-      { ok: row[:ok], status: status, committed: row[:committed], retryable: row[:retryable], response: response,
-        error: error, error_kind: row[:error_kind] }
+      result = { ok: row[:ok], status: status, committed: row[:committed], retryable: row[:retryable],
+                 response: response, error: error }
+      result[:error_kind] = row[:error_kind] if row[:error_kind]
+      result
     end
 
     # What the mirror paths answer while the connector is disabled.

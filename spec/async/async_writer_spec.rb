@@ -21,8 +21,7 @@ RSpec.describe ActsAsTbackend::AsyncWriter do
       ids = Array.new(300) { |i| "stalled-#{i}" }
       elapsed = ids.each_with_index.map do |id, i|
         took, result = timed { writer.enqueue(fact(id, store: "async", key: "k#{i % 7}")) }
-        expect(result).to eq(ok: true, status: "enqueued", committed: nil, retryable: false, response: nil, error: nil,
-                             error_kind: nil)
+        expect(result).to eq(ok: true, status: "enqueued", committed: nil, retryable: false, response: nil, error: nil)
         took
       end
       median = elapsed.sort[elapsed.size / 2]
@@ -209,7 +208,7 @@ RSpec.describe ActsAsTbackend::AsyncWriter do
     it "answers disabled when the connector is switched off" do
       writer = async_writer_for(daemon, enabled: false)
       expect(writer.enqueue(fact(unique))).to eq(ok: true, status: "disabled", committed: nil, retryable: false,
-                                                 response: nil, error: nil, error_kind: nil)
+                                                 response: nil, error: nil)
       expect(writer.stats[:enqueued]).to eq(0)
     end
 

@@ -217,8 +217,7 @@ RSpec.describe "ActsAsTbackend::Client interrupted calls" do
       else
         result = client.ping
         [:ping, nil, result, (result.inspect unless result == { ok: true, status: "ok", committed: nil, retryable: false,
-                                                                response: { ok: true, pong: true }, error: nil,
-                                                                error_kind: nil })]
+                                                                response: { ok: true, pong: true }, error: nil })]
       end
     end
 

@@ -19,7 +19,7 @@ RSpec.describe "ActsAsTbackend::Client soft results" do
     it "answers a ping ok (ok true, committed nil, retryable false)" do
       result = client.ping
       expect(result).to eq(ok: true, status: "ok", committed: nil, retryable: false,
-                           response: { ok: true, pong: true }, error: nil, error_kind: nil)
+                           response: { ok: true, pong: true }, error: nil)
     end
 
     it "writes committed_acked, then replays the same fact as idempotent_replay with the same seq" do

@@ -13,7 +13,7 @@ module TbackendSpec
       ok committed_acked idempotent_replay duplicate_fact_id_conflict rejected_before_commit error
       unavailable timeout_unknown circuit_open disabled config_error
     ].freeze
-    RESULT_KEYS = %i[ok status committed retryable response error error_kind].freeze
+    RESULT_KEYS = %i[ok status committed retryable response error].freeze
 
     def monotonic
       Process.clock_gettime(Process::CLOCK_MONOTONIC)
