@@ -14,15 +14,17 @@ pub enum Class {
     InvalidFact,
     ConfigurationError,
     InternalError,
+    ConcurrentUseError,
     ConnectionError,
     TimeoutError,
     CircuitOpenError,
 }
 
-const CLASSES: [(Class, &str); 6] = [
+const CLASSES: [(Class, &str); 7] = [
     (Class::InvalidFact, "InvalidFact"),
     (Class::ConfigurationError, "ConfigurationError"),
     (Class::InternalError, "InternalError"),
+    (Class::ConcurrentUseError, "ConcurrentUseError"),
     (Class::ConnectionError, "ConnectionError"),
     (Class::TimeoutError, "TimeoutError"),
     (Class::CircuitOpenError, "CircuitOpenError"),
@@ -30,7 +32,7 @@ const CLASSES: [(Class, &str); 6] = [
 
 // Each class is registered with the GC when it is found: removing its constant later
 // cannot free what this table holds.
-static TABLE: OnceLock<[Opaque<ExceptionClass>; 6]> = OnceLock::new();
+static TABLE: OnceLock<[Opaque<ExceptionClass>; 7]> = OnceLock::new();
 
 /// Looks every class up; called once by the extension's init, which fails with the
 /// returned error (a `NameError` naming the class) if one is missing.
@@ -58,7 +60,7 @@ pub fn load(ruby: &Ruby, root: RModule) -> Result<(), Error> {
             }
         }
     }
-    let table: [Opaque<ExceptionClass>; 6] = found
+    let table: [Opaque<ExceptionClass>; 7] = found
         .try_into()
         .unwrap_or_else(|_| unreachable!("one class per name"));
     // A second load of the extension finds the same constants.
@@ -104,5 +106,5 @@ pub fn internal(ruby: &Ruby, message: impl Into<String>) -> Error {
 
 /// An `ActsAsTbackend::ConcurrentUseError`: one object used by two callers at once.
 pub fn concurrent_use(ruby: &Ruby, message: impl Into<String>) -> Error {
-    Error::new(class(ruby, "ConcurrentUseError"), message.into())
+    Error::new(class(ruby, Class::ConcurrentUseError), message.into())
 }

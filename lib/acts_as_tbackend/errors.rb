@@ -45,7 +45,7 @@ module ActsAsTbackend
 
   # One object used by two threads (or fibers) at once where that cannot work: a second
   # poll of a Tail while another is in progress. Nothing was sent; the object is intact.
-  class ConcurrentUseError < Error; end
+  class ConcurrentUseError < BaseError; end
 
   # A request that got no daemon answer. Raised only in strict mode; otherwise the same
   # failure is a soft result with the matching status.
