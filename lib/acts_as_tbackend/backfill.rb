@@ -2,6 +2,7 @@
 
 require "json"
 require "fileutils"
+require "digest"
 
 module ActsAsTbackend
   # `rake tbackend:backfill[Model]`: mirrors a model's existing rows, in primary-key order,
@@ -13,6 +14,13 @@ module ActsAsTbackend
   # A checkpoint file records the last primary key whose batch fully landed; a new run
   # resumes after it (RESTART=1 starts over). A batch that still has retryable failures
   # after `attempts` tries stops the run there, checkpoint intact: nothing is skipped.
+  #
+  # The checkpoint is keyed by database, table and (wire) store, in its file name and its
+  # content: one written against a development database, or before a `db:reset`, must
+  # never make a run skip rows (it once printed `done: written=0` and exited 0). A
+  # checkpoint past the table's highest id, or written for other data, is refused
+  # (CheckpointMismatch); a table-only checkpoint of older versions is ignored, with a
+  # note, and the run starts over (a re-run only replays).
   class Backfill
     EVENT_TYPE = "backfill"
 
@@ -25,13 +33,16 @@ module ActsAsTbackend
       @model = model
       @options = model.tbackend_options
       @batch_size = Integer(batch_size)
-      @checkpoint = checkpoint || File.join(Dir.pwd, "tmp", "tbackend_backfill", "#{model.table_name}.json")
       @attempts = attempts
       @client = client
+      @identity = identity
+      @checkpoint = checkpoint || default_checkpoint
       @progress = Progress.new(io)
       FileUtils.rm_f(@checkpoint) if restart
     end
 
+    # Raises CheckpointMismatch (before writing anything) when the checkpoint was written
+    # for other rows.
     def run
       summary = Summary.new(written: 0, replayed: 0, skipped: 0, failed: 0, last_id: load_checkpoint, complete: false)
       @progress.start(remaining(summary.last_id))
@@ -104,17 +115,62 @@ module ActsAsTbackend
       end
     end
 
+    # Where this run's data lives: the database (adapter, host, port, name; never a
+    # password), the table and the store as sent (store_prefix included).
+    def identity
+      db = @model.connection_db_config.configuration_hash
+      database = [db[:adapter], db[:host], db[:port], db[:database] || db[:url]&.sub(%r{//[^@/]*@}, "//")]
+      { "database" => database.compact.join(":"), "table" => @model.table_name,
+        "store" => @client.wire_store(@options.store) }
+    end
+
+    def default_checkpoint
+      digest = Digest::SHA256.hexdigest(JSON.generate(@identity))[0, 12]
+      File.join(Dir.pwd, "tmp", "tbackend_backfill", "#{@identity['table']}.#{@identity['store']}.#{digest}.json")
+    end
+
     def load_checkpoint
+      legacy = File.join(File.dirname(@checkpoint), "#{@model.table_name}.json")
+      ignore(legacy) if !File.file?(@checkpoint) && File.file?(legacy)
       return nil unless File.file?(@checkpoint)
 
-      JSON.parse(File.read(@checkpoint)).fetch("last_id")
+      saved = JSON.parse(File.read(@checkpoint))
+      return ignore(@checkpoint) if (saved.keys & @identity.keys).empty?
+
+      check_identity!(saved)
+      saved.fetch("last_id").tap { |last_id| check_reachable!(last_id) }
+    end
+
+    # Starting over is safe (a re-run only replays); skipping rows is not.
+    def ignore(path)
+      @progress.note("ignoring #{path}: it names no database or store; starting from the first row")
+      nil
+    end
+
+    def check_identity!(saved)
+      return if @identity.all? { |name, value| saved[name] == value }
+
+      raise CheckpointMismatch, "checkpoint #{@checkpoint} was written for #{saved.slice(*@identity.keys).inspect}, " \
+                                "not #{@identity.inspect}; nothing was written. RESTART=1 starts over"
+    end
+
+    # A last_id past the highest id: the rows it covered are not these (db:reset, a
+    # restored dump, another database under the same name).
+    def check_reachable!(last_id)
+      highest = @model.unscoped.maximum(@model.primary_key)
+      return if !highest.nil? && last_id <= highest
+
+      raise CheckpointMismatch, "checkpoint #{@checkpoint} says last_id=#{last_id}, but #{@model.name}'s highest " \
+                                "#{@model.primary_key} is #{highest.inspect}: it was written for other rows " \
+                                "(db:reset? another database?); nothing was written. RESTART=1 starts over"
     end
 
     # Written to a temp file and renamed: a crash leaves the old checkpoint or the new.
     def save_checkpoint(last_id)
       FileUtils.mkdir_p(File.dirname(@checkpoint))
       temp = "#{@checkpoint}.tmp"
-      File.write(temp, JSON.generate("model" => @model.name, "last_id" => last_id, "at" => Time.now.utc.iso8601))
+      File.write(temp, JSON.generate(@identity.merge("model" => @model.name, "last_id" => last_id,
+                                                     "at" => Time.now.utc.iso8601)))
       File.rename(temp, @checkpoint)
     end
 

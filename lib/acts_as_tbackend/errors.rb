@@ -83,3 +83,9 @@ module ActsAsTbackend
     end
   end
 end
+
+module ActsAsTbackend
+  # A backfill checkpoint written for other rows (another database, table or store, or a
+  # last id past the table's highest): resuming from it would skip rows silently.
+  class CheckpointMismatch < Error; end
+end

@@ -28,8 +28,8 @@ RSpec.describe "rake tbackend:backfill" do
   end
 
   def checkpoint_id
-    path = File.join(app, "tmp", "tbackend_backfill", "orders.json")
-    File.file?(path) ? JSON.parse(File.read(path))["last_id"] : nil
+    path = Dir[File.join(app, "tmp", "tbackend_backfill", "orders.orders.*.json")].first
+    path && File.file?(path) ? JSON.parse(File.read(path))["last_id"] : nil
   end
 
   def summary(output)

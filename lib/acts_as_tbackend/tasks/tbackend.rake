@@ -30,10 +30,14 @@ namespace :tbackend do
   task :backfill, %i[model] => :environment do |_task, args|
     model = args[:model] or abort("usage: rake tbackend:backfill[Model]")
     require "acts_as_tbackend/backfill"
-    summary = ActsAsTbackend::Backfill.new(
-      model.constantize, batch_size: ENV.fetch("BATCH_SIZE", "1000"), restart: ENV["RESTART"] == "1",
-                         checkpoint: ENV.fetch("CHECKPOINT", nil)
-    ).run
+    begin
+      summary = ActsAsTbackend::Backfill.new(
+        model.constantize, batch_size: ENV.fetch("BATCH_SIZE", "1000"), restart: ENV["RESTART"] == "1",
+                           checkpoint: ENV.fetch("CHECKPOINT", nil)
+      ).run
+    rescue ActsAsTbackend::CheckpointMismatch => e
+      abort("tbackend:backfill refused: #{e.message}")
+    end
     exit(1) unless summary.complete && summary.failed.zero?
   end
 
