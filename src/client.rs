@@ -24,7 +24,7 @@ use crate::json::Encoder;
 use crate::nogvl::{run_resumable, run_until};
 use crate::per_process::PerProcess;
 
-/// A batch hands its facts to the wire in groups of this many: the first group is
+/// A batch hands its requests to the wire in groups of this many: the first group is
 /// written (and its answers coming back) while the next is encoded.
 const BATCH_GROUP: usize = 64;
 
@@ -248,25 +248,65 @@ impl RbClient {
         durability: Option<String>,
         timeout: Option<f64>,
     ) -> Result<RArray, Error> {
-        // Results go in input order as soon as they are known: a refused fact's (or, on a
-        // shut-down client, every fact's) at once, a sent one's as a nil placeholder that
+        rb_self.pipelined(ruby, facts, timeout, |fact| {
+            rb_self.write_request(ruby, fact, durability.clone())
+        })
+    }
+
+    /// The latest fact of every key of one store, one soft result per key in order
+    /// (`response: {fact: nil}` for a key without facts), pipelined like
+    /// `write_facts_once`.
+    pub fn latest_for_many(
+        ruby: &Ruby,
+        rb_self: &Self,
+        store: Value,
+        keys: RArray,
+        as_of: Value,
+        timeout: Option<f64>,
+    ) -> Result<RArray, Error> {
+        let store = to_s(store)?;
+        check_store(ruby, &store)?;
+        let as_of = if as_of.is_nil() {
+            None
+        } else {
+            Some(epoch_seconds(ruby, "as_of", as_of)?)
+        };
+        let token = rb_self.config.token.clone();
+        rb_self.pipelined(ruby, keys, timeout, |key| {
+            tbackend_client::reads::latest_for_request(token.as_deref(), &store, &to_s(key)?, as_of)
+                .map_err(|e| refused(ruby, e))
+        })
+    }
+
+    /// One request per item, built by `build` with the GVL held, sent pipelined across
+    /// the lanes; one soft result per item, in order. An item `build` refuses gets its
+    /// own soft error; the others are still sent.
+    fn pipelined(
+        &self,
+        ruby: &Ruby,
+        items: RArray,
+        timeout: Option<f64>,
+        mut build: impl FnMut(Value) -> Result<Request, Error>,
+    ) -> Result<RArray, Error> {
+        // Results go in input order as soon as they are known: a refused item's (or, on a
+        // shut-down client, every item's) at once, a sent one's as a nil placeholder that
         // its outcome replaces when it comes. Kept in a Ruby Array, so the GC sees them.
-        let results = ruby.ary_new_capa(facts.len());
-        let client = rb_self.current();
+        let results = ruby.ary_new_capa(items.len());
+        let client = self.current();
         let mut batch = client.as_ref().map(|c| c.batch(seconds(timeout)));
         let mut awaiting: VecDeque<usize> = VecDeque::new();
         let mut group = Vec::with_capacity(BATCH_GROUP);
-        let mut facts = facts.into_iter().peekable();
-        while facts.peek().is_some() {
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
             // Encoding needs the GVL; the group before is on the wire meanwhile.
-            for fact in facts.by_ref().take(BATCH_GROUP) {
-                let result = match rb_self.write_request(ruby, fact, durability.clone()) {
+            for item in items.by_ref().take(BATCH_GROUP) {
+                let result = match build(item) {
                     Ok(request) if batch.is_some() => {
                         awaiting.push_back(results.len());
                         group.push(request);
                         ruby.qnil().as_value()
                     }
-                    Ok(_) => rb_self.shut_down_result(ruby)?.as_value(),
+                    Ok(_) => self.shut_down_result(ruby)?.as_value(),
                     Err(e) => invalid_result(ruby, e)?.as_value(),
                 };
                 results.push(result)?;
@@ -274,7 +314,7 @@ impl RbClient {
             let Some(batch) = &mut batch else {
                 continue;
             };
-            let last = facts.peek().is_none();
+            let last = items.peek().is_none();
             // An interrupt that raised nothing (see `one`) only pauses the batch: it goes
             // on from the first request not yet taken, or the first answer not yet in.
             let mut taken = 0;

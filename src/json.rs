@@ -32,6 +32,19 @@ pub fn encode_json(ruby: &Ruby, value: Value, max_bytes: usize) -> Result<RStrin
     Ok(ruby.enc_str_new(&encoder.out, ruby.utf8_encoding()))
 }
 
+/// The `value_hash` the daemon would store for `value` written in a fact: its JSON as
+/// sent, read back as the daemon reads it and hashed in canonical form (so `10` and
+/// `10.0` differ, and Hash order does not matter). Raises InvalidFact as `encode_json`.
+pub fn value_hash(ruby: &Ruby, value: Value) -> Result<String, Error> {
+    let mut encoder = Encoder::new(ruby, tbackend_core::protocol::frame::DEFAULT_MAX_REQUEST);
+    encoder
+        .encode(value)
+        .map_err(|e| e.into_ruby(ruby, "value"))?;
+    let parsed: serde_json::Value = serde_json::from_slice(&encoder.out)
+        .map_err(|e| invalid_fact(ruby, format!("value: {e}")))?;
+    Ok(wire::value_hash(&parsed))
+}
+
 /// Why a value cannot be encoded, with the path to the offending part.
 pub enum EncodeError {
     Invalid {

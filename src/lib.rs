@@ -71,6 +71,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
         function!(fact::validate_store_name, 1),
     )?;
     native.define_singleton_method("encode_json", function!(json::encode_json, 2))?;
+    native.define_singleton_method("value_hash", function!(json::value_hash, 1))?;
 
     let client = native.define_class("Client", ruby.class_object())?;
     client.define_singleton_method("new", function!(RbClient::new, 1))?;
@@ -81,6 +82,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     )?;
     client.define_method("write_facts_once", method!(RbClient::write_facts_once, 3))?;
     client.define_method("latest_for", method!(RbClient::latest_for, 4))?;
+    client.define_method("latest_for_many", method!(RbClient::latest_for_many, 4))?;
     client.define_method("facts_for", method!(RbClient::facts_for, 5))?;
     client.define_method("facts_by_seq", method!(RbClient::facts_by_seq, 4))?;
     client.define_method("ping", method!(RbClient::ping, 1))?;

@@ -26,6 +26,13 @@ module ActsAsTbackend
         Native.encode_json(value, max_bytes)
       end
 
+      # The `value_hash` the daemon stores for a fact whose value is `value` (its JSON as
+      # sent, hashed in canonical form: `10` and `10.0` differ, Hash order does not).
+      # Raises InvalidFact like to_json.
+      def value_hash(value)
+        Native.value_hash(value)
+      end
+
       # Raises InvalidFact unless the daemon would accept and persist a store of this name.
       def validate_store_name!(store)
         Native.validate_store_name(store)

@@ -9,6 +9,7 @@ module ActsAsTbackend
   # | write_fact_once_safe   | same, plus attempt_count                                      |
   # | write_facts_once       | count, durability, statuses (status => count), ok (all ok)    |
   # | latest_for, facts_for  | store, status, ok                                             |
+  # | latest_for_many        | store, count, statuses (status => count), ok (all ok)         |
   # | facts_by_seq, ping     | store (not for ping), status, ok                              |
   # | retry                  | store, fact_id, attempt_count, statuses (one per attempt)     |
   # | breaker_open           | host, port, consecutive_failures, opens                       |

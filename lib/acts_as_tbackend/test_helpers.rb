@@ -82,6 +82,15 @@ module ActsAsTbackend
         answer(:latest_for, [], store: store, key: key, as_of: as_of, timeout: timeout)
       end
 
+      # One queued result per key, recorded as one call.
+      def latest_for_many(store:, keys:, as_of: NOT_PASSED, timeout: NOT_PASSED)
+        keys = keys.to_a
+        @lock.synchronize do
+          record(:latest_for_many, [], store: store, keys: keys, as_of: as_of, timeout: timeout)
+          keys.map { next_result }
+        end
+      end
+
       def facts_for(store:, key: NOT_PASSED, since: NOT_PASSED, as_of: NOT_PASSED, timeout: NOT_PASSED)
         answer(:facts_for, [], store: store, key: key, since: since, as_of: as_of, timeout: timeout)
       end

@@ -8,6 +8,7 @@
 //! - [`Cancel`]: cancels a waiting call from another thread or a signal handler
 //!   (async-signal-safe), the hook Ruby's unblocking functions need.
 //! - [`tail::Cursor`]: a gap-safe cursor over `facts_by_seq`.
+//! - [`Client::latest_for_many`] ([`reads`]): `latest_for` over many keys, pipelined.
 //! - [`writer::Writer`]: writes facts off the request path: a bounded queue, optionally
 //!   backed by a crash-safe file [`spool`], flushed by a native thread with retries.
 //!
@@ -48,6 +49,7 @@ not_loom! {
         mod cancel;
         mod client;
         mod lane;
+        pub mod reads;
         pub mod spool;
         mod sys;
         mod wait;
