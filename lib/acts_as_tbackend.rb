@@ -85,6 +85,15 @@ module ActsAsTbackend
 
     # Drops the memoised client and shuts the old one down; the next call builds a new
     # one. Calls still running on the old client get soft results, never exceptions.
+    # Compares a model's rows with the ledger, and repairs the drift with `repair: true`
+    # (Mirror::Verify); returns its Report.
+    #
+    #   ActsAsTbackend.verify(Order, scope: Order.all, repair: false, batch_size: 1_000)
+    def verify(model, **options)
+      require "acts_as_tbackend/mirror/verify"
+      Mirror::Verify.new(model, **options).call
+    end
+
     def reset!
       shutdown_async_writer
       old = @client_lock.synchronize do
