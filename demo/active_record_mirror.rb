@@ -10,6 +10,11 @@ module Demo
   module ActiveRecordMirror
     module_function
 
+    # The summary of the verify that ends the run (ActsAsTbackend::Mirror::Verify::Summary).
+    def summary
+      @summary
+    end
+
     def run(daemon:, say:)
       ActiveRecord::Base.establish_connection(adapter: "sqlite3", database: ":memory:")
       ActiveRecord::Schema.verbose = false
@@ -27,7 +32,18 @@ module Demo
         def self.name = "DemoInvoice"
       end
       invoice_class.acts_as_tbackend(store: store, except: %i[created_at updated_at])
-      lifecycle(invoice_class, say) & rollback(invoice_class, store, say) & outage(invoice_class, store, daemon, say)
+      lifecycle(invoice_class, say) & rollback(invoice_class, store, say) & outage(invoice_class, store, daemon, say) &
+        verify(invoice_class, say)
+    end
+
+    # Every row against the ledger: nothing missing, stale or orphaned.
+    def verify(invoice_class, say)
+      say.call("ActiveRecord: ActsAsTbackend.verify compares every row with the ledger")
+      require "acts_as_tbackend/mirror/verify"
+      report = ActsAsTbackend.verify(invoice_class)
+      @summary = ActsAsTbackend::Mirror::Verify::Summary.new(report)
+      puts "  checked #{report.checked} rows: #{report.in_sync? ? 'in sync' : report.counts.inspect} (summary below)"
+      report.in_sync?
     end
 
     def lifecycle(invoice_class, say)

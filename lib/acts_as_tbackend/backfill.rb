@@ -24,7 +24,18 @@ module ActsAsTbackend
   class Backfill
     EVENT_TYPE = "backfill"
 
-    Summary = Struct.new(:written, :replayed, :skipped, :failed, :last_id, :complete, keyword_init: true)
+    # Rows the closing verify samples: the first SAMPLE_ROWS of SAMPLE_WINDOWS windows spread
+    # over the ids the run covered (its first and last batch included).
+    SAMPLE_WINDOWS = 10
+    SAMPLE_ROWS = 100
+
+    # `verified`: the closing verify's report (nil when no row was covered).
+    Summary = Struct.new(:written, :replayed, :skipped, :failed, :last_id, :complete, :verified, keyword_init: true) do
+      # Everything landed and the sample found no drift.
+      def ok?
+        complete && failed.zero? && (verified.nil? || verified.in_sync?)
+      end
+    end
 
     def initialize(model, batch_size: 1000, checkpoint: nil, restart: false, attempts: 5, io: $stderr,
                    client: ActsAsTbackend.client)
@@ -42,20 +53,22 @@ module ActsAsTbackend
     end
 
     # Raises CheckpointMismatch (before writing anything) when the checkpoint was written
-    # for other rows.
+    # for other rows. Ends with a short verify of a sample of the rows it covered.
     def run
       summary = Summary.new(written: 0, replayed: 0, skipped: 0, failed: 0, last_id: load_checkpoint, complete: false)
+      started_after = summary.last_id
       @progress.start(remaining(summary.last_id))
       loop do
         rows = next_batch(summary.last_id)
         break summary.complete = true if rows.empty?
 
-        return summary unless write_batch(rows, summary)
+        break unless write_batch(rows, summary)
 
         summary.last_id = rows.last.public_send(@model.primary_key)
         save_checkpoint(summary.last_id)
         @progress.advance(rows.size)
       end
+      summary.verified = verify_sample(started_after, summary.last_id)
       summary
     ensure
       @progress.finish(summary)
@@ -68,6 +81,32 @@ module ActsAsTbackend
       scope = @model.unscoped.order(key => :asc).limit(@batch_size)
       scope = scope.where(@model.arel_table[key].gt(after_id)) unless after_id.nil?
       scope.to_a
+    end
+
+    # ActsAsTbackend.verify (rows only: the store may hold other tables' history) over up
+    # to SAMPLE_WINDOWS * SAMPLE_ROWS rows of (after_id, last_id].
+    def verify_sample(after_id, last_id)
+      return nil if last_id.nil? || last_id == after_id
+
+      require "acts_as_tbackend/mirror/verify"
+      table = @model.arel_table[@model.primary_key]
+      covered = @model.unscoped.where(table.lteq(last_id))
+      covered = covered.where(table.gt(after_id)) unless after_id.nil?
+      ids = sample_starts(covered, after_id, last_id).flat_map do |start|
+        covered.where(table.gteq(start)).order(@model.primary_key => :asc).limit(SAMPLE_ROWS).pluck(@model.primary_key)
+      end
+      Mirror::Verify.new(@model, scope: @model.unscoped.where(@model.primary_key => ids.uniq), orphans: false,
+                                 batch_size: @batch_size, client: @client).call
+    end
+
+    # Evenly spaced ids for an Integer key; else the covered range's first rows only.
+    def sample_starts(covered, after_id, last_id)
+      first = covered.minimum(@model.primary_key)
+      return [first] unless first.is_a?(Integer) && last_id.is_a?(Integer)
+
+      step = [(last_id - first + 1) / SAMPLE_WINDOWS, 1].max
+      starts = (0...SAMPLE_WINDOWS).map { |i| first + (i * step) }
+      (starts + [[last_id - SAMPLE_ROWS + 1, after_id.to_i + 1, first].max]).uniq
     end
 
     def remaining(after_id)
@@ -179,12 +218,15 @@ module ActsAsTbackend
       WIDTH = 30
       LOG_EVERY = 5.0
 
-      def initialize(io)
+      def initialize(io, label: "tbackend:backfill")
         @io = io
+        @label = label
         @tty = io.respond_to?(:tty?) && io.tty?
       end
 
-      def start(total)
+      # `unit` names what is counted (rows, or seqs for a verify's ledger pass).
+      def start(total, unit: "rows")
+        @unit = unit
         @total = total
         @done = 0
         @started = now
@@ -200,7 +242,7 @@ module ActsAsTbackend
       end
 
       def note(message)
-        @io.puts("#{"\n" if @tty}tbackend:backfill #{message}")
+        @io.puts("#{"\n" if @tty}#{@label} #{message}")
       end
 
       def finish(summary)
@@ -210,6 +252,15 @@ module ActsAsTbackend
         @io.puts("tbackend:backfill #{summary.complete ? 'done' : 'stopped'}: written=#{summary.written} " \
                  "replayed=#{summary.replayed} skipped=#{summary.skipped} failed=#{summary.failed} " \
                  "last_id=#{summary.last_id.inspect}")
+        verified(summary.verified)
+      end
+
+      def verified(report)
+        return if report.nil?
+
+        counts = report.counts.map { |name, count| "#{name}=#{count}" }.join(" ")
+        @io.puts("tbackend:backfill verified a sample: checked=#{report.checked} #{counts}" \
+                 "#{" error=#{report.error}" if report.error}#{' (drift: run rake tbackend:verify)' unless report.in_sync?}")
       end
 
       private
@@ -220,8 +271,8 @@ module ActsAsTbackend
         rate = @done / elapsed
         eta = rate.positive? ? (@total - @done) / rate : 0
         bar = ("#" * (fraction * WIDTH).round).ljust(WIDTH, ".")
-        format("[%<bar>s] %<done>d/%<total>d %<pct>3d%% %<rate>d rows/s ETA %<eta>s",
-               bar: bar, done: @done, total: @total, pct: (fraction * 100).floor, rate: rate, eta: clock(eta))
+        format("[%<bar>s] %<done>d/%<total>d %<pct>3d%% %<rate>d %<unit>s/s ETA %<eta>s",
+               bar: bar, done: @done, total: @total, pct: (fraction * 100).floor, rate: rate, unit: @unit, eta: clock(eta))
       end
 
       def clock(seconds)

@@ -18,6 +18,8 @@ module ActsAsTbackend
   # | enqueue                | store, fact_id, status, ok (async writer)                     |
   # | spool_flush            | timeout, settled, the writer's counters (delivered, dead, …)  |
   # | dead_letter            | fact_id, store, attempts, status, via, kept (MirrorRetryJob)  |
+  # | verify                 | model, store, checked, missing, stale, orphaned (counts),     |
+  # |                        | complete, in_sync, repaired (written/replayed/failed or nil)  |
   #
   # Payloads never carry fact values or the token: subscribers (log shippers, APM agents)
   # often forward whole payloads. Without ActiveSupport, or with no subscriber for an

@@ -60,6 +60,7 @@ RSpec.describe "rake tbackend:backfill checkpoints" do
     out, status = backfill
     expect(status).to be_success, out
     expect(summary(out)).to include("written" => 30, "last_id" => 30)
+    expect(out).to include("tbackend:backfill verified a sample: checked=30 missing=0 stale=0 orphaned=0\n")
 
     in_app("Order.delete_all", env: env)
     seed(10)

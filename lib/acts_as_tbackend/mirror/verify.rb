@@ -92,6 +92,48 @@ module ActsAsTbackend
         end
       end
 
+      # The rake task's summary table and exit status.
+      class Summary
+        def initialize(report)
+          @report = report
+        end
+
+        # In sync, or every drift repaired.
+        def ok?
+          return false unless @report.complete
+          return true unless @report.drift?
+
+          repaired = @report.repaired
+          !repaired.nil? && repaired[:failed].zero? &&
+            repaired[:written] + repaired[:replayed] == @report.counts.values.sum
+        end
+
+        def to_s
+          r = @report
+          rows = [["checked", r.checked, nil], ["skipped", r.skipped, "left out by if:/unless:"]]
+          rows += r.counts.map { |name, count| [name.to_s, count, sample(r.public_send(name), count)] }
+          rows << ["repaired", r.repaired.values.sum, r.repaired.map { |k, v| "#{k}=#{v}" }.join(" ")] if r.repaired
+          table = rows.map { |name, count, detail| format("  %-9<n>s %9<c>d  %<d>s", n: name, c: count, d: detail).rstrip }
+          ["tbackend:verify #{r.model} (store #{r.store}): #{verdict}", *table].join("\n")
+        end
+
+        private
+
+        def verdict
+          return "INCOMPLETE: #{@report.error}" unless @report.complete
+          return "in sync" unless @report.drift?
+
+          ok? ? "drift found and repaired" : "DRIFT"
+        end
+
+        def sample(items, count)
+          return nil if count.zero?
+
+          shown = items.map(&:to_s).join(", ")
+          count > items.size ? "#{shown}, … (#{count - items.size} more)" : shown
+        end
+      end
+
       # What a failed ledger read stops the verify with.
       class Stopped < StandardError; end
 
@@ -141,7 +183,7 @@ module ActsAsTbackend
       # ---- pass 1: rows ----
 
       def check_rows(report)
-        @progress&.start(@scope.count)
+        @progress&.start(@scope.count, unit: "rows")
         after = nil
         loop do
           rows = next_rows(after)
@@ -195,7 +237,7 @@ module ActsAsTbackend
       # find one, a bisection narrows it to one window, and steps after the last fact
       # seen find the end. O(log n) reads of at most batch_size facts each.
       def high_water_mark
-        found = ->(after) { read_facts(after, after + @batch_size).last&.fetch(:seq_id) }
+        found = ->(after) { read_facts(after, after + @batch_size, "finding the ledger's highest seq").last&.fetch(:seq_id) }
         low = 0
         high = @batch_size
         while found.call(high)
@@ -216,7 +258,7 @@ module ActsAsTbackend
       def scan_ledger(report, high_water)
         report.high_water = high_water
         report.scanned_seq = 0
-        @progress&.start(high_water)
+        @progress&.start(high_water, unit: "seqs")
         after = 0
         while after < high_water
           upto = [after + @batch_size, high_water].min
@@ -319,9 +361,9 @@ module ActsAsTbackend
         results.map { |result| result.dig(:response, :fact) }
       end
 
-      def read_facts(after, upto)
+      def read_facts(after, upto, doing = "reading seqs #{after + 1}..#{upto}")
         result = @client.facts_by_seq(store: @store, after_seq: after, until_seq: upto, timeout: @timeout)
-        stop!(result, nil, "reading seqs #{after + 1}..#{upto}") unless result[:ok]
+        stop!(result, nil, doing) unless result[:ok]
         result.dig(:response, :facts) || []
       end
 

@@ -38,7 +38,26 @@ namespace :tbackend do
     rescue ActsAsTbackend::CheckpointMismatch => e
       abort("tbackend:backfill refused: #{e.message}")
     end
-    exit(1) unless summary.complete && summary.failed.zero?
+    exit(1) unless summary.ok?
+  end
+
+  desc "Compare a model's rows with the ledger: tbackend:verify[Model] (BATCH_SIZE=1000); exits 1 on drift or an " \
+       "incomplete run; REPAIR=1 repairs (exit 0 once all is repaired), FORMAT=json prints the report as JSON"
+  task :verify, %i[model] => :environment do |_task, args|
+    model = args[:model] or abort("usage: rake tbackend:verify[Model]")
+    require "acts_as_tbackend/backfill"
+    require "acts_as_tbackend/mirror/verify"
+    progress = ActsAsTbackend::Backfill::Progress.new($stderr, label: "tbackend:verify")
+    report = ActsAsTbackend::Mirror::Verify.new(
+      model.constantize, repair: ENV["REPAIR"] == "1", batch_size: ENV.fetch("BATCH_SIZE", "1000"), progress: progress
+    ).call
+    $stderr.print("\n") if $stderr.tty?
+    if ENV["FORMAT"] == "json"
+      puts JSON.pretty_generate(report.to_h)
+    else
+      puts ActsAsTbackend::Mirror::Verify::Summary.new(report).to_s
+    end
+    exit(1) unless ActsAsTbackend::Mirror::Verify::Summary.new(report).ok?
   end
 
   desc "List the facts given up for good, kept with their content (dead-letter table and files), one JSON " \

@@ -157,7 +157,35 @@ module TCB
         end
       end
 
+      # For apps that moved their events over from another store (an ActiveRecord one):
+      # the stream here against the same stream in `with`, version by version. `missing`:
+      # versions only `with` has; `extra`: versions only the ledger has; `differing`:
+      # versions whose event (its class and attributes), occurred_at (to the microsecond)
+      # or correlation id differ. Event and causation ids are not compared: `append` gives
+      # moved events ids of their own. Raises as `read` does when the daemon cannot answer: a stream
+      # that could not be read is never reported in sync.
+      def compare(stream_id, with:)
+        ours = by_version(read(stream_id))
+        theirs = by_version(with.read(stream_id))
+        both = ours.keys & theirs.keys
+        differing = both.reject { |version| same_envelope?(ours[version], theirs[version]) }
+        report = { stream_id: stream_id.to_s, checked: (ours.keys | theirs.keys).size,
+                   missing: (theirs.keys - ours.keys).sort, extra: (ours.keys - theirs.keys).sort, differing: differing.sort }
+        report.merge(in_sync: report.values_at(:missing, :extra, :differing).all?(&:empty?))
+      end
+
       private
+
+      COMPARED = %i[event correlation_id].freeze
+
+      def by_version(envelopes)
+        envelopes.to_h { |envelope| [envelope.version, envelope] }
+      end
+
+      def same_envelope?(ours, theirs)
+        COMPARED.all? { |name| ours.public_send(name) == theirs.public_send(name) } &&
+          ours.occurred_at&.floor(6) == theirs.occurred_at&.floor(6)
+      end
 
       def known_contexts
         @lock.synchronize { @contexts.dup }
