@@ -21,12 +21,19 @@ module TbackendSpec
         t.datetime :paid_at
         t.timestamps
       end
-      [Order, AsyncOrder].each(&:reset_column_information)
+      [Order, AsyncOrder, KeyedOrder].each(&:reset_column_information)
     end
 
     class Order < ActiveRecord::Base
       self.table_name = "verify_orders"
       acts_as_tbackend store: "verify_orders"
+    end
+
+    # A key of its own and a condition: keys map back to rows through the causation.
+    class KeyedOrder < ActiveRecord::Base
+      self.table_name = "verify_orders"
+      acts_as_tbackend store: "keyed_orders", key: ->(order) { "order:#{order.status}" }, unless: -> { total.nil? },
+                       only: %i[id status total]
     end
 
     # The same rows and store, mirrored through the async writer (whose permanent
@@ -186,6 +193,35 @@ RSpec.describe "ActsAsTbackend.verify" do
         expect(report).to have_attributes(complete: false, in_sync?: false, checked: 100, last_id: 100)
         expect(report.error).to match(/\A(unavailable|timeout_unknown) while checking rows after id 100: /)
       end
+    end
+  end
+
+  context "with a key: option and unless: (sqlite)" do
+    let(:keyed) { TbackendSpec::VerifyModels::KeyedOrder }
+
+    before do
+      TbackendSpec::Database.connect(:sqlite, database: "verify_specs")
+      TbackendSpec::VerifyModels.schema!
+      client_for(daemon)
+    end
+
+    it "maps keys back to rows by causation: a re-keyed row leaves an orphan and a missing key; skipped rows are not checked" do
+      rows = Array.new(6) { |i| keyed.create!(status: "s#{i}", total: i) }
+      keyed.create!(status: "unmirrored", total: nil)
+      expect(ActsAsTbackend.verify(keyed)).to have_attributes(in_sync?: true, checked: 6, skipped: 1)
+
+      rows[1].update_columns(status: "renamed") # its key moves: order:s1 is orphaned, order:renamed missing
+      keyed.where(id: rows[2].id).delete_all    # order:s2 orphaned
+      rows[3].destroy!                          # a tombstone: no orphan
+      ActsAsTbackend.client.write_fact_once(
+        ActsAsTbackend::Fact.build(id: "dead-#{rows[4].id}", store: "keyed_orders", key: "order:s4",
+                                   value: ActsAsTbackend::Mirror::TOMBSTONE.dup, causation: "keyed_orders:#{rows[4].id}:x")
+      )
+      report = ActsAsTbackend.verify(keyed, batch_size: 2)
+      expect(report).to have_attributes(checked: 4, skipped: 1, missing: [rows[1].id], stale: [rows[4].id],
+                                        orphaned: %w[order:s1 order:s2])
+      expect(ActsAsTbackend.verify(keyed, repair: true, batch_size: 2).repaired).to eq(written: 4, replayed: 0, failed: 0)
+      expect(ActsAsTbackend.verify(keyed, batch_size: 2)).to be_in_sync
     end
   end
 
