@@ -150,7 +150,7 @@ module ActsAsTbackend
 
         @model = model
         @options = model.tbackend_options
-        @scope = scope || model.unscoped
+        @scope = scope || model.all
         @repair = repair
         @batch_size = Integer(batch_size)
         raise ArgumentError, "batch_size must be positive" unless @batch_size.positive?
