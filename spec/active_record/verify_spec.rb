@@ -211,6 +211,7 @@ RSpec.describe "ActsAsTbackend.verify" do
       expect(ActsAsTbackend.verify(keyed)).to have_attributes(in_sync?: true, checked: 6, skipped: 1)
 
       rows[1].update_columns(status: "renamed") # its key moves: order:s1 is orphaned, order:renamed missing
+      rows[2].update!(total: 20)                # order:s2 has facts in two windows: counted once
       keyed.where(id: rows[2].id).delete_all    # order:s2 orphaned
       rows[3].destroy!                          # a tombstone: no orphan
       ActsAsTbackend.client.write_fact_once(
@@ -221,6 +222,12 @@ RSpec.describe "ActsAsTbackend.verify" do
       expect(report).to have_attributes(checked: 4, skipped: 1, missing: [rows[1].id], stale: [rows[4].id],
                                         orphaned: %w[order:s1 order:s2])
       expect(ActsAsTbackend.verify(keyed, repair: true, batch_size: 2).repaired).to eq(written: 4, replayed: 0, failed: 0)
+      expect(ActsAsTbackend.verify(keyed, batch_size: 2)).to be_in_sync
+
+      # Changed again behind the macro's back, updated_at unchanged: an id from updated_at
+      # would be the first repair's, with another value (a duplicate_fact_id_conflict).
+      rows[1].update_columns(total: 77)
+      expect(ActsAsTbackend.verify(keyed, repair: true, batch_size: 2).repaired).to eq(written: 1, replayed: 0, failed: 0)
       expect(ActsAsTbackend.verify(keyed, batch_size: 2)).to be_in_sync
     end
   end
