@@ -5,7 +5,7 @@
 #
 #   ruby bench/verify.rb [ROWS=20000] [BATCH_SIZE=1000]
 #
-# Starts tbackend-testd (ephemeral).
+# Starts tbackend-testd through Bench.start_daemon (the real profile by default).
 require_relative "support"
 require "active_record"
 require "stringio"
@@ -38,7 +38,7 @@ def timed
   [Process.clock_gettime(Process::CLOCK_MONOTONIC) - started, value]
 end
 
-daemon = TbackendSpec::TestDaemon.start
+daemon = Bench.start_daemon(pool_size: 16)
 begin
   ActsAsTbackend.configure do |c|
     c.port = daemon.port
