@@ -198,6 +198,21 @@ RSpec.describe "ActsAsTbackend.verify" do
                                      "missing=0 stale=1 orphaned=0 (drift: run rake tbackend:verify)")
       end
 
+      it "reads a window again when a seq in it is not visible yet: an orphan whose fact is late is still found" do
+        seed(10)
+        backfill
+        daemon.control({ "op" => "set", "visibility_lag" => { "every" => 1, "lag_ms" => 1_000, "store" => store } })
+        late = model.create!(status: "late")    # seq 11, invisible for a second
+        daemon.control({ "op" => "set", "visibility_lag" => nil })
+        model.create!(status: "seen")           # seq 12, visible at once
+        model.where(id: late.id).delete_all
+        report = ActsAsTbackend.verify(model, batch_size: 100)
+        expect(report).to have_attributes(in_sync?: false, high_water: 12, orphaned: [key(late.id)])
+
+        expect(ActsAsTbackend.verify(model, repair: true, batch_size: 100).repaired).to include(written: 1, failed: 0)
+        expect(ActsAsTbackend.verify(model, batch_size: 100)).to be_in_sync
+      end
+
       it "stops with a soft failure naming how far it got when the daemon goes down, never in sync" do
         seed(300)
         backfill

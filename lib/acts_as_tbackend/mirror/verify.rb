@@ -21,8 +21,10 @@ module ActsAsTbackend
     #    taken when the pass starts. A key whose row is gone is read with `latest_for` and
     #    counted as `orphaned` only in the window that holds its latest fact (so once, with
     #    no set of keys kept across windows), and only if that fact is not a tombstone.
-    #    Facts written after the mark, or not yet visible when their window is read, are
-    #    concurrent writes, left to the next verify.
+    #    Gap-safe: seq order is not visibility order (docs/protocol.md §8), so a window
+    #    with a missing seq is read again once `grace` has passed since the mark (a gap
+    #    still there is a burned seq); that waits at most once per run. Facts written
+    #    after the mark are concurrent writes, left to the next verify.
     #
     # `repair: true` writes, for each missing or stale row, the fact the mirror would write
     # now, and a tombstone for each orphaned key. Its id is derived (event type "repair")
@@ -38,6 +40,8 @@ module ActsAsTbackend
       # Ids and keys kept per list in the report; the counts go on past it.
       LIMIT = 100
       ATTEMPTS = 5
+      # Seconds after which a seq not yet visible is taken as burned (as Tail's grace).
+      GRACE = 2.0
 
       # `checked`: rows compared; `missing`/`stale`: row ids, `orphaned`: ledger keys (the
       # first LIMIT of each; `counts` has the totals); `skipped`: rows the macro's
@@ -92,48 +96,6 @@ module ActsAsTbackend
         end
       end
 
-      # The rake task's summary table and exit status.
-      class Summary
-        def initialize(report)
-          @report = report
-        end
-
-        # In sync, or every drift repaired.
-        def ok?
-          return false unless @report.complete
-          return true unless @report.drift?
-
-          repaired = @report.repaired
-          !repaired.nil? && repaired[:failed].zero? &&
-            repaired[:written] + repaired[:replayed] == @report.counts.values.sum
-        end
-
-        def to_s
-          r = @report
-          rows = [["checked", r.checked, nil], ["skipped", r.skipped, "left out by if:/unless:"]]
-          rows += r.counts.map { |name, count| [name.to_s, count, sample(r.public_send(name), count)] }
-          rows << ["repaired", r.repaired.values.sum, r.repaired.map { |k, v| "#{k}=#{v}" }.join(" ")] if r.repaired
-          table = rows.map { |name, count, detail| format("  %-9<n>s %9<c>d  %<d>s", n: name, c: count, d: detail).rstrip }
-          ["tbackend:verify #{r.model} (store #{r.store}): #{verdict}", *table].join("\n")
-        end
-
-        private
-
-        def verdict
-          return "INCOMPLETE: #{@report.error}" unless @report.complete
-          return "in sync" unless @report.drift?
-
-          ok? ? "drift found and repaired" : "DRIFT"
-        end
-
-        def sample(items, count)
-          return nil if count.zero?
-
-          shown = items.map(&:to_s).join(", ")
-          count > items.size ? "#{shown}, … (#{count - items.size} more)" : shown
-        end
-      end
-
       # What a failed ledger read stops the verify with.
       class Stopped < StandardError; end
 
@@ -145,7 +107,7 @@ module ActsAsTbackend
       # `progress`: an object with `start(total)` and `advance(count)` (the rake task's
       # Backfill::Progress).
       def initialize(model, scope: nil, repair: false, batch_size: 1_000, orphans: true, progress: nil,
-                     client: ActsAsTbackend.client, timeout: nil)
+                     client: ActsAsTbackend.client, timeout: nil, grace: GRACE)
         raise ArgumentError, "#{model.name} does not call acts_as_tbackend" unless model.respond_to?(:tbackend_options)
 
         @model = model
@@ -159,6 +121,7 @@ module ActsAsTbackend
         @progress = progress
         @client = client
         @timeout = timeout
+        @grace = Float(grace)
         @store = @options.store
         @primary_key = model.primary_key
       end
@@ -252,6 +215,7 @@ module ActsAsTbackend
         while (last = found.call(mark))
           mark = last
         end
+        @marked_at = monotonic
         mark
       end
 
@@ -262,12 +226,28 @@ module ActsAsTbackend
         after = 0
         while after < high_water
           upto = [after + @batch_size, high_water].min
-          facts = read_facts(after, upto)
+          facts = settled(read_facts(after, upto), after, upto)
           report.max_keys_held = [report.max_keys_held, facts.size].max
           find_orphans(facts, after, upto, report)
           @progress&.advance(upto - after)
           report.scanned_seq = after = upto
         end
+      end
+
+      # The window's facts, read again if a seq is missing while it may still become
+      # visible: before `grace` has passed since the mark was taken.
+      def settled(facts, after, upto)
+        return facts if facts.size == upto - after
+
+        wait = @marked_at + @grace - monotonic
+        return facts unless wait.positive?
+
+        sleep(wait)
+        read_facts(after, upto)
+      end
+
+      def monotonic
+        Process.clock_gettime(Process::CLOCK_MONOTONIC)
       end
 
       # Keys in the window whose row is gone, counted where their latest fact lies.
@@ -307,7 +287,43 @@ module ActsAsTbackend
         nil
       end
 
-      # ---- repair ----
+      # ---- reads ----
+
+      # The latest fact of each key (nil: none), or Stopped.
+      def read_latest(keys, report)
+        return [] if keys.empty?
+
+        results = @client.latest_for_many(store: @store, keys: keys, timeout: @timeout)
+        failed = results.find { |result| !result[:ok] }
+        stop!(failed, report) if failed
+        results.map { |result| result.dig(:response, :fact) }
+      end
+
+      def read_facts(after, upto, doing = "reading seqs #{after + 1}..#{upto}")
+        result = @client.facts_by_seq(store: @store, after_seq: after, until_seq: upto, timeout: @timeout)
+        stop!(result, nil, doing) unless result[:ok]
+        result.dig(:response, :facts) || []
+      end
+
+      def stop!(result, report, doing = nil)
+        where = if report.nil? || report.scanned_seq.nil?
+                  doing || "checking rows after #{@primary_key} #{report&.last_id.inspect}"
+                else
+                  "scanning the ledger after seq #{report.scanned_seq}"
+                end
+        raise Stopped, "#{result[:status]} while #{where}: #{result[:error]}"
+      end
+
+      def publish(report)
+        Instrumentation.publish(:verify, model: report.model, store: report.store, checked: report.checked,
+                                         **report.counts, complete: report.complete, in_sync: report.in_sync?,
+                                         repaired: report.repaired)
+      end
+    end
+
+    # Repair: the facts a repair writes, and their writing.
+    class Verify
+      private
 
       # The mirror's fact, under an id derived from its value and the fact it supersedes.
       def repair_fact(fact, record_id, current)
@@ -348,38 +364,49 @@ module ActsAsTbackend
           nil
         end
       end
+    end
 
-      # ---- reads ----
+    class Verify
+      # The rake task's summary table and exit status.
+      class Summary
+        def initialize(report)
+          @report = report
+        end
 
-      # The latest fact of each key (nil: none), or Stopped.
-      def read_latest(keys, report)
-        return [] if keys.empty?
+        # In sync, or every drift repaired.
+        def ok?
+          return false unless @report.complete
+          return true unless @report.drift?
 
-        results = @client.latest_for_many(store: @store, keys: keys, timeout: @timeout)
-        failed = results.find { |result| !result[:ok] }
-        stop!(failed, report) if failed
-        results.map { |result| result.dig(:response, :fact) }
-      end
+          repaired = @report.repaired
+          !repaired.nil? && repaired[:failed].zero? &&
+            repaired[:written] + repaired[:replayed] == @report.counts.values.sum
+        end
 
-      def read_facts(after, upto, doing = "reading seqs #{after + 1}..#{upto}")
-        result = @client.facts_by_seq(store: @store, after_seq: after, until_seq: upto, timeout: @timeout)
-        stop!(result, nil, doing) unless result[:ok]
-        result.dig(:response, :facts) || []
-      end
+        def to_s
+          r = @report
+          rows = [["checked", r.checked, nil], ["skipped", r.skipped, "left out by if:/unless:"]]
+          rows += r.counts.map { |name, count| [name.to_s, count, sample(r.public_send(name), count)] }
+          rows << ["repaired", r.repaired.values.sum, r.repaired.map { |k, v| "#{k}=#{v}" }.join(" ")] if r.repaired
+          table = rows.map { |name, count, detail| format("  %-9<n>s %9<c>d  %<d>s", n: name, c: count, d: detail).rstrip }
+          ["tbackend:verify #{r.model} (store #{r.store}): #{verdict}", *table].join("\n")
+        end
 
-      def stop!(result, report, doing = nil)
-        where = if report.nil? || report.scanned_seq.nil?
-                  doing || "checking rows after #{@primary_key} #{report&.last_id.inspect}"
-                else
-                  "scanning the ledger after seq #{report.scanned_seq}"
-                end
-        raise Stopped, "#{result[:status]} while #{where}: #{result[:error]}"
-      end
+        private
 
-      def publish(report)
-        Instrumentation.publish(:verify, model: report.model, store: report.store, checked: report.checked,
-                                         **report.counts, complete: report.complete, in_sync: report.in_sync?,
-                                         repaired: report.repaired)
+        def verdict
+          return "INCOMPLETE: #{@report.error}" unless @report.complete
+          return "in sync" unless @report.drift?
+
+          ok? ? "drift found and repaired" : "DRIFT"
+        end
+
+        def sample(items, count)
+          return nil if count.zero?
+
+          shown = items.map(&:to_s).join(", ")
+          count > items.size ? "#{shown}, … (#{count - items.size} more)" : shown
+        end
       end
     end
   end
