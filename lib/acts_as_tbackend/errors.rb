@@ -87,5 +87,5 @@ end
 module ActsAsTbackend
   # A backfill checkpoint written for other rows (another database, table or store, or a
   # last id past the table's highest): resuming from it would skip rows silently.
-  class CheckpointMismatch < Error; end
+  class CheckpointMismatch < BaseError; end
 end
