@@ -942,13 +942,14 @@ impl Shared {
         };
         let mut st = self.lock();
         let mut acks = Vec::new();
+        let mut dead = Vec::new();
         let mut lines = Vec::new();
         let queued_before = st.queued;
         let now = Instant::now();
         let cfg = &self.config;
         let mut answered = false;
         for (key, error) in refused {
-            if let Some(rec) = st.finish(&key, &mut acks) {
+            if let Some(rec) = st.finish(&key, &mut dead) {
                 bump(&self.counters.failed);
                 self.dead_letter(&st, &rec, ("error", "client_bug", &error), &mut lines);
             }
@@ -967,7 +968,7 @@ impl Shared {
                     }
                 }
                 Verdict::Terminal(reason) => {
-                    if let Some(rec) = st.finish(&key, &mut acks) {
+                    if let Some(rec) = st.finish(&key, &mut dead) {
                         bump(if reason == "conflict" {
                             &self.counters.conflicts
                         } else {
@@ -988,7 +989,7 @@ impl Shared {
                         None => continue,
                     };
                     if attempts >= cfg.retry_attempts.max(1) {
-                        if let Some(rec) = st.finish(&key, &mut acks) {
+                        if let Some(rec) = st.finish(&key, &mut dead) {
                             bump(&self.counters.dead);
                             let c = &outcome.classified;
                             let error = outcome
@@ -1017,11 +1018,12 @@ impl Shared {
             let sleep = st.jitter(cfg.base_backoff, cfg.max_backoff, n);
             st.pause_until = Some(later(now, sleep.max(Duration::from_millis(1))));
         }
-        if !acks.is_empty() {
+        if !acks.is_empty() || !dead.is_empty() {
             if let Some(spool) = st.spool.as_mut() {
                 // A lost ack only means a replay after a crash, which the daemon
                 // answers idempotently; nothing to do about a failed one.
                 let _ = spool.ack(&acks);
+                let _ = spool.ack_dead(&dead);
             }
         }
         let settled = st.queued < queued_before;
