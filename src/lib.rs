@@ -8,6 +8,7 @@ mod fact;
 mod json;
 mod nogvl;
 mod per_process;
+mod spool;
 mod writer;
 
 use magnus::{function, method, prelude::*, Error, RHash, Ruby};
@@ -72,6 +73,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     )?;
     native.define_singleton_method("encode_json", function!(json::encode_json, 2))?;
     native.define_singleton_method("value_hash", function!(json::value_hash, 1))?;
+    spool::define(native)?;
 
     let client = native.define_class("Client", ruby.class_object())?;
     client.define_singleton_method("new", function!(RbClient::new, 1))?;

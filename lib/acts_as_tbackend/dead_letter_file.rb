@@ -10,7 +10,8 @@ module ActsAsTbackend
   # temporary file, so an append made meanwhile is never lost and a crash leaves the old
   # file or the new one, never half of one.
   module DeadLetterFile
-    LOCK_SUFFIX = ".lock"
+    # `<file><LOCK_SUFFIX>`, the lock the native writer takes too.
+    LOCK_SUFFIX = Native::DEAD_LETTER_LOCK_SUFFIX
 
     module_function
 

@@ -23,7 +23,8 @@ module ActsAsTbackend
   # from the native writer's). Every writer of a file holds `<file>.lock` (flock): an
   # append is one write, a replay rewrites the file through a rename.
   module DeadLetters
-    FILE_NAME = "dead-letter.jsonl"
+    # The native writer's file name beside the spool (tbackend-client's spool module).
+    FILE_NAME = Native::SPOOL_DEAD_LETTER_FILE
     TABLE = DeadLetterTable::NAME
     # What a replay counts as stored: the entry is removed.
     DELIVERED = %w[committed_acked idempotent_replay].freeze
@@ -90,14 +91,19 @@ module ActsAsTbackend
     # The file MirrorRetryJob writes when there is no table.
     def path(config = ActsAsTbackend.config)
       return config.dead_letter_path if config.dead_letter_path
-      return File.join(config.spool_path, FILE_NAME) if config.spool_path
+      return spool_file(config) if config.spool_path
 
       File.join(app_root, "tmp", "tbackend", FILE_NAME)
     end
 
+    # The native writer's dead-letter file, nil without a spool.
+    def spool_file(config = ActsAsTbackend.config)
+      config.spool_path && File.join(config.spool_path, FILE_NAME)
+    end
+
     # The files listed and replayed: ours and the native writer's beside the spool.
     def paths(config = ActsAsTbackend.config)
-      [path(config), config.spool_path && File.join(config.spool_path, FILE_NAME)].compact.uniq
+      [path(config), spool_file(config)].compact.uniq
     end
 
     def app_root

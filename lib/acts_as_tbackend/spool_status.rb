@@ -1,16 +1,25 @@
 # frozen_string_literal: true
 
-module ActsAsTbackend
-  # `rake tbackend:spool:status`: what the spool directory holds, read without starting a
-  # writer (a writer would adopt orphaned segments and start delivering them). A segment
-  # whose flock is free belongs to no live process: the next writer to start — or
-  # `rake tbackend:spool:flush` — adopts and delivers it.
-  class SpoolStatus
-    SEGMENT_GLOB = "seg-*.spool"
-    DEAD_LETTERS = DeadLetters::FILE_NAME
+require "time"
 
-    def initialize(config)
+module ActsAsTbackend
+  # `rake tbackend:spool:status`: what the spool directory holds, as facts. The segments are
+  # read natively (Native.spool_status: the spool's format, file names and locks have one
+  # home, tbackend-client's spool module) without starting a writer, which would adopt
+  # orphaned segments and start delivering them. A segment no live process holds
+  # (`held: false`) is orphaned: the next writer to start — or `rake tbackend:spool:flush`
+  # — adopts and delivers its pending facts.
+  #
+  # `pending` facts wait for delivery; `delivered` and `dead` (given up) count what the
+  # segments on disk acknowledge (a segment with nothing pending is deleted once it is not
+  # a live writer's active one); `dead_letters` counts the dead-letter file beside the
+  # segments, which keeps every fact given up until `rake tbackend:dead_letters:replay`.
+  class SpoolStatus
+    COUNTS = %i[pending delivered dead].freeze
+
+    def initialize(config, now: Time.now)
       @config = config
+      @now = now
     end
 
     def call
@@ -18,34 +27,25 @@ module ActsAsTbackend
       return { spool_path: nil, enabled: false } if dir.nil?
       return { spool_path: dir, exists: false } unless File.directory?(dir)
 
-      segments = Dir[File.join(dir, SEGMENT_GLOB)].map { |path| segment(path) }
+      native = Native.spool_status(dir)
+      segments = native[:segments].map { |segment| segment.merge(since(segment[:oldest_pending_at])) }
       {
-        spool_path: dir, fsync: @config.spool_fsync, segments: segments,
+        spool_path: dir, fsync: @config.spool_fsync,
+        **COUNTS.to_h { |count| [count, segments.sum { |s| s[count] }] },
+        **since(native[:segments].filter_map { |s| s[:oldest_pending_at] }.min),
         held: segments.count { |s| s[:held] }, orphaned: segments.count { |s| !s[:held] },
-        bytes: segments.sum { |s| s[:bytes] }, dead_letters: dead_letters(dir)
+        bytes: segments.sum { |s| s[:bytes] }, dead_letters: native[:dead_letters], segments: segments
       }
     end
 
     private
 
-    def segment(path)
-      { file: File.basename(path), bytes: File.size(path), held: held?(path) }
-    rescue Errno::ENOENT
-      { file: File.basename(path), bytes: 0, held: false, gone: true }
-    end
+    # When the oldest pending fact was first spooled (`epoch`: seconds, adoption keeps it)
+    # and its age in seconds, never negative (another host's clock may be ahead).
+    def since(epoch)
+      return { oldest_pending_at: nil, oldest_pending_age: nil } unless epoch
 
-    # Probes the writer's exclusive flock without keeping it: a free lock is released at once.
-    def held?(path)
-      File.open(path, File::RDONLY) do |file|
-        locked = file.flock(File::LOCK_EX | File::LOCK_NB)
-        file.flock(File::LOCK_UN) if locked
-        !locked
-      end
-    end
-
-    def dead_letters(dir)
-      path = File.join(dir, DEAD_LETTERS)
-      File.file?(path) ? File.foreach(path).count : 0
+      { oldest_pending_at: Time.at(epoch).utc.iso8601(3), oldest_pending_age: [@now.to_f - epoch, 0.0].max.round(3) }
     end
   end
 end
