@@ -81,7 +81,8 @@ namespace :tbackend do
   end
 
   namespace :spool do
-    desc "Show the async spool: its segments (held by a live process or orphaned), sizes and dead letters"
+    desc "Show the async spool as JSON: facts pending (per segment), delivered and dead, the oldest pending " \
+         "fact's age, segments held by a live process or orphaned, dead letters"
     task status: :environment do
       require "acts_as_tbackend/spool_status"
       report = ActsAsTbackend::SpoolStatus.new(ActsAsTbackend.config).call
