@@ -68,8 +68,9 @@ fn segment(path: &Path) -> io::Result<SegmentStatus> {
         .custom_flags(libc::O_CLOEXEC)
         .open(path)?;
     // A shared lock is free unless a writer (or an adopter) holds the exclusive one;
-    // taken, it goes when the file is closed below. Writers lock a segment before it
-    // gets its name, so a live one is never seen free.
+    // taken, it goes when the file is closed below (an adopter trying that instant skips
+    // the segment until its next look). Writers lock a segment before it gets its name,
+    // so a live one is never seen free.
     let held = !flock(&file, libc::LOCK_SH | libc::LOCK_NB)?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
