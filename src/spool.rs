@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use magnus::{function, prelude::*, Error, RHash, RModule, Ruby};
+use magnus::{function, prelude::*, Class, Error, RHash, RModule, Ruby};
 use tbackend_client::spool::{self, SegmentStatus};
 
 /// Registers the spool's functions and constants on `ActsAsTbackend::Native`.
@@ -16,15 +16,10 @@ pub fn define(native: RModule) -> Result<(), Error> {
 
 /// `{ segments: [{ file:, bytes:, held:, pending:, delivered:, dead:, oldest_pending_at: }],
 /// dead_letters: }` of the spool directory `dir`, oldest segment first;
-/// `oldest_pending_at` is in seconds since the epoch (Float) or nil. Raises IOError when
-/// the directory cannot be read.
+/// `oldest_pending_at` is in seconds since the epoch (Float) or nil. Raises the
+/// `Errno::*` of a directory or file that cannot be read, as Ruby's own `Dir` would.
 fn spool_status(ruby: &Ruby, dir: String) -> Result<RHash, Error> {
-    let status = spool::status(Path::new(&dir)).map_err(|e| {
-        Error::new(
-            ruby.exception_io_error(),
-            format!("spool status of {dir}: {e}"),
-        )
-    })?;
+    let status = spool::status(Path::new(&dir)).map_err(|e| os_error(ruby, &dir, &e))?;
     let segments = ruby.ary_new_capa(status.segments.len());
     for s in &status.segments {
         segments.push(segment(ruby, s)?)?;
@@ -33,6 +28,21 @@ fn spool_status(ruby: &Ruby, dir: String) -> Result<RHash, Error> {
     hash.aset(ruby.to_symbol("segments"), segments)?;
     hash.aset(ruby.to_symbol("dead_letters"), status.dead_letters)?;
     Ok(hash)
+}
+
+fn os_error(ruby: &Ruby, dir: &str, e: &std::io::Error) -> Error {
+    let message = format!("spool status of {dir}: {e}");
+    let Some(errno) = e.raw_os_error() else {
+        return Error::new(ruby.exception_io_error(), message);
+    };
+    // SystemCallError.new picks the Errno class of `errno`.
+    match ruby
+        .exception_system_call_error()
+        .new_instance((message, errno))
+    {
+        Ok(exception) => exception.into(),
+        Err(e) => e,
+    }
 }
 
 fn segment(ruby: &Ruby, s: &SegmentStatus) -> Result<RHash, Error> {
