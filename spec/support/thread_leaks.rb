@@ -25,6 +25,12 @@ module TbackendSpec
       "ActiveRecord's pool reaper" => lambda do |thread|
         thread.name == "AR Pool Reaper" ||
           thread.backtrace.to_a.any? { |line| line.include?("active_record/connection_adapters/abstract/connection_pool") }
+      end,
+      # concurrent-ruby 1.1 (Debian 12) starts its thread-local finalizer thread when
+      # RubyThreadLocalVar is first loaded, which happens inside whichever example first
+      # touches ActiveSupport's per-thread state; it lives as long as the process.
+      "concurrent-ruby's thread-local finalizer" => lambda do |thread|
+        thread.backtrace.to_a.any? { |line| line.include?("concurrent/atomic/ruby_thread_local_var.rb") }
       end
     }.freeze
 
