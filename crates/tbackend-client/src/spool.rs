@@ -249,6 +249,8 @@ pub struct Spool {
     sync_on_roll: bool,
     /// Segments adopted from dead processes at open.
     pub adopted_segments: usize,
+    /// Segments adopted and not yet reported: path and facts taken over.
+    adoptions: Vec<(PathBuf, usize)>,
     fds: Arc<FdRegistry>,
 }
 
@@ -280,6 +282,7 @@ impl Spool {
             dirty: false,
             sync_on_roll: fsync != Fsync::Never,
             adopted_segments: 0,
+            adoptions: Vec::new(),
             fds: Arc::new(FdRegistry::new()),
         };
         spool.roll()?;
@@ -309,6 +312,7 @@ impl Spool {
         for path in orphans {
             if let Some(waiting) = adopt(&path)? {
                 self.adopted_segments += 1;
+                self.adoptions.push((path.clone(), waiting.len()));
                 for Waiting { at, entry } in waiting {
                     // The copy keeps its first spooling time: its age is the fact's.
                     let loc = self.append(&entry, at)?;
@@ -321,6 +325,12 @@ impl Spool {
             }
         }
         Ok(adopted)
+    }
+
+    /// The segments adopted since the last call, with their facts taken over (the
+    /// writer reports them as events).
+    pub fn take_adoptions(&mut self) -> Vec<(PathBuf, usize)> {
+        std::mem::take(&mut self.adoptions)
     }
 
     fn roll(&mut self) -> io::Result<()> {

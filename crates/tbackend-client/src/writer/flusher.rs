@@ -1,0 +1,431 @@
+//! The flusher thread of a [`Writer`](super::Writer): takes batches from the
+//! [`Queue`], sends them through the [`Sink`](super::Sink), decides each fact's
+//! [`Fate`], backs off, pauses while the daemon is unreachable, syncs and adopts spool
+//! segments, dead-letters. Everything it has to say becomes an [`Event`], emitted once
+//! the queue's mutex is released.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tbackend_core::protocol::request::RequestBuilder;
+use tbackend_core::{ErrorKind, OpKind, Status};
+
+use super::dead_letter::{raw_fact, DeadLetterRecord, Reason};
+use super::events::{Event, SpoolOp};
+use super::queue::{Key, Queue, Rec};
+use super::{bump, WriterCore, RUNNING};
+use crate::backoff::full_jitter;
+use crate::cancel::Cancel;
+use crate::client::{Outcome, Request};
+use crate::error::TransportError;
+use crate::lane::later;
+use crate::spool::{Entry, Spool, DEAD_LETTER_FILE};
+use crate::sys;
+
+/// Everything behind the writer's mutex.
+pub(super) struct State {
+    pub queue: Queue,
+    pub spool: Option<Spool>,
+    /// The daemon is unreachable: nothing is sent before then.
+    pub pause_until: Option<Instant>,
+    pub unreachable_streak: u32,
+    /// When the current pause began (`None`: not paused).
+    pub paused_at: Option<Instant>,
+    pub last_sync: Instant,
+    pub next_adoption: Instant,
+    pub closed: bool,
+    pub rng: u64,
+}
+
+impl State {
+    fn jitter(&mut self, base: Duration, max: Duration, n: u32) -> Duration {
+        full_jitter(base, max, n, &mut self.rng)
+    }
+
+    /// Events for the segments the spool adopted since the last call.
+    pub fn adoption_events(&mut self, events: &mut Vec<Event>) {
+        if let Some(spool) = self.spool.as_mut() {
+            events.extend(
+                spool
+                    .take_adoptions()
+                    .into_iter()
+                    .map(|(segment, facts)| Event::Adopted { segment, facts }),
+            );
+        }
+    }
+}
+
+/// What becomes of a fact after one outcome.
+enum Fate {
+    Delivered {
+        replay: bool,
+    },
+    Terminal(Reason),
+    /// Retry after a backoff; counts as an attempt.
+    Retry,
+    /// The daemon is unreachable: pause everything, retry without counting.
+    Unreachable,
+    /// Writer stopping: leave the fact for the spool or the next flush.
+    Interrupted,
+}
+
+fn fate(o: &Outcome) -> Fate {
+    if matches!(
+        o.transport,
+        Some(TransportError::ShutDown { .. } | TransportError::Cancelled { .. })
+    ) {
+        return Fate::Interrupted;
+    }
+    let c = &o.classified;
+    let row = c.status.row();
+    match c.status {
+        _ if row.flags.committed == Some(true) => Fate::Delivered {
+            replay: c.status == Status::IdempotentReplay,
+        },
+        Status::DuplicateFactIdConflict => Fate::Terminal(Reason::Conflict),
+        // Nothing was sent: the daemon cannot be reached.
+        _ if row.transport && row.kind == ErrorKind::NotApplied => Fate::Unreachable,
+        _ if row.retry_safe || c.retryable == Some(true) => Fate::Retry,
+        _ => Fate::Terminal(Reason::Error),
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Why a fact is dead-lettered: reason, last status (`client_bug` when no request
+/// could be built), last error.
+struct Death<'a> {
+    reason: Reason,
+    status: &'static str,
+    error: &'a str,
+}
+
+impl WriterCore {
+    fn sync_interval(&self) -> Option<Duration> {
+        self.config
+            .spool
+            .as_ref()
+            .filter(|s| s.fsync == crate::spool::Fsync::Batch)
+            .map(|s| s.fsync_interval)
+    }
+
+    fn request(&self, e: &Entry) -> Result<Request, String> {
+        let mut b = RequestBuilder::new("write_fact_once", self.config.token.as_deref());
+        if let Some(d) = &e.durability {
+            b.str("durability", d).map_err(|e| e.to_string())?;
+        }
+        b.raw("fact", &e.fact).map_err(|e| e.to_string())?;
+        Ok(Request::new(OpKind::Write, b.finish()))
+    }
+
+    /// Syncs the segment `take_dirty` handed over, outside the queue's mutex.
+    fn sync(&self, file: Option<Arc<std::fs::File>>, events: &mut Vec<Event>) {
+        if let Some(Err(e)) = file.map(|f| f.sync_data()) {
+            events.push(Event::SpoolError {
+                operation: SpoolOp::Sync,
+                error: e.to_string(),
+                count: 1,
+            });
+        }
+    }
+
+    /// The flusher thread.
+    pub(super) fn run(&self) {
+        let batch_max = self.config.batch.max(1);
+        loop {
+            let seen = self.work.load(Ordering::SeqCst);
+            if self.stop.load(Ordering::SeqCst) != RUNNING {
+                return;
+            }
+            let now = Instant::now();
+            let mut st = self.lock();
+            st.queue.promote_due(now);
+            let mut events = Vec::new();
+            if st.spool.is_some() && now >= st.next_adoption {
+                self.adopt(&mut st, now, &mut events);
+            }
+            let sync_file = match self.sync_interval() {
+                Some(every) if now.duration_since(st.last_sync) >= every => {
+                    st.last_sync = now;
+                    st.spool.as_mut().and_then(Spool::take_dirty)
+                }
+                _ => None,
+            };
+            let paused = st.pause_until.is_some_and(|t| t > now);
+            let batch = if paused {
+                Vec::new()
+            } else {
+                st.pause_until = None;
+                st.queue.take_batch(batch_max)
+            };
+            if batch.is_empty() {
+                let mut wake = st.queue.next_due();
+                if paused {
+                    wake = earliest(wake, st.pause_until);
+                }
+                if let Some(every) = self.sync_interval() {
+                    if st.spool.as_ref().is_some_and(Spool::is_dirty) {
+                        wake = earliest(wake, Some(st.last_sync + every));
+                    }
+                }
+                if st.spool.is_some() {
+                    wake = earliest(wake, Some(st.next_adoption));
+                }
+                self.idle.store(true, Ordering::SeqCst);
+                drop(st);
+                self.sync(sync_file, &mut events);
+                self.events.emit(events);
+                let timeout = wake.map(|w| w.saturating_duration_since(Instant::now()));
+                if timeout != Some(Duration::ZERO) {
+                    sys::futex_wait(&self.work, seen, timeout);
+                }
+                self.idle.store(false, Ordering::SeqCst);
+                continue;
+            }
+            drop(st);
+            self.sync(sync_file, &mut events);
+            self.events.emit(events);
+            self.send_batch(batch);
+        }
+    }
+
+    fn send_batch(&self, batch: Vec<(Key, Arc<Entry>)>) {
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
+        let mut refused = Vec::new();
+        for (key, entry) in batch {
+            match self.request(&entry) {
+                Ok(r) => {
+                    slots.push(key);
+                    requests.push(r);
+                }
+                Err(e) => refused.push((key, e)),
+            }
+        }
+        let outcomes = if requests.is_empty() {
+            Vec::new()
+        } else {
+            self.sink.send(&requests, &Cancel::new())
+        };
+        let mut st = self.lock();
+        let mut acks = Vec::new();
+        // Dead-lettered facts: acknowledged as dead, not as delivered.
+        let mut dead = Vec::new();
+        let mut events = Vec::new();
+        let queued_before = st.queue.len();
+        let now = Instant::now();
+        let cfg = &self.config;
+        let mut answered = false;
+        let mut unreachable: Option<&Outcome> = None;
+        for (key, error) in refused {
+            if let Some(rec) = st.queue.finish(&key) {
+                bump(&self.counters.failed);
+                let death = Death {
+                    reason: Reason::Error,
+                    status: "client_bug",
+                    error: &error,
+                };
+                self.dead_letter(&st, &rec, &death, &mut events);
+                dead.extend(rec.loc);
+            }
+        }
+        for (key, outcome) in slots.into_iter().zip(&outcomes) {
+            let fate = fate(outcome);
+            match fate {
+                Fate::Unreachable => {
+                    unreachable.get_or_insert(outcome);
+                }
+                Fate::Interrupted => {}
+                _ => answered = true,
+            }
+            match fate {
+                Fate::Delivered { replay } => {
+                    acks.extend(st.queue.finish(&key).and_then(|rec| rec.loc));
+                    bump(&self.counters.delivered);
+                    if replay {
+                        bump(&self.counters.replays);
+                    }
+                }
+                Fate::Terminal(reason) => {
+                    if let Some(rec) = st.queue.finish(&key) {
+                        bump(if reason == Reason::Conflict {
+                            &self.counters.conflicts
+                        } else {
+                            &self.counters.failed
+                        });
+                        let c = &outcome.classified;
+                        let error = c.error.clone().unwrap_or_default();
+                        let death = Death {
+                            reason,
+                            status: c.status.as_str(),
+                            error: &error,
+                        };
+                        self.dead_letter(&st, &rec, &death, &mut events);
+                        dead.extend(rec.loc);
+                    }
+                }
+                Fate::Retry => {
+                    let attempts = match st.queue.head(&key) {
+                        Some(head) => {
+                            head.attempts += 1;
+                            head.attempts
+                        }
+                        None => continue,
+                    };
+                    if attempts >= cfg.retry_attempts.max(1) {
+                        if let Some(rec) = st.queue.finish(&key) {
+                            bump(&self.counters.dead);
+                            let c = &outcome.classified;
+                            let error = outcome
+                                .transport
+                                .as_ref()
+                                .map(|t| t.to_string())
+                                .or_else(|| c.error.clone())
+                                .unwrap_or_default();
+                            let death = Death {
+                                reason: Reason::Exhausted,
+                                status: c.status.as_str(),
+                                error: &error,
+                            };
+                            self.dead_letter(&st, &rec, &death, &mut events);
+                            dead.extend(rec.loc);
+                        }
+                    } else {
+                        bump(&self.counters.retries);
+                        let sleep = st.jitter(cfg.base_backoff, cfg.max_backoff, attempts);
+                        st.queue.delay(key, later(now, sleep));
+                    }
+                }
+                Fate::Unreachable | Fate::Interrupted => st.queue.requeue_front(key),
+            }
+        }
+        if answered {
+            st.unreachable_streak = 0;
+            if let Some(since) = st.paused_at.take() {
+                events.push(Event::Resumed {
+                    paused_for: now.saturating_duration_since(since),
+                    queued: st.queue.len(),
+                });
+            }
+        } else if st.pause_until.is_none() && st.queue.has_ready() {
+            st.unreachable_streak = st.unreachable_streak.saturating_add(1);
+            let n = st.unreachable_streak;
+            let sleep = st.jitter(cfg.base_backoff, cfg.max_backoff, n);
+            st.pause_until = Some(later(now, sleep.max(Duration::from_millis(1))));
+            if let (None, Some(o)) = (st.paused_at, unreachable) {
+                st.paused_at = Some(now);
+                events.push(Event::Paused {
+                    status: o.classified.status,
+                    error: o
+                        .transport
+                        .as_ref()
+                        .map(|t| t.to_string())
+                        .or_else(|| o.classified.error.clone()),
+                    queued: st.queue.len(),
+                });
+            }
+        }
+        if !acks.is_empty() || !dead.is_empty() {
+            if let Some(spool) = st.spool.as_mut() {
+                // A lost ack only means a replay after a crash, which the daemon
+                // answers idempotently: reported, nothing else to do.
+                for acked in [spool.ack(&acks), spool.ack_dead(&dead)] {
+                    if let Err(e) = acked {
+                        events.push(Event::SpoolError {
+                            operation: SpoolOp::Ack,
+                            error: e.to_string(),
+                            count: 1,
+                        });
+                    }
+                }
+            }
+        }
+        let settled = st.queue.len() < queued_before;
+        drop(st);
+        // Before the progress wake: a flush that returns has its events queued.
+        self.events.emit(events);
+        if settled {
+            self.progress.fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake(&self.progress, i32::MAX);
+        }
+    }
+
+    /// Takes over the segments of writers that died since the last look.
+    fn adopt(&self, st: &mut State, now: Instant, events: &mut Vec<Event>) {
+        let every = self
+            .config
+            .spool
+            .as_ref()
+            .map_or(Duration::MAX, |s| s.adopt_interval);
+        st.next_adoption = later(now, every);
+        let Some(spool) = st.spool.as_mut() else {
+            return;
+        };
+        let adopted = spool.adopt_orphans();
+        st.adoption_events(events);
+        match adopted {
+            Ok(adopted) => {
+                for (loc, entry) in adopted {
+                    st.queue.push(Some(loc), entry);
+                    bump(&self.counters.adopted);
+                }
+            }
+            Err(e) => events.push(Event::SpoolError {
+                operation: SpoolOp::Adopt,
+                error: e.to_string(),
+                count: 1,
+            }),
+        }
+    }
+
+    /// The fact in the dead-letter file (with a spool) and its event (no values, no
+    /// token).
+    fn dead_letter(&self, st: &State, rec: &Rec, death: &Death<'_>, events: &mut Vec<Event>) {
+        let e = &rec.entry;
+        let mut kept = None;
+        let mut failure = None;
+        if let Some(spool) = &st.spool {
+            let record = DeadLetterRecord {
+                at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+                reason: death.reason,
+                status: death.status,
+                error: death.error,
+                attempts: rec.sends,
+                store: &e.store,
+                key: &e.key,
+                id: &e.id,
+                durability: e.durability.as_deref(),
+                fact: raw_fact(&e.fact),
+            };
+            match spool.dead_letter(&record.to_line()) {
+                Ok(()) => kept = Some(spool.dir().join(DEAD_LETTER_FILE)),
+                Err(err) => {
+                    failure = Some(Event::SpoolError {
+                        operation: SpoolOp::DeadLetter,
+                        error: err.to_string(),
+                        count: 1,
+                    })
+                }
+            }
+        }
+        events.push(Event::DeadLetter {
+            reason: death.reason,
+            status: death.status,
+            attempts: rec.sends,
+            store: e.store.clone(),
+            id: e.id.clone(),
+            kept,
+        });
+        events.extend(failure);
+    }
+}

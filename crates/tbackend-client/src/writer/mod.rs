@@ -1,0 +1,756 @@
+//! [`Writer`]: writes facts off the request path. `enqueue` hands a fact to a bounded
+//! in-process queue (optionally backed by the file [`spool`](crate::spool)) and returns
+//! in microseconds; one native flusher thread (no Ruby, no GVL) sends the queue through a
+//! [`Sink`] (the [`Client`]), pipelined, with retries, backoff and jitter.
+//!
+//! **Order per key.** Facts with the same store and key are sent one at a time, in
+//! enqueue order: a later one is written only once the earlier one has a terminal
+//! result. Facts of different keys are pipelined together (up to `batch` per round).
+//!
+//! **Statuses.** `committed_acked` / `idempotent_replay` are delivered;
+//! `duplicate_fact_id_conflict` and non-retryable errors are terminal failures (logged,
+//! dead-lettered beside a spool). `timeout_unknown`, `rejected_before_commit` and
+//! retryable errors are retried with exponential backoff and full jitter, and count as
+//! attempts: after `retry_attempts` the fact is dead (one log line, the dead-letter file).
+//! `unavailable` and `circuit_open` (nothing was sent: the daemon is unreachable) pause
+//! the whole flusher with the same backoff and do **not** count as attempts, so a long
+//! outage loses nothing: the queue fills, and the full-queue policy decides.
+//!
+//! **Events.** Dead letters, pauses, spool errors and adopted segments are
+//! [`Event`]s: queued for an owner that drains them (the Ruby binding), or, without one,
+//! the dead letters and the worst spool errors as rate-limited stderr lines.
+//!
+//! Layout: [`queue`] is the pure per-key queue, `flusher` the thread that empties it,
+//! [`dead_letter`] the dead-letter file's record, [`events`] the event channel, `stderr`
+//! the rate limiter of the last resort.
+
+pub mod dead_letter;
+pub mod events;
+mod flusher;
+mod queue;
+mod stderr;
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::cancel::{Cancel, Resumable, Step};
+use crate::client::{Client, Outcome, Request};
+use crate::lane::later;
+use crate::spool::{Entry, FdRegistry, Fsync, Spool};
+use crate::sys;
+
+pub use events::{Drained, Event, SpoolOp};
+use events::Events;
+use flusher::State;
+use queue::Queue;
+
+/// Where a [`Writer`] sends its requests. [`Client`] is the real one; tests script
+/// answers with their own.
+pub trait Sink: Send + Sync + 'static {
+    /// Sends every request (pipelined) and returns one outcome per request, in order.
+    fn send(&self, requests: &[Request], cancel: &Cancel) -> Vec<Outcome>;
+    /// Ends calls in flight promptly and refuses later ones (writer shutdown).
+    fn close(&self) {}
+    /// In a forked child: give up inherited connections without touching the parent's.
+    fn forget(&self) {}
+}
+
+impl Sink for Client {
+    fn send(&self, requests: &[Request], cancel: &Cancel) -> Vec<Outcome> {
+        self.call_batch(requests, None, cancel)
+    }
+    fn close(&self) {
+        self.shutdown();
+    }
+    fn forget(&self) {
+        self.clone().forget_after_fork();
+    }
+}
+
+/// The spool settings of a [`WriterConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// The spool directory, shared by every process of the app.
+    pub dir: PathBuf,
+    /// When facts are synced to disk.
+    pub fsync: Fsync,
+    /// `Fsync::Batch`: the longest time between two syncs.
+    pub fsync_interval: Duration,
+    /// A segment rolls over past this size; drained segments are deleted.
+    pub segment_bytes: u64,
+    /// How often the flusher looks for segments of processes that died meanwhile (a
+    /// Puma worker killed while its siblings run) and adopts them.
+    pub adopt_interval: Duration,
+}
+
+impl SpoolConfig {
+    /// Defaults (`batch` every 50 ms, 8 MiB segments, adoption every 10 s) in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> SpoolConfig {
+        SpoolConfig {
+            dir: dir.into(),
+            fsync: Fsync::Batch,
+            fsync_interval: Duration::from_millis(50),
+            segment_bytes: 8 << 20,
+            adopt_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a [`Writer`] queues and retries.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Facts held in memory (queued or in flight) before `enqueue` refuses with `Full`.
+    pub queue_size: usize,
+    /// Attempts per fact that reached (or may have reached) the daemon, the first
+    /// included, before it is dead-lettered.
+    pub retry_attempts: u32,
+    /// Backoff before the second attempt; doubles per attempt, full jitter.
+    pub base_backoff: Duration,
+    /// Cap of one backoff.
+    pub max_backoff: Duration,
+    /// Most requests pipelined per round.
+    pub batch: usize,
+    /// Put in each request; never stored in the spool or printed.
+    pub token: Option<String>,
+    /// The file spool, or `None` for memory only.
+    pub spool: Option<SpoolConfig>,
+    /// Queue [`Event`]s for an owner that drains them ([`Writer::take_events`]) instead
+    /// of writing the dead letters and the worst spool errors to stderr.
+    pub queue_events: bool,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            queue_size: 10_000,
+            retry_attempts: 10,
+            base_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(30),
+            batch: 256,
+            token: None,
+            spool: None,
+            queue_events: false,
+        }
+    }
+}
+
+/// Why `enqueue` did not take a fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The queue holds `queue_size` facts (after waiting, if asked to).
+    Full,
+    /// The writer is shut down.
+    ShutDown,
+    /// The wait for room was cancelled.
+    Cancelled,
+}
+
+/// A fact `enqueue` did not take, handed back with the reason.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub reason: Refusal,
+    /// The fact, untouched (boxed: a refusal is the rare path).
+    pub entry: Box<Entry>,
+}
+
+/// A fact `enqueue` took.
+#[derive(Debug)]
+pub struct Receipt {
+    /// Its position in this writer's enqueue order.
+    pub seq: u64,
+    /// The spool could not store it (disk full, …): it is queued in memory only.
+    pub spool_error: Option<String>,
+    /// `Fsync::Always` and not yet synced: the segment to `fdatasync`
+    /// ([`Writer::try_enqueue`] leaves that to the caller; [`Writer::enqueue`] does it).
+    pub sync: Option<Arc<File>>,
+}
+
+/// Counters and gauges of a [`Writer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterStats {
+    /// Facts in memory without a terminal result (queued, backing off or in flight).
+    pub queued: usize,
+    /// Facts in the spool without a terminal result.
+    pub spooled: usize,
+    /// Bytes of the spool's segments.
+    pub spool_bytes: u64,
+    /// Facts taken by `enqueue`.
+    pub enqueued: u64,
+    /// Facts the daemon stored (`committed_acked` or `idempotent_replay`).
+    pub delivered: u64,
+    /// Of those, `idempotent_replay`s.
+    pub replays: u64,
+    /// `duplicate_fact_id_conflict`s (terminal).
+    pub conflicts: u64,
+    /// Other terminal failures (non-retryable errors).
+    pub failed: u64,
+    /// Facts that exhausted `retry_attempts`.
+    pub dead: u64,
+    /// Retries scheduled after an answer that may be retried (`timeout_unknown`,
+    /// `rejected_before_commit`, a retryable error); waits for an unreachable daemon
+    /// are not counted.
+    pub retries: u64,
+    /// Facts refused by a full queue under the drop policy ([`Writer::count_dropped`]).
+    pub dropped: u64,
+    /// Facts the spool could not store (queued in memory only).
+    pub spool_errors: u64,
+    /// Facts adopted from the segments of dead processes at start.
+    pub adopted: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    enqueued: AtomicU64,
+    delivered: AtomicU64,
+    replays: AtomicU64,
+    conflicts: AtomicU64,
+    failed: AtomicU64,
+    dead: AtomicU64,
+    retries: AtomicU64,
+    dropped: AtomicU64,
+    spool_errors: AtomicU64,
+    adopted: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+const RUNNING: u8 = 0;
+const STOPPING: u8 = 1;
+
+/// What the [`Writer`] handle, its flusher thread and its paused waits share.
+struct WriterCore {
+    state: Mutex<State>,
+    sink: Box<dyn Sink>,
+    config: WriterConfig,
+    /// Bumped by every enqueue and by shutdown; the flusher sleeps on it.
+    work: AtomicU32,
+    /// The flusher sleeps (or is about to): an enqueue must wake it.
+    idle: AtomicBool,
+    /// Bumped whenever facts reach a terminal result; `flush` and blocked enqueues
+    /// sleep on it.
+    progress: AtomicU32,
+    stop: AtomicU8,
+    counters: Counters,
+    events: Events,
+    /// The spool's open segment fds, reachable without the queue's mutex (fork).
+    spool_fds: Option<Arc<FdRegistry>>,
+}
+
+/// The background writer. `Send + Sync`; dropping it stops the flusher (without
+/// waiting for the queue: call [`Writer::shutdown`] for a bounded drain).
+pub struct Writer {
+    core: Arc<WriterCore>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// An enqueue waiting for room, cut short by its [`Cancel`]; see
+/// [`Writer::start_enqueue`]. Dropping it drops the fact.
+#[derive(Debug)]
+pub struct PausedEnqueue<'w> {
+    writer: &'w Writer,
+    entry: Box<Entry>,
+    deadline: Option<Instant>,
+}
+
+impl Resumable for PausedEnqueue<'_> {
+    type Output = Result<Receipt, Refused>;
+    fn step(self, cancel: &Cancel) -> Step<Self::Output, Self> {
+        let PausedEnqueue {
+            writer,
+            mut entry,
+            deadline,
+        } = self;
+        let sh = &*writer.core;
+        loop {
+            let seen = sh.progress.load(Ordering::SeqCst);
+            match writer.try_enqueue(*entry) {
+                Ok(mut receipt) => {
+                    if let Some(file) = receipt.sync.take() {
+                        if let Err(e) = file.sync_data() {
+                            receipt.spool_error = Some(format!("spool fsync failed: {e}"));
+                            bump(&sh.counters.spool_errors);
+                            sh.events.emit(vec![Event::SpoolError {
+                                operation: SpoolOp::Fsync,
+                                error: e.to_string(),
+                                count: 1,
+                            }]);
+                        }
+                    }
+                    return Step::Done(Ok(receipt));
+                }
+                Err(Refused {
+                    reason: Refusal::Full,
+                    entry: back,
+                }) => {
+                    let now = Instant::now();
+                    let Some(until) = deadline.filter(|d| *d > now) else {
+                        return Step::Done(Err(Refused {
+                            reason: Refusal::Full,
+                            entry: back,
+                        }));
+                    };
+                    if cancel.is_cancelled() {
+                        return Step::Paused(PausedEnqueue {
+                            writer,
+                            entry: back,
+                            deadline,
+                        });
+                    }
+                    sh.wait_progress(seen, until - now, cancel);
+                    entry = back;
+                }
+                Err(other) => return Step::Done(Err(other)),
+            }
+        }
+    }
+}
+
+/// A flush cut short by its [`Cancel`]; see [`Writer::start_flush`].
+#[derive(Debug)]
+pub struct PausedFlush<'w> {
+    writer: &'w Writer,
+    /// Done once every seq below this has a terminal result.
+    target: u64,
+    deadline: Option<Instant>,
+}
+
+impl Resumable for PausedFlush<'_> {
+    type Output = bool;
+    fn step(self, cancel: &Cancel) -> Step<bool, Self> {
+        let sh = &*self.writer.core;
+        loop {
+            let seen = sh.progress.load(Ordering::SeqCst);
+            if sh.lock().queue.settled_below(self.target) {
+                return Step::Done(true);
+            }
+            let left = match self.deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Step::Done(false),
+                },
+                None => None,
+            };
+            if cancel.is_cancelled() {
+                return Step::Paused(self);
+            }
+            sh.wait_progress(seen, left.unwrap_or(Duration::from_secs(1)), cancel);
+        }
+    }
+}
+
+/// A shutdown cut short by its [`Cancel`] while it flushed; see
+/// [`Writer::start_shutdown`].
+#[derive(Debug)]
+pub struct PausedShutdown<'w> {
+    /// `None` once the shutdown is finished.
+    flush: Option<PausedFlush<'w>>,
+}
+
+impl Resumable for PausedShutdown<'_> {
+    type Output = bool;
+    fn step(mut self, cancel: &Cancel) -> Step<bool, Self> {
+        let flush = self.flush.take().expect("a paused shutdown is unfinished");
+        let writer = flush.writer;
+        match flush.step(cancel) {
+            Step::Done(drained) => {
+                writer.finish_shutdown();
+                Step::Done(drained)
+            }
+            Step::Paused(flush) => {
+                self.flush = Some(flush);
+                Step::Paused(self)
+            }
+        }
+    }
+}
+
+impl Drop for PausedShutdown<'_> {
+    fn drop(&mut self) {
+        if let Some(flush) = self.flush.take() {
+            flush.writer.finish_shutdown();
+        }
+    }
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    /// Opens the spool (adopting the segments of dead processes, whose facts are queued
+    /// first) and starts the flusher thread. An error names the spool directory when
+    /// that is what failed.
+    pub fn start(sink: impl Sink, config: WriterConfig) -> std::io::Result<Writer> {
+        let now = Instant::now();
+        let clock = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = clock ^ (u64::from(std::process::id()) << 21) | 1;
+        let mut state = State {
+            queue: Queue::default(),
+            spool: None,
+            pause_until: None,
+            unreachable_streak: 0,
+            paused_at: None,
+            last_sync: now,
+            next_adoption: later(
+                now,
+                config
+                    .spool
+                    .as_ref()
+                    .map_or(Duration::MAX, |s| s.adopt_interval),
+            ),
+            closed: false,
+            rng: seed ^ 0x9E37_79B9_7F4A_7C15,
+        };
+        let counters = Counters::default();
+        let events = Events::new(config.queue_events);
+        let mut spool_fds = None;
+        if let Some(sc) = &config.spool {
+            let (spool, adopted) =
+                Spool::open(&sc.dir, sc.segment_bytes, sc.fsync).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("spool {}: {e}", sc.dir.display()))
+                })?;
+            spool_fds = Some(spool.fd_registry());
+            state.spool = Some(spool);
+            for (loc, entry) in adopted {
+                state.queue.push(Some(loc), entry);
+                bump(&counters.adopted);
+            }
+            let mut adoptions = Vec::new();
+            state.adoption_events(&mut adoptions);
+            events.emit(adoptions);
+        }
+        let core = Arc::new(WriterCore {
+            state: Mutex::new(state),
+            sink: Box::new(sink),
+            config,
+            work: AtomicU32::new(0),
+            idle: AtomicBool::new(false),
+            progress: AtomicU32::new(0),
+            stop: AtomicU8::new(RUNNING),
+            counters,
+            events,
+            spool_fds,
+        });
+        let runner = core.clone();
+        let thread = std::thread::Builder::new()
+            .name("tbackend-writer".into())
+            .spawn(move || runner.run())?;
+        Ok(Writer {
+            core,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues `entry` without ever waiting (other than for the queue's mutex and, with
+    /// a spool, one `write(2)`). With `Fsync::Always` the receipt names the segment the
+    /// caller must sync before reporting success.
+    pub fn try_enqueue(&self, entry: Entry) -> Result<Receipt, Refused> {
+        let sh = &*self.core;
+        let mut st = sh.lock();
+        if st.closed {
+            return Err(Refused {
+                reason: Refusal::ShutDown,
+                entry: Box::new(entry),
+            });
+        }
+        if st.queue.len() >= sh.config.queue_size.max(1) {
+            return Err(Refused {
+                reason: Refusal::Full,
+                entry: Box::new(entry),
+            });
+        }
+        let (loc, spool_error, sync) = match st.spool.as_mut() {
+            Some(spool) => match spool.append_fact(&entry) {
+                Ok(loc) => {
+                    let always = sh.config.spool.as_ref().map(|s| s.fsync) == Some(Fsync::Always);
+                    let sync = always.then(|| spool.file_of(loc.segment)).flatten();
+                    (Some(loc), None, sync)
+                }
+                Err(e) => (None, Some(e), None),
+            },
+            None => (None, None, None),
+        };
+        let seq = st.queue.push(loc, entry);
+        drop(st);
+        bump(&sh.counters.enqueued);
+        let spool_error = spool_error.map(|e| {
+            bump(&sh.counters.spool_errors);
+            sh.events.emit(vec![Event::SpoolError {
+                operation: SpoolOp::Write,
+                error: e.to_string(),
+                count: 1,
+            }]);
+            format!("spool write failed: {e}")
+        });
+        sh.poke();
+        Ok(Receipt {
+            seq,
+            spool_error,
+            sync,
+        })
+    }
+
+    /// Queues `entry`, waiting up to `wait` for room when the queue is full (`None`:
+    /// no wait), and with `Fsync::Always` syncs the spool before returning. `cancel`
+    /// ends the wait (async-signal-safe, for Ruby's unblocking function).
+    pub fn enqueue(
+        &self,
+        entry: Entry,
+        wait: Option<Duration>,
+        cancel: &Cancel,
+    ) -> Result<Receipt, Refused> {
+        match self.start_enqueue(entry, wait, cancel) {
+            Step::Done(result) => result,
+            Step::Paused(paused) => Err(Refused {
+                reason: Refusal::Cancelled,
+                entry: paused.entry,
+            }),
+        }
+    }
+
+    /// [`Writer::enqueue`] that a cancel only pauses: [`Resumable::step`] waits on for
+    /// room, until the first deadline.
+    pub fn start_enqueue(
+        &self,
+        entry: Entry,
+        wait: Option<Duration>,
+        cancel: &Cancel,
+    ) -> Step<Result<Receipt, Refused>, PausedEnqueue<'_>> {
+        PausedEnqueue {
+            writer: self,
+            entry: Box::new(entry),
+            deadline: wait.map(|w| later(Instant::now(), w)),
+        }
+        .step(cancel)
+    }
+
+    /// Waits until every fact enqueued before the call has a terminal result: `true`,
+    /// or `false` at `timeout` (`None`: no limit) or on `cancel`.
+    pub fn flush(&self, timeout: Option<Duration>, cancel: &Cancel) -> bool {
+        match self.start_flush(timeout, cancel) {
+            Step::Done(done) => done,
+            Step::Paused(_) => false,
+        }
+    }
+
+    /// [`Writer::flush`] that a cancel only pauses: [`Resumable::step`] waits on for
+    /// the same facts, until the first deadline.
+    pub fn start_flush(
+        &self,
+        timeout: Option<Duration>,
+        cancel: &Cancel,
+    ) -> Step<bool, PausedFlush<'_>> {
+        // Bound first: a guard in the struct expression would be held through the wait.
+        let target = self.core.lock().queue.next_seq();
+        PausedFlush {
+            writer: self,
+            target,
+            deadline: timeout.map(|t| later(Instant::now(), t)),
+        }
+        .step(cancel)
+    }
+
+    /// Refuses later enqueues, flushes for at most `timeout`, then stops the flusher
+    /// (ending its calls in flight), syncs the spool and closes it, so the next writer
+    /// (in this process or another) adopts what is left. `true` when everything was
+    /// settled; otherwise `stats().queued` says how much was not (kept in the spool, or
+    /// lost without one). Later calls return at once; `stats` keeps working.
+    pub fn shutdown(&self, timeout: Duration, cancel: &Cancel) -> bool {
+        match self.start_shutdown(timeout, cancel) {
+            Step::Done(drained) => drained,
+            Step::Paused(_) => false,
+        }
+    }
+
+    /// [`Writer::shutdown`] that a cancel only pauses: [`Resumable::step`] goes on
+    /// flushing until the first deadline. A paused shutdown dropped (given up) stops
+    /// the flusher and closes the spool at once, as a cancelled one does.
+    pub fn start_shutdown(
+        &self,
+        timeout: Duration,
+        cancel: &Cancel,
+    ) -> Step<bool, PausedShutdown<'_>> {
+        let sh = &*self.core;
+        if sh.stop.load(Ordering::SeqCst) != RUNNING {
+            return Step::Done(sh.lock().queue.len() == 0);
+        }
+        let target = {
+            let mut state = sh.lock();
+            state.closed = true;
+            state.queue.next_seq()
+        };
+        PausedShutdown {
+            flush: Some(PausedFlush {
+                writer: self,
+                target,
+                deadline: Some(later(Instant::now(), timeout)),
+            }),
+        }
+        .step(cancel)
+    }
+
+    /// Stops the flusher, closes the spool and then the event channel: the end of
+    /// every shutdown.
+    fn finish_shutdown(&self) {
+        self.stop_thread();
+        self.close_spool();
+        self.core.events.close();
+    }
+
+    /// Syncs and closes the spool (deleting its drained segments) once the flusher is
+    /// stopped.
+    fn close_spool(&self) {
+        let spool = self.core.lock().spool.take();
+        if let Some(Err(e)) = spool.map(Spool::close) {
+            self.core.events.emit(vec![Event::SpoolError {
+                operation: SpoolOp::Close,
+                error: e.to_string(),
+                count: 1,
+            }]);
+        }
+    }
+
+    fn stop_thread(&self) {
+        let sh = &*self.core;
+        sh.stop.store(STOPPING, Ordering::SeqCst);
+        sh.sink.close();
+        sh.work.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(&sh.work, i32::MAX);
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+        // Enqueues waiting for room see the shutdown now rather than at their deadline.
+        sh.progress.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(&sh.progress, i32::MAX);
+    }
+
+    /// Counts a fact the caller dropped because the queue was full.
+    pub fn count_dropped(&self) {
+        bump(&self.core.counters.dropped);
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> WriterStats {
+        let sh = &*self.core;
+        let c = &sh.counters;
+        let (queued, spooled, spool_bytes) = {
+            let st = sh.lock();
+            let (p, b) = st
+                .spool
+                .as_ref()
+                .map_or((0, 0), |s| (s.pending(), s.bytes()));
+            (st.queue.len(), p, b)
+        };
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WriterStats {
+            queued,
+            spooled,
+            spool_bytes,
+            enqueued: get(&c.enqueued),
+            delivered: get(&c.delivered),
+            replays: get(&c.replays),
+            conflicts: get(&c.conflicts),
+            failed: get(&c.failed),
+            dead: get(&c.dead),
+            retries: get(&c.retries),
+            dropped: get(&c.dropped),
+            spool_errors: get(&c.spool_errors),
+            adopted: get(&c.adopted),
+        }
+    }
+
+    /// The spool's segment files, oldest first (empty without a spool).
+    pub fn spool_segments(&self) -> Vec<PathBuf> {
+        self.core
+            .lock()
+            .spool
+            .as_ref()
+            .map(|s| s.segment_paths())
+            .unwrap_or_default()
+    }
+
+    /// For a forked child: gives this writer up without running it or touching the
+    /// parent's spool. The flusher thread does not exist in the child, so nothing is
+    /// sent twice; the inherited segment fds are closed (the parent keeps its lock);
+    /// the sink forgets its inherited connections. Locks nothing: the queue's mutex may
+    /// have been held at fork time by the flusher, which does not exist here. Takes an
+    /// `Arc` so that clones held by threads of the parent (which do not exist here
+    /// either) do not stand in the way; none of them is ever dropped.
+    pub fn forget_after_fork(self: Arc<Self>) {
+        let sh = &*self.core;
+        if let Some(fds) = &sh.spool_fds {
+            fds.close_inherited();
+        }
+        sh.sink.forget();
+        std::mem::forget(self);
+    }
+
+    /// Takes the queued [`Event`]s (with [`WriterConfig::queue_events`]), without
+    /// waiting. `closed` once the writer is shut down: nothing follows.
+    pub fn take_events(&self) -> Drained {
+        self.core.events.take()
+    }
+
+    /// Sleeps until there are events to take or the writer is shut down (`true`), or
+    /// until `cancel` (`false`). For one draining thread, without the queue's mutex.
+    pub fn wait_events(&self, cancel: &Cancel) -> bool {
+        self.core.events.wait(cancel)
+    }
+
+    /// The owner stops draining (its thread ends): what it left, and every later event,
+    /// goes to stderr as if events were never queued.
+    pub fn release_events(&self) {
+        self.core.events.release();
+    }
+
+    /// Lines on stderr through the writer's rate limiter (events the owner drained and
+    /// nobody heard).
+    pub fn write_stderr(&self, lines: impl IntoIterator<Item = String>) {
+        self.core.events.write_stderr(lines);
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.core.lock().closed = true;
+        self.finish_shutdown();
+    }
+}
+
+impl WriterCore {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the flusher if it sleeps.
+    fn poke(&self) {
+        self.work.fetch_add(1, Ordering::SeqCst);
+        if self.idle.load(Ordering::SeqCst) {
+            sys::futex_wake(&self.work, 1);
+        }
+    }
+
+    fn wait_progress(&self, seen: u32, max: Duration, cancel: &Cancel) {
+        let _armed = cancel.arm(&self.progress, None);
+        if cancel.is_cancelled() {
+            return;
+        }
+        sys::futex_wait(&self.progress, seen, Some(max));
+    }
+}
