@@ -475,12 +475,14 @@ fn a_running_writer_adopts_the_segment_of_a_writer_that_died_meanwhile() {
     spool.adopt_interval = Duration::from_millis(30);
     let config = WriterConfig {
         spool: Some(spool),
+        queue_events: true,
         ..fast()
     };
     let sink = Scripted::new(|_, _| Status::CommittedAcked);
     let w = Writer::start(sink.clone(), config).unwrap();
     // Another process's spool: alive (locked) while it holds facts, then gone.
     let (mut other, _) = Spool::open(&dir, 1 << 20, Fsync::Batch).unwrap();
+    let orphan = other.segment_paths()[0].clone();
     for n in 0..3 {
         other
             .append_fact(&entry("k", &format!("orphan-{n}")))
@@ -508,6 +510,11 @@ fn a_running_writer_adopts_the_segment_of_a_writer_that_died_meanwhile() {
         })
         .count();
     assert_eq!(files, 1, "the orphan is deleted");
+    let adopted = Event::Adopted {
+        segment: orphan,
+        facts: 3,
+    };
+    assert_eq!(w.take_events().events, [adopted]);
     drop(w);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -689,4 +696,137 @@ fn wait(mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     false
+}
+
+fn dead_letter_events(w: &Writer) -> Vec<(dead_letter::Reason, &'static str, u32, String, bool)> {
+    w.take_events()
+        .events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::DeadLetter {
+                reason,
+                status,
+                attempts,
+                id,
+                kept,
+                ..
+            } => Some((reason, status, attempts, id, kept.is_some())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn facts_given_up_are_dead_letter_events_naming_where_they_are_kept() {
+    use dead_letter::Reason;
+    let dir = tempdir("dead-events");
+    let sink = Scripted::new(|id, _| match id {
+        "conflict" => Status::DuplicateFactIdConflict,
+        "doomed" => Status::TimeoutUnknown,
+        "error" => Status::Error,
+        _ => Status::CommittedAcked,
+    });
+    let config = WriterConfig {
+        retry_attempts: 2,
+        spool: Some(SpoolConfig::new(&dir)),
+        queue_events: true,
+        ..fast()
+    };
+    let w = Writer::start(sink, config).unwrap();
+    for id in ["conflict", "doomed", "error", "fine"] {
+        put(&w, id, id);
+    }
+    assert!(flushed(&w), "a flush that returns has its events queued");
+    let mut dead = dead_letter_events(&w);
+    dead.sort_by(|a, b| a.3.cmp(&b.3));
+    assert_eq!(
+        dead,
+        [
+            (Reason::Conflict, "duplicate_fact_id_conflict", 1, "conflict".into(), true),
+            (Reason::Exhausted, "timeout_unknown", 2, "doomed".into(), true),
+            (Reason::Error, "error", 1, "error".into(), true),
+        ]
+    );
+    let drained = w.take_events();
+    assert!(drained.events.is_empty() && drained.dropped == 0 && !drained.closed);
+    assert!(w.shutdown(Duration::from_secs(1), &Cancel::new()));
+    assert!(w.take_events().closed, "shut down: no event follows");
+    assert!(w.wait_events(&Cancel::new()), "a closed writer never blocks a drainer");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_dead_letter_file_that_cannot_be_written_is_a_spool_error_event() {
+    let dir = tempdir("dead-unwritable");
+    // A directory where the file should be: the append fails, even for root.
+    std::fs::create_dir_all(dir.join(DEAD_LETTER_FILE)).unwrap();
+    let config = WriterConfig {
+        spool: Some(SpoolConfig::new(&dir)),
+        queue_events: true,
+        ..fast()
+    };
+    let w = Writer::start(
+        Scripted::new(|_, _| Status::DuplicateFactIdConflict),
+        config,
+    )
+    .unwrap();
+    put(&w, "k", "a");
+    assert!(flushed(&w));
+    let events = w.take_events().events;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(matches!(&events[0], Event::DeadLetter { id, kept: None, .. } if id == "a"));
+    assert!(
+        matches!(&events[1], Event::SpoolError { operation: SpoolOp::DeadLetter, count: 1, .. }),
+        "{events:?}"
+    );
+    drop(w);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_unreachable_daemon_is_one_pause_and_one_resume() {
+    let sink = Scripted::new(|_, n| {
+        if n <= 6 {
+            Status::Unavailable
+        } else {
+            Status::CommittedAcked
+        }
+    });
+    let config = WriterConfig {
+        queue_events: true,
+        ..fast()
+    };
+    let w = Writer::start(sink.clone(), config).unwrap();
+    put(&w, "a", "x");
+    put(&w, "b", "y");
+    assert!(flushed(&w));
+    let events = w.take_events().events;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        matches!(events[0], Event::Paused { status: Status::Unavailable, queued: 2, .. }),
+        "{events:?}"
+    );
+    assert!(matches!(events[1], Event::Resumed { queued: 0, .. }), "{events:?}");
+    assert_eq!(sink.sends_of("x"), 7, "paused for several rounds");
+}
+
+#[test]
+fn events_queued_for_an_owner_that_let_go_are_not_kept() {
+    let config = WriterConfig {
+        queue_events: true,
+        ..fast()
+    };
+    let w = Writer::start(
+        Scripted::new(|_, _| Status::DuplicateFactIdConflict),
+        config,
+    )
+    .unwrap();
+    put(&w, "k", "a");
+    assert!(flushed(&w));
+    // Its dead letter goes to stderr now, as do later ones.
+    w.release_events();
+    put(&w, "k", "b");
+    assert!(flushed(&w));
+    assert!(w.take_events().events.is_empty());
+    assert_eq!(w.stats().conflicts, 2);
 }
