@@ -112,5 +112,9 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     writer.define_method("after_fork", method!(RbWriter::after_fork, 0))?;
     writer.define_method("stats", method!(RbWriter::stats, 0))?;
     writer.define_method("spool_segments", method!(RbWriter::spool_segments, 0))?;
+    writer.define_method("wait_events", method!(RbWriter::wait_events, 0))?;
+    writer.define_method("take_events", method!(RbWriter::take_events, 0))?;
+    writer.define_method("release_events", method!(RbWriter::release_events, 0))?;
+    writer.define_method("write_stderr", method!(RbWriter::write_stderr, 1))?;
     Ok(())
 }

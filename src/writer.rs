@@ -7,6 +7,12 @@
 //! queue, an `fsync` per fact, `flush`, `shutdown`) runs without the GVL and with an
 //! unblocking function, so Timeout, Thread#kill and Ctrl-C stay prompt.
 //!
+//! Events (dead letters, pauses, spool errors, adopted segments) queue natively;
+//! `wait_events` sleeps for them without the GVL (one Ruby thread per writer does) and
+//! `take_events` hands them over as `[name, payload, stderr line or nil]`, which the
+//! Ruby layer publishes as ActiveSupport notifications. `release_events` (that thread
+//! ends) sends them back to stderr, the last resort.
+//!
 //! Fork: the writer is held per process (see `per_process`). In a forked child it is
 //! forgotten and every call answers as if shut down; the Ruby layer builds the child a
 //! fresh writer.
@@ -15,16 +21,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use magnus::{Error, RArray, RHash, Ruby, Value};
+use magnus::{Error, IntoValue, RArray, RHash, Ruby, Value};
 use tbackend_client::spool::{Entry, Fsync};
-use tbackend_client::writer::{Refusal, SpoolConfig, Writer, WriterConfig};
+use tbackend_client::writer::{Event, Refusal, SpoolConfig, Writer, WriterConfig};
 use tbackend_client::{Client, Config};
 
 use crate::client::{opt, seconds};
 use crate::errors::configuration;
 use crate::fact::{fact_field, fact_store, to_s};
 use crate::json::Encoder;
-use crate::nogvl::run_resumable;
+use crate::nogvl::{run_resumable, run_until};
 use crate::per_process::PerProcess;
 
 #[magnus::wrap(class = "ActsAsTbackend::Native::Writer", free_immediately, size)]
@@ -56,6 +62,7 @@ fn writer_config(
         token,
         ..WriterConfig::default()
     };
+    config.queue_events = opt::<bool>(options, "events")?.unwrap_or(false);
     if let Some(n) = opt::<usize>(options, "queue_size")? {
         config.queue_size = n.max(1);
     }
@@ -242,4 +249,106 @@ impl RbWriter {
             })
             .unwrap_or_default()
     }
+
+    /// Sleeps without the GVL until events are queued or the writer is shut down
+    /// (at once in a process that does not own the writer). Interrupts that raise
+    /// nothing do not end the wait.
+    pub fn wait_events(ruby: &Ruby, rb_self: &Self) -> Result<(), Error> {
+        let Some(writer) = rb_self.current() else {
+            return Ok(());
+        };
+        run_until(ruby, "writer events", |cancel| {
+            writer.wait_events(cancel).then_some(())
+        })
+    }
+
+    /// `[events, dropped, closed]`: each event `[name, payload, line]` (`line`: what
+    /// stderr gets when nobody hears it, or nil), the events lost to a full queue, and
+    /// whether the writer is shut down (no event follows).
+    pub fn take_events(ruby: &Ruby, rb_self: &Self) -> Result<RArray, Error> {
+        let drained = rb_self.current().map(|w| w.take_events());
+        let (events, dropped, closed) = match drained {
+            Some(d) => (d.events, d.dropped, d.closed),
+            None => (Vec::new(), 0, true),
+        };
+        let list = ruby.ary_new_capa(events.len());
+        for event in &events {
+            let triple = ruby.ary_new_capa(3);
+            triple.push(event.name())?;
+            triple.push(event_payload(ruby, event)?)?;
+            triple.push(event.stderr_line())?;
+            list.push(triple)?;
+        }
+        let answer = ruby.ary_new_capa(3);
+        answer.push(list)?;
+        answer.push(dropped)?;
+        answer.push(closed)?;
+        Ok(answer)
+    }
+
+    /// The draining thread is gone: events go to stderr from now on.
+    pub fn release_events(&self) {
+        if let Some(w) = self.current() {
+            w.release_events();
+        }
+    }
+
+    /// Lines on stderr through the writer's rate limiter.
+    pub fn write_stderr(&self, lines: Vec<String>) {
+        match self.current() {
+            Some(w) => w.write_stderr(lines),
+            None => lines.iter().for_each(|line| eprintln!("{line}")),
+        }
+    }
+}
+
+/// The notification payload of an event (Symbol keys; no values, no token).
+fn event_payload(ruby: &Ruby, event: &Event) -> Result<RHash, Error> {
+    let hash = ruby.hash_new();
+    let set = |key: &str, value: Value| hash.aset(ruby.to_symbol(key), value);
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    match event {
+        Event::DeadLetter {
+            reason,
+            status,
+            attempts,
+            store,
+            id,
+            kept,
+        } => {
+            set("fact_id", id.as_str().into_value_with(ruby))?;
+            set("store", store.as_str().into_value_with(ruby))?;
+            set("status", (*status).into_value_with(ruby))?;
+            set("attempts", (*attempts).into_value_with(ruby))?;
+            set("reason", reason.as_str().into_value_with(ruby))?;
+            set("kept", kept.as_deref().map(path).into_value_with(ruby))?;
+        }
+        Event::Paused {
+            status,
+            error,
+            queued,
+        } => {
+            set("status", status.as_str().into_value_with(ruby))?;
+            set("error", error.clone().into_value_with(ruby))?;
+            set("queued", (*queued as u64).into_value_with(ruby))?;
+        }
+        Event::Resumed { paused_for, queued } => {
+            set("paused_for", paused_for.as_secs_f64().into_value_with(ruby))?;
+            set("queued", (*queued as u64).into_value_with(ruby))?;
+        }
+        Event::SpoolError {
+            operation,
+            error,
+            count,
+        } => {
+            set("operation", operation.as_str().into_value_with(ruby))?;
+            set("error", error.as_str().into_value_with(ruby))?;
+            set("count", (*count).into_value_with(ruby))?;
+        }
+        Event::Adopted { segment, facts } => {
+            set("segment", path(segment).into_value_with(ruby))?;
+            set("facts", (*facts as u64).into_value_with(ruby))?;
+        }
+    }
+    Ok(hash)
 }

@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "monitor"
+
 module ActsAsTbackend
   # Writes facts off the request path. `enqueue` hands the fact to a bounded queue in the
   # native core and returns in microseconds; a native thread (no Ruby, no GVL) delivers the
@@ -9,6 +11,14 @@ module ActsAsTbackend
   # a `kill -9` leaves undelivered is delivered by the next writer to start. See
   # docs/async.md.
   #
+  # What the native thread has to say (a fact dead-lettered, a pause while the daemon is
+  # unreachable, a spool error, a dead process's segment adopted) is published as
+  # ActiveSupport notifications (see Instrumentation) by one Ruby thread per writer,
+  # which sleeps without the GVL until there is something; `flush` and `shutdown`
+  # publish what is pending before they return. An event nobody subscribes to that
+  # always reached stderr (a dead letter) still does, rate-limited, as does every such
+  # event once that thread is gone.
+  #
   # Use the memoised `ActsAsTbackend.async_writer`: one per process, rebuilt in a forked
   # child, shut down by `reset!` and at exit.
   class AsyncWriter
@@ -16,6 +26,19 @@ module ActsAsTbackend
                     spool_errors adopted].freeze
     # Least seconds between two "dropped" warnings; each names how many were dropped.
     DROP_WARNING_INTERVAL = 10.0
+    # The name of the thread that publishes the native writer's events.
+    EVENTS_THREAD = "acts_as_tbackend async writer events"
+    # Longest wait at shutdown for that thread to publish the last events (a subscriber
+    # that hangs must not hang the exit).
+    EVENTS_JOIN_TIMEOUT = 5.0
+    # What every event of this writer carries besides what the native side reports.
+    EVENT_CONTEXT = {
+      "dead_letter" => ->(_config) { { via: "async_writer" } },
+      "writer_paused" => ->(config) { { host: config.host, port: config.port } },
+      "writer_resumed" => ->(config) { { host: config.host, port: config.port } },
+      "spool_error" => ->(config) { { spool_path: config.spool_path } },
+      "spool_adopt" => ->(config) { { spool_path: config.spool_path } }
+    }.freeze
 
     attr_reader :config, :pid
 
@@ -28,8 +51,10 @@ module ActsAsTbackend
       @drop_lock = Mutex.new
       @dropped_unreported = 0
       @last_drop_warning = nil
+      @events_lock = Monitor.new
       @native, @open_error = open_native(config)
       ForkSafety.register(self) if @native
+      @events_thread = start_events_thread if @native
     end
 
     # Queues one fact (a Hash, as Fact.build makes it). Returns a soft result:
@@ -50,10 +75,10 @@ module ActsAsTbackend
     # `spool_flush.acts_as_tbackend` with `settled` and the writer's counters afterwards.
     def flush(timeout: 5.0)
       return true unless @native
-      return @native.flush(Float(timeout)) unless Instrumentation.listening?(:spool_flush)
+      return native_flush(timeout) unless Instrumentation.listening?(:spool_flush)
 
       Instrumentation.instrument(:spool_flush, timeout: timeout) do |payload|
-        @native.flush(Float(timeout)).tap { |settled| payload.merge!(settled: settled, **stats) }
+        native_flush(timeout).tap { |settled| payload.merge!(settled: settled, **stats) }
       end
     end
 
@@ -75,6 +100,7 @@ module ActsAsTbackend
       return @drained unless @drained.nil?
 
       @drained = @native.shutdown(Float(timeout))
+      stop_events_thread
       warn_undelivered unless @drained
       @drained
     end
@@ -112,10 +138,68 @@ module ActsAsTbackend
 
     def writer_options(config)
       {
-        queue_size: config.queue_size, retry_attempts: config.retry_attempts,
+        events: true, queue_size: config.queue_size, retry_attempts: config.retry_attempts,
         retry_base_backoff: config.retry_base_backoff, retry_max_backoff: config.retry_max_backoff,
         spool_path: config.spool_path, spool_fsync: config.spool_fsync
       }
+    end
+
+    def native_flush(timeout)
+      @native.flush(Float(timeout)).tap { publish_events }
+    end
+
+    def start_events_thread
+      thread = Thread.new { run_events_thread }
+      thread.name = EVENTS_THREAD
+      thread
+    end
+
+    def run_events_thread
+      loop do
+        @native.wait_events
+        break if publish_events
+      end
+    ensure
+      # Killed or done: whatever comes later goes to stderr.
+      @native.release_events
+    end
+
+    # The shutdown closed the native events: the thread publishes what is left and ends.
+    def stop_events_thread
+      thread = @events_thread
+      return if thread.nil? || thread == Thread.current
+
+      thread.kill unless thread.join(EVENTS_JOIN_TIMEOUT)
+    end
+
+    # Publishes the events the native writer queued, one drainer at a time (so a flush
+    # returns after the events it waited for are out); true once the writer is shut
+    # down and nothing follows. An event nobody listens to leaves its stderr line, if
+    # it has one, to the native rate limiter.
+    def publish_events
+      @events_lock.synchronize do
+        events, dropped, closed = @native.take_events
+        if dropped.positive?
+          events << ["events_dropped", { count: dropped },
+                     "acts_as_tbackend: #{dropped} async writer event(s) dropped (the event queue was full)"]
+        end
+        unheard = events.filter_map { |name, payload, line| line unless publish_event(name, payload) }
+        @native.write_stderr(unheard) unless unheard.empty?
+        closed
+      end
+    end
+
+    # false when nobody listens.
+    def publish_event(name, payload)
+      return false unless Instrumentation.listening?(name)
+
+      context = EVENT_CONTEXT[name]
+      Instrumentation.publish(name, context ? payload.merge!(context.call(config)) : payload)
+      true
+    rescue StandardError => e
+      # A subscriber that raises must not end the thread that publishes the others.
+      @native.write_stderr(["acts_as_tbackend: a #{name}.acts_as_tbackend subscriber raised #{e.class}: #{e.message}"])
+      true
     end
 
     def enqueue_native(fact, durability)

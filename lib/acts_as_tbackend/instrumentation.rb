@@ -17,7 +17,17 @@ module ActsAsTbackend
   # | mirror                 | store, event_type, fact_id, async, status, ok                 |
   # | enqueue                | store, fact_id, status, ok (async writer)                     |
   # | spool_flush            | timeout, settled, the writer's counters (delivered, dead, …)  |
-  # | dead_letter            | fact_id, store, attempts, status, via, kept (MirrorRetryJob)  |
+  # | dead_letter            | fact_id, store, attempts, status, via, kept: MirrorRetryJob   |
+  # |                        | (via "active_job") and the async writer (via "async_writer",  |
+  # |                        | plus reason; kept: the dead-letter file, nil without a spool) |
+  # | writer_paused          | host, port, status, error, queued: the async writer stopped   |
+  # |                        | sending, the daemon unreachable (waits spend no attempts)     |
+  # | writer_resumed         | host, port, paused_for (seconds), queued                      |
+  # | spool_error            | spool_path, operation (write, fsync, sync, ack, adopt,        |
+  # |                        | dead_letter, close), error, count (repeats folded into one)   |
+  # | spool_adopt            | spool_path, segment, facts: a dead process's segment taken    |
+  # |                        | over by the async writer                                      |
+  # | events_dropped         | count: async writer events lost (over 1024 undrained)         |
   # | verify                 | model, store, checked, missing, stale, orphaned (counts),     |
   # |                        | complete, in_sync, repaired (written/replayed/failed or nil)  |
   #

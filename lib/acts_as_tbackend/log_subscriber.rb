@@ -42,8 +42,39 @@ module ActsAsTbackend
       payload = event.payload
       error do
         "TBackend dead letter store=#{payload[:store]} id=#{payload[:fact_id]} attempts=#{payload[:attempts]} " \
-          "status=#{payload[:status]}"
+          "status=#{payload[:status]} via=#{payload[:via]}"
       end
+    end
+
+    def writer_paused(event)
+      payload = event.payload
+      warn do
+        "TBackend async writer paused: #{payload[:host]}:#{payload[:port]} unreachable (#{payload[:status]}: " \
+          "#{payload[:error]}), #{payload[:queued]} fact(s) waiting"
+      end
+    end
+
+    def writer_resumed(event)
+      payload = event.payload
+      info do
+        "TBackend async writer resumed: #{payload[:host]}:#{payload[:port]} answers again after " \
+          "#{payload[:paused_for].round(1)}s, #{payload[:queued]} fact(s) waiting"
+      end
+    end
+
+    def spool_error(event)
+      payload = event.payload
+      times = payload[:count].to_i > 1 ? " (#{payload[:count]} times)" : ""
+      error { "TBackend spool #{payload[:operation]} failed in #{payload[:spool_path]}: #{payload[:error]}#{times}" }
+    end
+
+    def spool_adopt(event)
+      payload = event.payload
+      info { "TBackend spool adopted #{payload[:segment]}: #{payload[:facts]} fact(s) of a process that died" }
+    end
+
+    def events_dropped(event)
+      warn { "TBackend async writer: #{event.payload[:count]} event(s) dropped (the event queue was full)" }
     end
 
     def breaker_closed(event)
