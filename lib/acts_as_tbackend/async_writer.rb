@@ -151,6 +151,9 @@ module ActsAsTbackend
     def start_events_thread
       thread = Thread.new { run_events_thread }
       thread.name = EVENTS_THREAD
+      # A forked child neither needs nor gets it (its writer is a new one, with a thread
+      # of its own): Puma's preload check and Rails skip fork-safe threads.
+      thread.thread_variable_set(:fork_safe, true)
       thread
     end
 

@@ -71,8 +71,12 @@ RSpec.describe "The async writer's events" do
     ActiveSupport::LogSubscriber.logger = saved
   end
 
+  def events_threads
+    Thread.list.select { |t| t.name == ActsAsTbackend::AsyncWriter::EVENTS_THREAD }
+  end
+
   def events_thread
-    Thread.list.find { |t| t.name == ActsAsTbackend::AsyncWriter::EVENTS_THREAD }
+    events_threads.first
   end
 
   it "publishes a conflicting fact as dead_letter.acts_as_tbackend, as MirrorRetryJob does, and nothing on stderr" do
@@ -175,12 +179,38 @@ RSpec.describe "The async writer's events" do
     expect(err).to include("fact not delivered (conflict): store=conflicts id=orphaned")
   end
 
-  it "runs one events thread per writer, ended by its shutdown" do
+  it "runs one events thread per writer, fork-safe for Puma's preload check, ended by its shutdown" do
     writer = async_writer_for(daemon)
     thread = events_thread
     expect(thread).to be_alive
+    expect(thread.thread_variable_get(:fork_safe)).to be(true)
     expect(writer.shutdown(timeout: 1)).to be(true)
     expect(thread).not_to be_alive
     expect(events_thread).to be_nil
+  end
+
+  it "gives a forked child's writer an events thread of its own, which publishes the child's events" do
+    parent = async_writer_for(daemon)
+    reader, pipe = IO.pipe
+    pid = fork do
+      reader.close
+      child = ActsAsTbackend.async_writer
+      published = capture(/\Adead_letter\./) { conflict(child, "child-conflict") }
+      ids = published.map { |e| e.payload[:fact_id] }
+      pipe.puts(JSON.generate(new_writer: !child.equal?(parent), threads: events_threads.size, ids: ids))
+      ActsAsTbackend.shutdown_async_writer(timeout: 1)
+      pipe.puts(JSON.generate(threads: events_threads.size))
+    ensure
+      exit!(0)
+    end
+    pipe.close
+    report = JSON.parse(read_line(reader, 20))
+    expect(report).to eq("new_writer" => true, "threads" => 1, "ids" => ["child-conflict"])
+    expect(JSON.parse(read_line(reader, 20))).to eq("threads" => 0)
+    expect(wait_exit(pid, 20)).to be_success
+    expect(events_thread).to be_alive
+    expect(parent.stats[:conflicts]).to eq(0)
+  ensure
+    reader&.close
   end
 end
