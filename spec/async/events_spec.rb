@@ -166,6 +166,54 @@ RSpec.describe "The async writer's events" do
     end
   end
 
+  it "counts what does not fit while nothing publishes in events_dropped.acts_as_tbackend" do
+    writer = async_writer_for(daemon)
+    total = 1100
+    facts = Array.new(total) { |i| fact("flood-#{i}", store: "flood", key: "k#{i}", value: { "v" => 1 }) }
+    expect(ActsAsTbackend.client.write_facts_once(facts).map { |r| r[:status] }.uniq).to eq(["committed_acked"])
+    gate = Queue.new
+    # The first dead letter holds the events thread until the flood is in.
+    held = ActiveSupport::Notifications.subscribe("dead_letter.acts_as_tbackend") do |*, payload|
+      gate.pop if payload[:fact_id] == "gate"
+    end
+    events = nil
+    log = app_log do
+      events = capture do
+        ActsAsTbackend.client.write_fact_once(fact("gate", store: "flood", value: { "v" => 1 }))
+        writer.enqueue(fact("gate", store: "flood", value: { "v" => 2 }))
+        expect(eventually(10) { gate.num_waiting == 1 }).to be(true)
+        facts.each { |f| writer.enqueue(f.merge("value" => { "v" => 2 })) }
+        expect(eventually(20) { writer.stats[:conflicts] == total + 1 }).to be(true)
+        gate << :open
+        expect(writer.flush(timeout: 10)).to be(true)
+      end
+    end
+    expect(named(events, :events_dropped).map(&:payload)).to eq([{ count: total - 1024 }])
+    expect(named(events, :dead_letter).size).to eq(1 + 1024)
+    expect(log).to include("TBackend async writer: #{total - 1024} event(s) dropped (the event queue was full)")
+  ensure
+    ActiveSupport::Notifications.unsubscribe(held) if held
+  end
+
+  it "keeps publishing after a subscriber raises, saying so on stderr" do
+    writer = async_writer_for(daemon)
+    seen = Queue.new
+    raising = ActiveSupport::Notifications.subscribe("dead_letter.acts_as_tbackend") do |*, payload|
+      seen << payload[:fact_id]
+      raise "subscriber bug"
+    end
+    err = stderr_of do
+      conflict(writer, "first")
+      expect(eventually(5) { events_thread&.status == "sleep" }).to be(true)
+      conflict(writer, "second")
+    end
+    expect(Array.new(seen.size) { seen.pop }).to eq(%w[first second])
+    expect(err).to include("a dead_letter.acts_as_tbackend subscriber raised RuntimeError: subscriber bug")
+    expect(events_thread).to be_alive
+  ensure
+    ActiveSupport::Notifications.unsubscribe(raising) if raising
+  end
+
   it "falls back to stderr once no Ruby thread publishes them" do
     writer = async_writer_for(daemon)
     thread = events_thread
