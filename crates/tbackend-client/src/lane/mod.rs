@@ -43,13 +43,11 @@ use crate::cancel::POKE;
 use crate::config::Config;
 use crate::error::{Endpoint, TimeoutPhase, TransportError};
 use crate::sys;
-use crate::wait::Wait;
+use crate::wait::{later, Wait};
 
 use conn::{Conn, Outbox};
 pub(crate) use pipeline::Slot;
 use pipeline::Pipeline;
-// The writer's home of `later` was this module.
-pub(crate) use crate::wait::later;
 
 /// A lane whose last request went out longer ago than this is checked for a peer close
 /// (non-blocking `MSG_PEEK`) before it is written to: the daemon cuts idle connections

@@ -19,7 +19,7 @@ use crate::backoff::full_jitter;
 use crate::cancel::Cancel;
 use crate::client::{Outcome, Request};
 use crate::error::TransportError;
-use crate::lane::later;
+use crate::wait::later;
 use crate::spool::{Entry, Spool, DEAD_LETTER_FILE};
 use crate::sys;
 

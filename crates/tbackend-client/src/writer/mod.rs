@@ -42,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cancel::{Cancel, Resumable, Step};
 use crate::client::{Client, Outcome, Request};
-use crate::lane::later;
+use crate::wait::later;
 use crate::spool::{Entry, FdRegistry, Fsync, Spool};
 use crate::sys;
 
