@@ -341,14 +341,15 @@ fn backoff_grows_with_full_jitter_up_to_the_cap() {
                 .push(pair[1] - pair[0]);
         }
     }
+    // Most gaps, not all: on a loaded machine a flusher can be descheduled for tens of
+    // ms, which says nothing about the backoff it chose. A cap ignored would put most
+    // gaps past it.
     let slack = Duration::from_millis(30);
     for (attempt, gs) in &gaps {
         let cap =
             (Duration::from_millis(5) * 2u32.pow(attempt - 1)).min(Duration::from_millis(40));
-        assert!(
-            gs.iter().all(|g| *g <= cap + slack),
-            "attempt {attempt}: {gs:?}"
-        );
+        let within = gs.iter().filter(|g| **g <= cap + slack).count();
+        assert!(within * 10 >= gs.len() * 8, "attempt {attempt}: {gs:?}");
     }
     // Jitter: the last gaps (cap 40 ms) spread instead of all being the cap.
     let last = &gaps[&6];
