@@ -11,7 +11,7 @@ require "active_record"
 require "stringio"
 require "tmpdir"
 require "acts_as_tbackend/extension"
-require "acts_as_tbackend/backfill"
+require "acts_as_tbackend/rails/backfill"
 require "acts_as_tbackend/mirror/verify"
 
 ROWS = Integer(ARGV[0] || 20_000)

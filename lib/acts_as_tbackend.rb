@@ -7,25 +7,25 @@ require_relative "acts_as_tbackend/config"
 require_relative "acts_as_tbackend/native_build"
 ActsAsTbackend::NativeBuild.load!
 require_relative "acts_as_tbackend/fact"
-require_relative "acts_as_tbackend/client"
-require_relative "acts_as_tbackend/connection"
-require_relative "acts_as_tbackend/health"
-require_relative "acts_as_tbackend/tail"
+require_relative "acts_as_tbackend/client/client"
+require_relative "acts_as_tbackend/client/connection"
+require_relative "acts_as_tbackend/client/health"
+require_relative "acts_as_tbackend/client/tail"
 require_relative "acts_as_tbackend/fork_safety"
 
 # Connects Rails apps to TBackend, a temporal-ledger daemon, through a native core.
 module ActsAsTbackend
   # The Rails-facing layer loads on first use, so a plain `require "acts_as_tbackend"`
   # (scripts, Sidekiq without Rails) stays small.
-  autoload :Sanitizer, "acts_as_tbackend/sanitizer"
-  autoload :Mirror, "acts_as_tbackend/mirror"
-  autoload :FailurePolicy, "acts_as_tbackend/failure_policy"
-  autoload :OutboxIntent, "acts_as_tbackend/outbox_intent"
-  autoload :OutboxFlusher, "acts_as_tbackend/outbox_flusher"
-  autoload :AsyncWriter, "acts_as_tbackend/async_writer"
+  autoload :Sanitizer, "acts_as_tbackend/mirror/sanitizer"
+  autoload :Mirror, "acts_as_tbackend/mirror/mirror"
+  autoload :FailurePolicy, "acts_as_tbackend/mirror/failure_policy"
+  autoload :OutboxIntent, "acts_as_tbackend/mirror/outbox_intent"
+  autoload :OutboxFlusher, "acts_as_tbackend/mirror/outbox_flusher"
+  autoload :AsyncWriter, "acts_as_tbackend/async/async_writer"
   autoload :Instrumentation, "acts_as_tbackend/instrumentation"
-  autoload :MirrorRetryJob, "acts_as_tbackend/mirror_retry_job"
-  autoload :DeadLetters, "acts_as_tbackend/dead_letters"
+  autoload :MirrorRetryJob, "acts_as_tbackend/rails/mirror_retry_job"
+  autoload :DeadLetters, "acts_as_tbackend/rails/dead_letters"
 
   @config_lock = Mutex.new
   @client_lock = Mutex.new
@@ -124,7 +124,7 @@ module ActsAsTbackend
   end
 end
 
-require_relative "acts_as_tbackend/railtie" if defined?(Rails::Railtie)
+require_relative "acts_as_tbackend/rails/railtie" if defined?(Rails::Railtie)
 
 # Whatever the async writer still holds gets a bounded chance (`shutdown_timeout`) to reach
 # the daemon; with a spool it is safe on disk already and the process exits at once.

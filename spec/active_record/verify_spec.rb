@@ -4,7 +4,7 @@ require "spec_helper"
 require "bigdecimal"
 require "stringio"
 require "tmpdir"
-require "acts_as_tbackend/backfill"
+require "acts_as_tbackend/rails/backfill"
 require "acts_as_tbackend/mirror/verify"
 require_relative "support/mirror_models"
 

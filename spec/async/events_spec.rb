@@ -7,7 +7,7 @@ require "tempfile"
 require "tmpdir"
 require "active_support"
 require "active_support/notifications"
-require "acts_as_tbackend/log_subscriber"
+require "acts_as_tbackend/rails/log_subscriber"
 require_relative "async_helpers"
 
 # Issue 12: what the native writer thread has to say reaches Ruby as ActiveSupport

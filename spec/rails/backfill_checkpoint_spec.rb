@@ -9,18 +9,7 @@ require "tmpdir"
 RSpec.describe "rake tbackend:backfill checkpoints" do
   include TbackendSpec::ClientHelpers
 
-  include_context "rails app"
-
-  around do |example|
-    TbackendSpec::TestDaemon.with do |d|
-      @daemon = d
-      example.run
-    end
-  ensure
-    ActsAsTbackend.reset!
-  end
-
-  attr_reader :daemon
+  include_context "rails app with a daemon"
 
   def env(database = "dummy")
     { "TBACKEND_TEST_PORT" => daemon.port.to_s, "DATABASE_URL" => "sqlite3:#{File.join(app, 'db', "#{database}.sqlite3")}" }

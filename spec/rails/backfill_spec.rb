@@ -10,18 +10,7 @@ RSpec.describe "rake tbackend:backfill" do
 
   let(:rows) { 100_000 }
 
-  include_context "rails app"
-
-  around do |example|
-    TbackendSpec::TestDaemon.with do |d|
-      @daemon = d
-      example.run
-    end
-  ensure
-    ActsAsTbackend.reset!
-  end
-
-  attr_reader :daemon
+  include_context "rails app with a daemon"
 
   def env
     { "TBACKEND_TEST_PORT" => daemon.port.to_s, "BATCH_SIZE" => "2000" }

@@ -8,18 +8,7 @@ require "tmpdir"
 RSpec.describe "rake tbackend:verify" do
   include TbackendSpec::ClientHelpers
 
-  include_context "rails app"
-
-  around do |example|
-    TbackendSpec::TestDaemon.with do |d|
-      @daemon = d
-      example.run
-    end
-  ensure
-    ActsAsTbackend.reset!
-  end
-
-  attr_reader :daemon
+  include_context "rails app with a daemon"
 
   def env(extra = {})
     { "TBACKEND_TEST_PORT" => daemon.port.to_s }.merge(extra)

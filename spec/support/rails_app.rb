@@ -97,3 +97,20 @@ RSpec.shared_context "rails app" do
     by_key.each_value { |values| expect(values).to eq(values.sort) } # per-key order survives the spool
   end
 end
+
+# `include_context "rails app with a daemon"`: the app, and a test daemon for the example
+# as `daemon` (the module client reset afterwards), for the rake task specs.
+RSpec.shared_context "rails app with a daemon" do
+  include_context "rails app"
+
+  around do |example|
+    TbackendSpec::TestDaemon.with do |d|
+      @daemon = d
+      example.run
+    end
+  ensure
+    ActsAsTbackend.reset!
+  end
+
+  attr_reader :daemon
+end

@@ -2,7 +2,7 @@
 
 require "digest"
 require "json"
-require "acts_as_tbackend/mirror"
+require "acts_as_tbackend/mirror/mirror"
 
 module ActsAsTbackend
   module Mirror

@@ -27,7 +27,7 @@ module ActsAsTbackend
     end
 
     initializer "acts_as_tbackend.log_subscriber" do
-      require "acts_as_tbackend/log_subscriber"
+      require "acts_as_tbackend/rails/log_subscriber"
       ActsAsTbackend::LogSubscriber.attach_to :acts_as_tbackend
     end
 

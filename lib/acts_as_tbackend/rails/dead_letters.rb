@@ -3,7 +3,7 @@
 require "json"
 require "time"
 require_relative "dead_letter_table"
-require_relative "dead_letter_file"
+require_relative "../async/dead_letter_file"
 
 module ActsAsTbackend
   # Facts given up for good — by MirrorRetryJob (attempts exhausted, or a terminal answer

@@ -29,7 +29,7 @@ namespace :tbackend do
        "tbackend:backfill[Model] (BATCH_SIZE=1000, RESTART=1 to start over)"
   task :backfill, %i[model] => :environment do |_task, args|
     model = args[:model] or abort("usage: rake tbackend:backfill[Model]")
-    require "acts_as_tbackend/backfill"
+    require "acts_as_tbackend/rails/backfill"
     begin
       summary = ActsAsTbackend::Backfill.new(
         model.constantize, batch_size: ENV.fetch("BATCH_SIZE", "1000"), restart: ENV["RESTART"] == "1",
@@ -45,7 +45,7 @@ namespace :tbackend do
        "incomplete run; REPAIR=1 repairs (exit 0 once all is repaired), FORMAT=json prints the report as JSON"
   task :verify, %i[model] => :environment do |_task, args|
     model = args[:model] or abort("usage: rake tbackend:verify[Model]")
-    require "acts_as_tbackend/backfill"
+    require "acts_as_tbackend/rails/backfill"
     require "acts_as_tbackend/mirror/verify"
     progress = ActsAsTbackend::Backfill::Progress.new($stderr, label: "tbackend:verify")
     report = ActsAsTbackend::Mirror::Verify.new(
@@ -84,7 +84,7 @@ namespace :tbackend do
     desc "Show the async spool as JSON: facts pending (per segment), delivered and dead, the oldest pending " \
          "fact's age, segments held by a live process or orphaned, dead letters"
     task status: :environment do
-      require "acts_as_tbackend/spool_status"
+      require "acts_as_tbackend/async/spool_status"
       report = ActsAsTbackend::SpoolStatus.new(ActsAsTbackend.config).call
       puts JSON.pretty_generate(report)
     end

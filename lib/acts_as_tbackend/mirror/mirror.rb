@@ -1,0 +1,123 @@
+# frozen_string_literal: true
+
+require "digest"
+
+module ActsAsTbackend
+  # Turns a record (anything with `id` and `attributes`) into a fact and writes it. The
+  # ActiveRecord macro, outbox intents and app jobs all build their facts here, so a
+  # change gets the same id whichever path sends it.
+  module Mirror
+    TOMBSTONE = { "_tombstone" => true }.freeze
+
+    module_function
+
+    # The fact for one change of `record`. The id is `derive_id(store, record.id,
+    # event_type, source_version)`, where source_version is `record.updated_at` or, for a
+    # record without one, the content digest of the sanitized attributes (0.2 used the wall
+    # clock there, so a retry wrote a second fact). `key:` defaults to "store:id".
+    def build_fact(record:, store:, event_type:, only: nil, except: nil, denylist: nil, tombstone: false, valid_time: nil,
+                   key: nil)
+      attributes = Sanitizer.call(record.attributes, only: only, except: except, denylist: denylist)
+      id = Fact.derive_id(store: store, record_id: record.id, event_type: event_type,
+                          source_version: source_version(record, attributes))
+      Fact.build(
+        id: id, store: store, key: key || default_key(store, record.id),
+        value: tombstone ? TOMBSTONE.dup : attributes,
+        valid_time: valid_time || (record.valid_time if record.respond_to?(:valid_time)),
+        causation: "#{store}:#{record.id}:#{event_type}", producer: ActsAsTbackend.config.producer
+      )
+    end
+
+    # Builds and writes the fact with `write_fact_once_safe`, then applies the failure
+    # policy. Disabled: no fact is built, nothing is sent. A record that cannot become a
+    # fact (NaN, invalid UTF-8, a bad store name) gives a soft `error` result.
+    def mirror!(record:, store:, event_type:, durability: nil, **build_options)
+      return Client::DISABLED.dup unless ActsAsTbackend.enabled?
+
+      fact = build_fact(record: record, store: store, event_type: event_type, **build_options)
+      deliver(fact, store: store, event_type: event_type, durability: durability)
+    rescue InvalidFact, TypeError, EncodingError => e
+      FailurePolicy.apply(Client.error_result(e), context: { store: store, event_type: event_type })
+    end
+
+    # @api private: writes a built fact and applies the failure policy. Strict mode's
+    # transport errors pass through, as from the client.
+    def deliver(fact, store:, event_type:, durability: nil, async: false)
+      result = write(fact, store: store, event_type: event_type, durability: durability, async: async)
+      FailurePolicy.apply(result, context: { store: store, event_type: event_type }, fact: fact, durability: durability)
+    end
+
+    # @api private: the write itself (synchronous, or handed to the async writer), with
+    # no failure policy. Disabled: nothing is sent.
+    def write(fact, store:, event_type:, durability: nil, async: false)
+      return Client::DISABLED.dup unless ActsAsTbackend.enabled?
+
+      payload = { store: store.to_s, event_type: event_type.to_s, fact_id: fact["id"], async: async }
+      result = Instrumentation.instrument(:mirror, payload) do
+        if async
+          ActsAsTbackend.async_writer.enqueue(fact, durability: durability)
+        else
+          # No durability keyword unless one was chosen, so a stubbed client records the call
+          # exactly as 0.2's mirror made it.
+          ActsAsTbackend.client.write_fact_once_safe(fact, **(durability ? { durability: durability } : {}))
+        end
+      end
+      # The app-facing matchers (acts_as_tbackend/testing) see every fact handed over.
+      Testing.record(fact, result, event_type) if defined?(ActsAsTbackend::Testing)
+      result
+    end
+
+    # Every fact stored under the key, oldest first (by seq). An empty Array when there
+    # are none, when the connector is disabled, and on any failure: reads are for
+    # debugging and must never break the page that shows them.
+    def history(store:, key:)
+      return [] unless ActsAsTbackend.enabled?
+
+      result = ActsAsTbackend.client.facts_for(store: store, key: key)
+      facts = result[:ok] ? result.dig(:response, :facts) : nil
+      facts.is_a?(Array) ? facts.sort_by { |fact| fact[:seq_id] || 0 } : []
+    rescue StandardError
+      []
+    end
+
+    # The newest fact under the key (as of `as_of`), or nil — also when disabled or on
+    # any failure.
+    def latest(store:, key:, as_of: nil)
+      return nil unless ActsAsTbackend.enabled?
+
+      result = ActsAsTbackend.client.latest_for(store: store, key: key, as_of: as_of)
+      fact = result[:ok] ? result.dig(:response, :fact) : nil
+      fact.is_a?(Hash) ? fact : nil
+    rescue StandardError
+      nil
+    end
+
+    def default_key(store, record_id)
+      "#{store}:#{record_id}"
+    end
+
+    # updated_at when the record has one; otherwise a SHA-256 of the canonical JSON of
+    # the sanitized attributes (for a tombstone: the record's last state), so the same
+    # change always gets the same id.
+    def source_version(record, attributes)
+      updated_at = record.updated_at if record.respond_to?(:updated_at)
+      updated_at.nil? ? content_digest(attributes) : updated_at
+    end
+
+    def content_digest(attributes)
+      Digest::SHA256.hexdigest(Fact.to_json(canonical(attributes)))
+    end
+
+    # Hash keys sorted (as Strings) at every depth, so equal content hashes equally
+    # whatever order the attributes came in.
+    def canonical(value)
+      case value
+      when Hash then value.map { |k, v| [k.to_s, canonical(v)] }.sort_by(&:first).to_h
+      when Array then value.map { |v| canonical(v) }
+      else value
+      end
+    end
+
+    private_class_method :source_version, :content_digest, :canonical
+  end
+end
