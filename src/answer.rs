@@ -125,7 +125,7 @@ pub fn result_hash(
 ) -> Result<RHash, Error> {
     let hash = ruby.hash_new();
     hash.aset(key(ruby, &OK), flags.ok)?;
-    hash.aset(key(ruby, &STATUS), status.as_str())?;
+    hash.aset(key(ruby, &STATUS), crate::fact::interned(status.as_str()))?;
     hash.aset(key(ruby, &COMMITTED), flags.committed)?;
     hash.aset(key(ruby, &RETRYABLE), flags.retryable)?;
     hash.aset(key(ruby, &RESPONSE), response)?;

@@ -3,6 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use magnus::rb_sys::FromRawValue;
 use magnus::{
     prelude::*, value::ReprValue, Error, Float, Integer, RArray, RClass, RHash, RString, Ruby,
     Symbol, Value,
@@ -101,22 +102,41 @@ pub fn build_fact(
     };
 
     let fact = ruby.hash_new();
-    fact.aset("id", fact_id)?;
-    fact.aset("store", store_name)?;
-    fact.aset("key", to_s(key)?)?;
-    fact.aset("value", value)?;
-    fact.aset("transaction_time", transaction_time)?;
-    fact.aset("schema_version", schema_version)?;
+    fact.aset(interned("id"), fact_id)?;
+    fact.aset(interned("store"), store_name)?;
+    fact.aset(interned("key"), to_s(key)?)?;
+    fact.aset(interned("value"), value)?;
+    fact.aset(interned("transaction_time"), transaction_time)?;
+    fact.aset(interned("schema_version"), schema_version)?;
     if !valid_time.is_nil() {
-        fact.aset("valid_time", epoch_seconds(ruby, "valid_time", valid_time)?)?;
+        fact.aset(
+            interned("valid_time"),
+            epoch_seconds(ruby, "valid_time", valid_time)?,
+        )?;
     }
     if !causation.is_nil() {
-        fact.aset("causation", to_s(causation)?)?;
+        fact.aset(interned("causation"), to_s(causation)?)?;
     }
     if !producer.is_nil() {
-        fact.aset("producer", to_s(producer)?)?;
+        fact.aset(interned("producer"), to_s(producer)?)?;
     }
     Ok(fact)
+}
+
+/// A fixed name (a fact field, a status) as Ruby's interned (frozen, deduplicated) UTF-8
+/// String: no allocation per use. As a Hash key it is kept as it is; a key built per call
+/// would cost two objects (the String, and the frozen copy the Hash keeps), on every save.
+pub(crate) fn interned(name: &'static str) -> RString {
+    // SAFETY: called with the GVL held (from a method Ruby called); the pointer and
+    // length describe a valid UTF-8 &str, and rb_enc_interned_str returns a live String.
+    let raw = unsafe {
+        Value::from_raw(rb_sys::rb_enc_interned_str(
+            name.as_ptr().cast(),
+            name.len() as std::os::raw::c_long,
+            rb_sys::rb_utf8_encoding(),
+        ))
+    };
+    RString::from_value(raw).expect("rb_enc_interned_str returns a String")
 }
 
 pub fn validate_store_name(ruby: &Ruby, name: Value) -> Result<bool, Error> {

@@ -142,9 +142,9 @@ impl RbWriter {
         wait: Option<f64>,
     ) -> Result<RArray, Error> {
         let entry = rb_self.entry(ruby, fact, durability)?;
-        let answer = |status: &str, error: Option<String>| -> Result<RArray, Error> {
+        let answer = |status: &'static str, error: Option<String>| -> Result<RArray, Error> {
             let pair = ruby.ary_new_capa(2);
-            pair.push(status)?;
+            pair.push(crate::fact::interned(status))?;
             pair.push(error)?;
             Ok(pair)
         };

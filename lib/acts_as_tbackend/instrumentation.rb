@@ -37,13 +37,21 @@ module ActsAsTbackend
   module Instrumentation
     NAMESPACE = "acts_as_tbackend"
 
+    # "mirror" => "mirror.acts_as_tbackend", built once per event: the request path asks
+    # whether anyone listens on every write, and must not allocate a String to ask.
+    NAMES = Hash.new { |names, event| names[event] = "#{event}.#{NAMESPACE}".freeze }
+
     module_function
+
+    def event_name(event)
+      NAMES[event]
+    end
 
     # Runs the block inside a notification when someone listens for the event, filling
     # `status`/`ok` from the block's soft result. Returns the block's value.
     def instrument(event, payload = {})
       notifier = self.notifier
-      name = "#{event}.#{NAMESPACE}"
+      name = event_name(event)
       return yield(payload) unless notifier&.listening?(name)
 
       ActiveSupport::Notifications.instrument(name, payload) do
@@ -55,13 +63,13 @@ module ActsAsTbackend
 
     # A notification with nothing to time (state changes).
     def publish(event, payload = {})
-      name = "#{event}.#{NAMESPACE}"
+      name = event_name(event)
       ActiveSupport::Notifications.instrument(name, payload) if notifier&.listening?(name)
       nil
     end
 
     def listening?(event)
-      notifier&.listening?("#{event}.#{NAMESPACE}") ? true : false
+      notifier&.listening?(event_name(event)) ? true : false
     end
 
     def notifier

@@ -201,7 +201,7 @@ module ActsAsTbackend
 
       result = yield @native
       track_breaker(count ? result.last : result)
-      redact_errors!(count ? result : [result])
+      redact_errors!(result, count) unless config.token.nil?
       raise_transport!(result, count) if strict
       result
     rescue *SOFT_ERRORS => e
@@ -250,10 +250,8 @@ module ActsAsTbackend
       Instrumentation.publish(event, host: config.host, port: config.port, **details)
     end
 
-    def redact_errors!(results)
-      return if config.token.nil?
-
-      results.each { |one| one[:error] = Redact.call(one[:error], config.token) if one[:error] }
+    def redact_errors!(result, count)
+      (count ? result : [result]).each { |one| one[:error] = Redact.call(one[:error], config.token) if one[:error] }
     end
 
     def raise_transport!(result, count)

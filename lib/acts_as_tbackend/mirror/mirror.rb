@@ -52,19 +52,26 @@ module ActsAsTbackend
     def write(fact, store:, event_type:, durability: nil, async: false)
       return Client::DISABLED.dup unless ActsAsTbackend.enabled?
 
-      payload = { store: store.to_s, event_type: event_type.to_s, fact_id: fact["id"], async: async }
-      result = Instrumentation.instrument(:mirror, payload) do
-        if async
-          ActsAsTbackend.async_writer.enqueue(fact, durability: durability)
-        else
-          # No durability keyword unless one was chosen, so a stubbed client records the call
-          # exactly as 0.2's mirror made it.
-          ActsAsTbackend.client.write_fact_once_safe(fact, **(durability ? { durability: durability } : {}))
-        end
-      end
+      result = if Instrumentation.listening?(:mirror)
+                 payload = { store: store.to_s, event_type: event_type.to_s, fact_id: fact["id"], async: async }
+                 Instrumentation.instrument(:mirror, payload) { hand_over(fact, durability, async) }
+               else
+                 hand_over(fact, durability, async) # no payload Hash when nobody listens
+               end
       # The app-facing matchers (acts_as_tbackend/testing) see every fact handed over.
       Testing.record(fact, result, event_type) if defined?(ActsAsTbackend::Testing)
       result
+    end
+
+    # @api private
+    def hand_over(fact, durability, async)
+      if async
+        ActsAsTbackend.async_writer.enqueue(fact, durability: durability)
+      else
+        # No durability keyword unless one was chosen, so a stubbed client records the call
+        # exactly as 0.2's mirror made it.
+        ActsAsTbackend.client.write_fact_once_safe(fact, **(durability ? { durability: durability } : {}))
+      end
     end
 
     # Every fact stored under the key, oldest first (by seq). An empty Array when there
@@ -118,6 +125,6 @@ module ActsAsTbackend
       end
     end
 
-    private_class_method :source_version, :content_digest, :canonical
+    private_class_method :source_version, :content_digest, :canonical, :hand_over
   end
 end

@@ -51,6 +51,11 @@ module TbackendSpec
       acts_as_tbackend
     end
 
+    # The same table without the macro: what a create costs the app without us.
+    class PlainOrder < ActiveRecord::Base
+      self.table_name = "mirror_orders"
+    end
+
     # Another class on the same table, with an option set of its own (and a store of its own).
     class OnlyOrder < ActiveRecord::Base
       self.table_name = "mirror_orders"
