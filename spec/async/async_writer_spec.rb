@@ -107,8 +107,12 @@ RSpec.describe ActsAsTbackend::AsyncWriter do
       expect(writer.stats[:queued]).to eq(3)
       unstall(daemon)
       expect(writer.flush(timeout: 10)).to be(true)
-      expect(writer.stats).to include(queued: 0, enqueued: 3, delivered: 2, replays: 1, conflicts: 1, dead: 0)
-      expect(writer.stats[:retries]).to be >= 1
+      stats = writer.stats
+      expect(stats).to include(queued: 0, enqueued: 3, delivered: 2, conflicts: 1, dead: 0)
+      expect(stats[:retries]).to be >= 1
+      # `first` replays. The third fact may too: a send that timed out during the stall is
+      # still queued in the daemon, which commits it on unstall, so the retry replays it.
+      expect(stats[:replays]).to be_between(1, 2)
       expect(writer.flush(timeout: 0.01)).to be(true)
     end
 
