@@ -83,8 +83,6 @@ module ActsAsTbackend
       client.health
     end
 
-    # Drops the memoised client and shuts the old one down; the next call builds a new
-    # one. Calls still running on the old client get soft results, never exceptions.
     # Compares a model's rows with the ledger, and repairs the drift with `repair: true`
     # (Mirror::Verify); returns its Report.
     #
@@ -94,6 +92,8 @@ module ActsAsTbackend
       Mirror::Verify.new(model, **options).call
     end
 
+    # Drops the memoised client and shuts the old one down; the next call builds a new
+    # one. Calls still running on the old client get soft results, never exceptions.
     def reset!
       shutdown_async_writer
       old = @client_lock.synchronize do
