@@ -30,11 +30,12 @@ OPTIONS:
   --profile fast|real         fast (default; or $TBACKEND_TESTD_PROFILE): answers as
                               quickly as it can, for tests. real: behaves like the real
                               daemon where speed is concerned (each answer in three
-                              sends, no polling for the next request, the accept loop
+                              sends, workers polling for the next request only while
+                              connections are no more than cores, the accept loop
                               polling every 10 ms, the real daemon's CPU per request),
                               for benchmarks
   --request-cpu-us US         CPU burnt per request, in µs (default: the profile's;
-                              0 for fast, 20 for real)
+                              0 for fast, 8 for real)
   -h, --help                  print this help
 
 On ready it prints one line to stdout:
@@ -48,7 +49,24 @@ pub const PROFILE_ENV: &str = "TBACKEND_TESTD_PROFILE";
 /// CPU the `real` profile burns per request, in µs: calibrated with `tbackend-load`
 /// so that a native client sees the real daemon's rates and their ratios over 1, 2 and
 /// 12 connections (the crate README says what was measured).
-pub const REAL_REQUEST_CPU_US: u64 = 20;
+pub const REAL_REQUEST_CPU_US: u64 = 8;
+
+/// How long a worker polls its socket for the next request before it blocks in `read`,
+/// and when it does (see [`Profile::poll`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Poll {
+    pub budget: Duration,
+    pub when: PollWhile,
+}
+
+/// Which workers poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollWhile {
+    /// Only the worker of the only active connection.
+    Alone,
+    /// Any worker, while there are no more active connections than cores.
+    CoresSpare,
+}
 
 /// How the daemon spends its time: as fast as it can, or as the real one does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,8 +77,9 @@ pub enum Profile {
     Fast,
     /// For benchmarks: the real daemon's measured behaviour (docs/protocol.md §2, §11):
     /// one worker thread per connection blocking in its read, every answer written as
-    /// three sends (length, body, CRC), the accept loop polling every 10 ms, and
-    /// [`REAL_REQUEST_CPU_US`] of CPU per request.
+    /// three sends (length, body, CRC), the accept loop polling every 10 ms,
+    /// [`REAL_REQUEST_CPU_US`] of CPU per request, and workers polling for their next
+    /// request while there are no more connections than cores.
     Real,
 }
 
@@ -85,6 +104,26 @@ impl Profile {
         match self {
             Profile::Fast => 0,
             Profile::Real => REAL_REQUEST_CPU_US,
+        }
+    }
+
+    /// How workers wait for the next request. Polling saves the worker's wake-up on a
+    /// request-answer round trip (two thread wake-ups bound one connection's rate here),
+    /// and costs a core while it lasts. The real daemon's workers behave as the `real`
+    /// poll does: with two connections on two cores they take the CPU their clients
+    /// need (2 : 1 is only about 1.65), and with a dozen they stop polling (12 : 2 is
+    /// about 1.6, so no CPU goes to waiting). The fast profile polls only for a lone
+    /// connection, where a core is surely spare.
+    pub fn poll(self) -> Poll {
+        match self {
+            Profile::Fast => Poll {
+                budget: Duration::from_micros(60),
+                when: PollWhile::Alone,
+            },
+            Profile::Real => Poll {
+                budget: Duration::from_micros(100),
+                when: PollWhile::CoresSpare,
+            },
         }
     }
 }

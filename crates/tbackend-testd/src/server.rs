@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tbackend_core::fact::json::canonical_json;
 use tbackend_core::protocol::frame::{encode_into, Decoder};
 
-use crate::config::{Config, Profile};
+use crate::config::{Config, PollWhile, Profile};
 use crate::engine::{Engine, EngineConfig};
 use crate::faults::{AnswerFaultKind, Faults, Stall};
 
@@ -296,12 +296,14 @@ fn serve(shared: &ServerState, mut stream: TcpStream) {
     let mut decoder = Decoder::new(NO_CAP);
     let mut buf = vec![0u8; READ_CHUNK];
     let mut out = Vec::new();
-    let spin_ok = spin_budget();
+    let poll = shared.cfg.profile.poll();
+    let cores = cores();
     loop {
-        let spun = if spin_ok.is_zero() || shared.counters.active.load(Ordering::Relaxed) > 1 {
-            None
+        let active = shared.counters.active.load(Ordering::Relaxed) as usize;
+        let spun = if polls(poll.when, active, cores) {
+            spin_read(&stream, &mut buf, poll.budget)
         } else {
-            spin_read(&stream, &mut buf, spin_ok)
+            None
         };
         let n = match spun.unwrap_or_else(|| stream.read(&mut buf)) {
             Ok(0) => return,
@@ -337,17 +339,20 @@ fn serve(shared: &ServerState, mut stream: TcpStream) {
     }
 }
 
-/// How long a lone connection polls for its next request before blocking: a
-/// request-answer round trip on one connection is bound by two thread wake-ups, and
-/// polling briefly saves the server's. Only on machines with a core to spare, and only
-/// while a single connection is served (more would burn the CPU the others need). Both
-/// profiles poll: the real daemon answers a lone connection's ping in 0.04 ms
-/// (docs/protocol.md §11), which a worker that blocks at once does not reach here.
-fn spin_budget() -> Duration {
-    match thread::available_parallelism().map(usize::from) {
-        Ok(n) if n >= 2 => Duration::from_micros(60),
-        _ => Duration::ZERO,
-    }
+/// The cores this daemon may run on. A one-core machine never polls: the client it
+/// would wait for needs that core. Both profiles poll (`Profile::poll`): the real daemon
+/// answers a lone connection's ping in 0.04 ms (docs/protocol.md §11), which a worker
+/// that blocks at once does not reach here.
+fn cores() -> usize {
+    thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn polls(when: PollWhile, active: usize, cores: usize) -> bool {
+    cores >= 2
+        && match when {
+            PollWhile::Alone => active <= 1,
+            PollWhile::CoresSpare => active <= cores,
+        }
 }
 
 /// Non-blocking reads for up to `budget`; `None` when nothing came.
@@ -586,4 +591,30 @@ fn status(shared: &ServerState) -> Value {
         "inflight": shared.engine.inflight(),
         "faults": shared.faults.to_json(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_poll_as_their_profile_says() {
+        let fast = Profile::Fast.poll().when;
+        let real = Profile::Real.poll().when;
+        // (active connections, cores) -> (fast polls, real polls)
+        for (active, cores, want) in [
+            (1, 2, (true, true)),
+            (2, 2, (false, true)),
+            (3, 2, (false, false)),
+            (12, 2, (false, false)),
+            (4, 4, (false, true)),
+            (1, 1, (false, false)),
+        ] {
+            assert_eq!(
+                (polls(fast, active, cores), polls(real, active, cores)),
+                want,
+                "{active} active on {cores} cores"
+            );
+        }
+    }
 }
