@@ -81,8 +81,12 @@ module ActsAsTbackend
         return if @settled
 
         @settled = true
-        FailurePolicy.apply(@failure || write, context: { store: @store, event_type: @event_type },
-                                               fact: @fact, durability: @durability)
+        result = @failure || write
+        # The policy has nothing to do with a success: no context Hash, no policy lookup.
+        return result if FailurePolicy.success?(result)
+
+        FailurePolicy.apply(result, context: { store: @store, event_type: @event_type }, fact: @fact,
+                                    durability: @durability)
       rescue MirrorFailure
         raise if raise_failures
       rescue StandardError
