@@ -67,7 +67,8 @@ PLAN = [
   [:gem, { threads: 1, lanes: 1 }], [:rust, { conns: 1, depth: 1 }],
   [:gem, { threads: 4, lanes: 1 }], [:gem, { threads: 12, lanes: 1 }], [:gem, { threads: 12, lanes: 2 }],
   [:gem, { threads: 32, lanes: 1 }],
-  [:rust, { conns: 1, depth: 12 }], [:rust, { conns: 2, depth: 6 }], [:rust, { conns: 12, depth: 1 }],
+  [:rust, { conns: 1, depth: 12 }], [:rust, { conns: 2, depth: 6 }], [:rust, { conns: 2, depth: 1 }],
+  [:rust, { conns: 12, depth: 1 }],
   [:naive, { threads: 1 }], [:naive, { threads: 12 }], [:naive, { threads: 32 }]
 ].freeze
 
@@ -95,15 +96,22 @@ rounds.first.each_key do |label|
               runs.sum(&:errors), runs.first.connections)
 end
 
+# Issue 13's targets: 12 threads over one connection against the native client writing
+# one at a time on 2 and on 12 connections (as the real daemon was measured), and against
+# the 0.2 design; one thread against the native client on one connection. The
+# same-connection rows have no target: one connection is one daemon worker, whose
+# ceiling the native client pipelining on it reaches and a Ruby process does not.
 RATIOS = [
-  ["gem12x1 / rust1x12 (same connections)", "gem12x1", "rust1x12", 0.9],
-  ["gem12x2 / rust2x6 (same connections)", "gem12x2", "rust2x6", 0.9],
-  ["gem12x1 / rust12x1 (12 connections)", "gem12x1", "rust12x1", 0.6],
-  ["gem12x1 / naive12", "gem12x1", "naive12", 3.0],
-  ["gem32x1 / naive32", "gem32x1", "naive32", 3.0],
+  ["gem12x1 / rust2x1 (native, 2 connections)", "gem12x1", "rust2x1", 1.0],
+  ["gem12x1 / rust12x1 (native, 12 connections)", "gem12x1", "rust12x1", 0.7],
+  ["gem12x1 / naive12", "gem12x1", "naive12", 3.5],
   ["gem1x1 / rust1x1 (one thread)", "gem1x1", "rust1x1", 0.9],
+  ["gem12x1 / rust1x12 (same connection)", "gem12x1", "rust1x12", nil],
+  ["gem12x2 / rust2x6 (same connections)", "gem12x2", "rust2x6", nil],
+  ["gem32x1 / naive32", "gem32x1", "naive32", nil],
   ["gem1x1 / naive1", "gem1x1", "naive1", nil]
 ].freeze
+P99_TARGET_MS = 2.0
 puts "\npaired same-round ratios (median over #{ROUNDS} rounds, min..max)"
 RATIOS.each do |name, a, b, target|
   ratios = rounds.map { |r| r[a].rate / r[b].rate }
@@ -111,3 +119,5 @@ RATIOS.each do |name, a, b, target|
   verdict = Bench.median(ratios) >= target ? "meets >= #{target}" : "MISSES >= #{target}" if target
   puts format("  %-40s %5.2f  (%4.2f..%4.2f) %s", name, Bench.median(ratios), ratios.min, ratios.max, verdict)
 end
+p99 = Bench.median(rounds.map { |r| r["gem12x1"].percentile(99) })
+puts format("  %-40s %5.2f ms %s", "gem12x1 p99", p99, p99 <= P99_TARGET_MS ? "meets <= 2.0" : "MISSES <= 2.0")
