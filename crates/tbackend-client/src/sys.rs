@@ -311,6 +311,36 @@ fn sockaddr(addr: &SocketAddr) -> (libc::c_int, libc::sockaddr_storage, libc::so
     }
 }
 
+/// `recv(2)` with `flags`.
+pub(crate) fn recv(sock: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `buf` is live and writable for its whole length during the call.
+    let n = unsafe { libc::recv(sock, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `send(2)` that never blocks (the socket itself is blocking, for [`recv`] with
+/// `MSG_WAITALL`) and never raises SIGPIPE.
+pub(crate) fn send_nonblocking(sock: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is live and readable for its whole length during the call.
+    let n = unsafe {
+        libc::send(
+            sock,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// close(2) and nothing else: in a forked child, dropping the inherited connection must
 /// not `shutdown(2)` it, which would cut the parent's connection too.
 pub(crate) fn close_inherited(fd: RawFd) {

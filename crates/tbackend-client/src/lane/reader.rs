@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn::Conn;
+use super::conn::{Conn, REST_WAIT};
 use super::pipeline::{complete_all, wake_reader, DONE, LEAD};
 use super::{lock, Context, Failure, Lane, Link, PollUntil, Role, Slot};
 use crate::error::TransportError;
@@ -64,14 +64,30 @@ impl Lane {
         let mut side = lock(&conn.read);
         let mut bodies: Vec<Vec<u8>> = Vec::new();
         let mut done: Vec<(Arc<Slot>, Vec<u8>)> = Vec::new();
+        let mut first_wait = true;
         loop {
-            if let Some((until, want_write)) = poll_first.take() {
-                if !wait.cancelled() {
-                    let timeout = until.saturating_duration_since(Instant::now());
-                    sys::poll_socket(conn.stream.as_raw_fd(), want_write, wait.wake, timeout);
+            let mut broken = match poll_first.take() {
+                // The rest of an answer whose head is in, or the first wait for an
+                // answer, which is most often shorter than REST_WAIT: one recv, no
+                // ppoll (conn.rs says why).
+                Some((until, false))
+                    if !wait.cancelled()
+                        && (side.missing() > 0
+                            || (first_wait && until > Instant::now() + REST_WAIT)) =>
+                {
+                    first_wait = false;
+                    let missing = side.missing();
+                    conn.read_waiting(&mut side, missing, &mut bodies)
                 }
-            }
-            let mut broken = conn.read_available(&mut side, &mut bodies);
+                Some((until, want_write)) => {
+                    if !wait.cancelled() {
+                        let timeout = until.saturating_duration_since(Instant::now());
+                        sys::poll_socket(conn.stream.as_raw_fd(), want_write, wait.wake, timeout);
+                    }
+                    conn.read_available(&mut side, &mut bodies)
+                }
+                None => conn.read_available(&mut side, &mut bodies),
+            };
             let now = Instant::now();
             let mut st = self.lock();
             if !matches!(&st.link, Link::Up(c) if Arc::ptr_eq(c, &conn)) {

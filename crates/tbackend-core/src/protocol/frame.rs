@@ -105,6 +105,15 @@ impl Decoder {
         self.buf.len() - self.start
     }
 
+    /// Bytes still to come for the frame in progress, once its header has arrived (0:
+    /// no frame in progress, its header incomplete, or the decoder refusing or failed).
+    pub fn missing(&self) -> usize {
+        if self.failed.is_some() || self.refusing {
+            return 0;
+        }
+        self.scan.saturating_sub(self.buf.len())
+    }
+
     /// Adds received bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
         if self.failed.is_some() || self.refusing {
@@ -221,6 +230,29 @@ mod tests {
         }
         assert_eq!(out, vec![b"{}".to_vec(), b"[1]".to_vec()]);
         assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn missing_counts_the_rest_of_a_frame_once_its_header_is_in() {
+        let frame = encode(b"[1,2]", 100).unwrap();
+        let mut d = Decoder::new(100);
+        assert_eq!(d.missing(), 0, "nothing in progress");
+        d.feed(&frame[..2]);
+        assert_eq!(d.missing(), 0, "header incomplete");
+        d.feed(&frame[2..4]);
+        assert_eq!(d.missing(), frame.len() - 4);
+        d.feed(&frame[4..frame.len() - 1]);
+        assert_eq!(d.missing(), 1);
+        // A whole frame and the header of the next: only the next one's rest.
+        d.feed(&frame[frame.len() - 1..]);
+        d.feed(&frame[..4]);
+        assert_eq!(d.next_frame().unwrap().as_deref(), Some(&b"[1,2]"[..]));
+        assert_eq!(d.missing(), frame.len() - 4);
+        d.feed(&frame[4..]);
+        assert_eq!(d.next_frame().unwrap().as_deref(), Some(&b"[1,2]"[..]));
+        assert_eq!(d.missing(), 0);
+        d.feed(&[0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(d.missing(), 0, "refusing an oversized frame");
     }
 
     #[test]
