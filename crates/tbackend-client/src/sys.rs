@@ -1,5 +1,6 @@
 //! The few system calls std does not wrap: futex waits, a per-thread wake eventfd,
-//! `ppoll` over a socket and that eventfd, and a non-blocking connect.
+//! `ppoll` over a socket and that eventfd, `send`/`recv` with per-call flags (a lane's
+//! socket blocks for one kind of read only, lane/conn.rs) and a non-blocking connect.
 //!
 //! Why each exists: a waiting caller must be wakeable from an async-signal-safe
 //! function (Ruby's unblocking function, possibly in signal context), which rules out
