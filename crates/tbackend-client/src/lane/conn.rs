@@ -12,10 +12,11 @@
 //! with `ppoll` before every read, 3.7 with `MSG_WAITALL` for the rest, 2.1 with the
 //! blocking first wait too (spec/client/syscalls_spec.rb pins it). Such a `recv` cannot
 //! be woken by a cancel, so `SO_RCVTIMEO` bounds it by [`REST_WAIT`], and the reader
-//! takes it only when its deadline is further away than that: an answer is most often
-//! back sooner, the rest of one whose head has arrived is microseconds away unless the
-//! daemon stalls in the middle of it, and either way the reader is back in its
-//! cancellable `ppoll` loop within that bound.
+//! checks its cancel and deadline after each. It waits for a first piece so only when
+//! its deadline is further away than that (an answer is most often back sooner; if not,
+//! it goes on in `ppoll`); the rest of an answer whose head has arrived is microseconds
+//! away unless the daemon stalls in the middle of it, and then the reader re-checks every
+//! `REST_WAIT` (tests/split_answers.rs).
 
 use std::io::ErrorKind;
 use std::net::{TcpStream, ToSocketAddrs};
