@@ -75,6 +75,10 @@ fn writer_config(
     if let Some(d) = seconds(opt(options, "retry_max_backoff")?) {
         config.max_backoff = d;
     }
+    // Zero is a setting here (no lingering), not "the default".
+    if let Some(s) = opt::<f64>(options, "linger")?.filter(|s| s.is_finite() && *s >= 0.0) {
+        config.linger = Duration::from_secs_f64(s);
+    }
     if let Some(dir) = opt::<String>(options, "spool_path")?.filter(|p| !p.is_empty()) {
         let mut spool = SpoolConfig::new(PathBuf::from(dir));
         if let Some(f) = opt::<String>(options, "spool_fsync")? {
@@ -217,7 +221,7 @@ impl RbWriter {
             return Ok(hash);
         };
         let s = writer.stats();
-        let pairs: [(&str, u64); 13] = [
+        let pairs: [(&str, u64); 14] = [
             ("queued", s.queued as u64),
             ("spooled", s.spooled as u64),
             ("spool_bytes", s.spool_bytes),
@@ -231,6 +235,7 @@ impl RbWriter {
             ("dropped", s.dropped),
             ("spool_errors", s.spool_errors),
             ("adopted", s.adopted),
+            ("batches", s.batches),
         ];
         for (name, value) in pairs {
             hash.aset(ruby.to_symbol(name), value)?;

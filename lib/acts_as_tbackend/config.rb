@@ -56,6 +56,9 @@ module ActsAsTbackend
       retry_base_backoff: [0.05, "TBACKEND_RETRY_BASE_BACKOFF", :seconds],
       retry_max_backoff: [30.0, "TBACKEND_RETRY_MAX_BACKOFF", :seconds],
       retry_backend: ["spool", "TBACKEND_RETRY_BACKEND", :retry_backend],
+      # Seconds the async writer waits for more facts before it sends fewer than a batch,
+      # so a trickle goes out in pipelined rounds (docs/async.md); 0: send each at once.
+      linger: [0.005, "TBACKEND_LINGER", :non_negative_seconds],
       # Where a fact given up for good is kept when the app has no tbackend_dead_letters
       # table; nil: dead-letter.jsonl beside the spool, else tmp/tbackend/ (DeadLetters).
       dead_letter_path: [nil, "TBACKEND_DEAD_LETTER_PATH", :path],
@@ -147,6 +150,7 @@ module ActsAsTbackend
       when :non_negative_integer then coerce_integer(value, 0.., "an integer >= 0")
       when :seconds then coerce_seconds(value)
       when :optional_seconds then coerce_optional_seconds(value)
+      when :non_negative_seconds then coerce_non_negative_seconds(value)
       when :store_prefix then coerce_store_prefix(value)
       when *CHOICES.keys then coerce_choice(value, CHOICES.fetch(type), type.to_s)
       when :path then value.nil? || value.to_s.strip.empty? ? nil : value.to_s
@@ -206,6 +210,10 @@ module ActsAsTbackend
     def coerce_optional_seconds(value)
       return nil if value.nil? || value.to_s.strip.empty?
 
+      coerce_non_negative_seconds(value)
+    end
+
+    def coerce_non_negative_seconds(value)
       seconds = value.is_a?(Numeric) ? value.to_f : Float(value.to_s.strip)
       return seconds if seconds.finite? && seconds >= 0
 

@@ -116,6 +116,30 @@ RSpec.describe ActsAsTbackend::AsyncWriter do
       expect(writer.flush(timeout: 0.01)).to be(true)
     end
 
+    it "holds a partial round for linger; flush and shutdown send it at once; stats count the rounds" do
+      writer = async_writer_for(daemon, linger: 60)
+      ids = Array.new(3) { unique("linger") }
+      ids.each { |id| writer.enqueue(fact(id, store: "linger")) }
+      sleep 0.2
+      expect(writer.stats).to include(delivered: 0, batches: 0)
+      took, flushed = timed { writer.flush(timeout: 30) }
+      expect(flushed).to be(true)
+      expect(took).to be < 5
+      expect(writer.stats).to include(delivered: 3, batches: 1)
+      writer.enqueue(fact(unique("linger"), store: "linger"))
+      took, drained = timed { writer.shutdown(timeout: 30) }
+      expect([drained, took]).to match([true, be < 5])
+      expect(stored("linger").size).to eq(4)
+    end
+
+    it "sends each fact as soon as the flusher sees it with linger 0" do
+      writer = async_writer_for(daemon, linger: 0)
+      writer.enqueue(fact(unique("eager"), store: "eager"))
+      deadline = monotonic + 10
+      sleep 0.01 until writer.stats[:delivered] == 1 || monotonic > deadline
+      expect(writer.stats).to include(delivered: 1, batches: 1)
+    end
+
     it "lets Timeout interrupt a flush at once" do
       writer = async_writer_for(daemon, retry_attempts: 1000)
       stall(daemon)

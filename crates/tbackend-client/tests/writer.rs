@@ -112,3 +112,60 @@ fn daemon_killed_and_writer_stopped_mid_flush_nothing_lost_nothing_doubled() {
     drop(next);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A trickle (a busy app thread enqueues one fact per request) goes out in a few
+/// pipelined rounds, not one round (one flusher wake-up, one write, one spool ack) per
+/// fact. Against the daemon's real profile, which answers each request in three sends.
+#[test]
+fn a_trickle_goes_out_in_far_fewer_rounds_than_facts() {
+    const FACTS: usize = 50;
+    let d = start(opts().profile(tbackend_testd::config::Profile::Real));
+    let dir = std::env::temp_dir().join(format!("tbwriter-trickle-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = WriterConfig {
+        // Longer than the default, so a descheduled test thread still fits the trickle
+        // into a few windows.
+        linger: Duration::from_millis(20),
+        spool: Some(SpoolConfig::new(&dir)),
+        ..WriterConfig::default()
+    };
+    let w = Writer::start(client(&d), config).unwrap();
+    for n in 0..FACTS {
+        // Two facts per key: each round takes one fact of a key.
+        let key = format!("k{}", n % 25);
+        w.enqueue(
+            entry(&key, &format!("trickle-{n:02}"), n),
+            None,
+            &Cancel::new(),
+        )
+        .expect("queued");
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    assert!(wait_until(Duration::from_secs(10), || w.stats().delivered
+        == FACTS as u64));
+    let s = w.stats();
+    assert_eq!((s.spooled, s.retries), (0, 0), "{s:?}");
+    assert!(s.batches * 5 <= FACTS as u64, "{s:?}");
+    assert_eq!(
+        d.control().status().unwrap().requests_received,
+        FACTS as u64
+    );
+    let stored: Vec<String> = all_facts(&d, "spooled")
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect();
+    let mut by_key: HashMap<usize, Vec<&str>> = HashMap::new();
+    for id in &stored {
+        let n: usize = id["trickle-".len()..].parse().unwrap();
+        by_key.entry(n % 25).or_default().push(id);
+    }
+    for ids in by_key.values() {
+        assert!(
+            ids.windows(2).all(|p| p[0] < p[1]),
+            "per-key order: {ids:?}"
+        );
+    }
+    assert_eq!(stored.len(), FACTS);
+    drop(w);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -23,7 +23,7 @@ module ActsAsTbackend
   # child, shut down by `reset!` and at exit.
   class AsyncWriter
     STATS_KEYS = %i[queued spooled spool_bytes enqueued delivered replays conflicts failed dead retries dropped
-                    spool_errors adopted].freeze
+                    spool_errors adopted batches].freeze
     # Least seconds between two "dropped" warnings; each names how many were dropped.
     DROP_WARNING_INTERVAL = 10.0
     # The name of the thread that publishes the native writer's events.
@@ -86,7 +86,8 @@ module ActsAsTbackend
     # settled), spooled (facts in the spool not yet settled), spool_bytes, enqueued,
     # delivered (committed or replayed), replays, conflicts, failed, dead (exhausted
     # retry_attempts), retries, dropped, spool_errors, adopted (facts taken over from
-    # the spool segments of dead processes).
+    # the spool segments of dead processes), batches (rounds sent to the daemon; see
+    # the linger setting).
     def stats
       native = @native&.stats || {}
       STATS_KEYS.to_h { |key| [key, native.fetch(key, 0)] }
@@ -140,7 +141,7 @@ module ActsAsTbackend
       {
         events: true, queue_size: config.queue_size, retry_attempts: config.retry_attempts,
         retry_base_backoff: config.retry_base_backoff, retry_max_backoff: config.retry_max_backoff,
-        spool_path: config.spool_path, spool_fsync: config.spool_fsync
+        spool_path: config.spool_path, spool_fsync: config.spool_fsync, linger: config.linger
       }
     end
 

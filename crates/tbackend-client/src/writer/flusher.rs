@@ -14,7 +14,7 @@ use tbackend_core::{ErrorKind, OpKind, Status};
 use super::dead_letter::{raw_fact, DeadLetterRecord, Reason};
 use super::events::{Event, SpoolOp};
 use super::queue::{Key, Queue, Rec};
-use super::{bump, WriterCore, RUNNING};
+use super::{bump, WriterCore, AWAKE, IDLE, LINGERING, RUNNING};
 use crate::backoff::full_jitter;
 use crate::cancel::Cancel;
 use crate::client::{Outcome, Request};
@@ -35,6 +35,12 @@ pub(super) struct State {
     pub last_sync: Instant,
     pub next_adoption: Instant,
     pub closed: bool,
+    /// Facts below this seq are awaited by a flush or a shutdown: no lingering for them.
+    pub flush_below: u64,
+    /// When the current linger window began: at the end of the last round (so a steady
+    /// trickle wakes the flusher once per window, not per fact) or, after an idle spell,
+    /// when the flusher first found a fact to send. `None`: no window open.
+    pub linger_from: Option<Instant>,
     pub rng: u64,
 }
 
@@ -139,6 +145,7 @@ impl WriterCore {
     /// The flusher thread.
     pub(super) fn run(&self) {
         let batch_max = self.config.batch.max(1);
+        let linger = self.config.linger;
         loop {
             let seen = self.work.load(Ordering::SeqCst);
             if self.stop.load(Ordering::SeqCst) != RUNNING {
@@ -159,14 +166,16 @@ impl WriterCore {
                 _ => None,
             };
             let paused = st.pause_until.is_some_and(|t| t > now);
-            let batch = if paused {
+            let linger_until = self.linger_until(&mut st, now, paused);
+            let batch = if paused || linger_until.is_some() {
                 Vec::new()
             } else {
                 st.pause_until = None;
+                st.linger_from = None;
                 st.queue.take_batch(batch_max)
             };
             if batch.is_empty() {
-                let mut wake = st.queue.next_due();
+                let mut wake = earliest(st.queue.next_due(), linger_until);
                 if paused {
                     wake = earliest(wake, st.pause_until);
                 }
@@ -178,7 +187,12 @@ impl WriterCore {
                 if st.spool.is_some() {
                     wake = earliest(wake, Some(st.next_adoption));
                 }
-                self.idle.store(true, Ordering::SeqCst);
+                let sleep = if linger_until.is_some() {
+                    LINGERING
+                } else {
+                    IDLE
+                };
+                self.sleep.store(sleep, Ordering::SeqCst);
                 drop(st);
                 self.sync(sync_file, &mut events);
                 self.events.emit(events);
@@ -186,14 +200,41 @@ impl WriterCore {
                 if timeout != Some(Duration::ZERO) {
                     sys::futex_wait(&self.work, seen, timeout);
                 }
-                self.idle.store(false, Ordering::SeqCst);
+                self.sleep.store(AWAKE, Ordering::SeqCst);
                 continue;
             }
             drop(st);
             self.sync(sync_file, &mut events);
             self.events.emit(events);
             self.send_batch(batch);
+            if !linger.is_zero() {
+                // The next window starts now: what arrives while it lasts goes out in
+                // one round at its end.
+                self.lock().linger_from = Some(Instant::now());
+            }
         }
+    }
+
+    /// When the flusher should send what is ready, if it is to linger until then rather
+    /// than now (see [`WriterConfig::linger`](super::WriterConfig::linger)). Opens a
+    /// window for facts found ready outside one; closes a window that ended.
+    fn linger_until(&self, st: &mut State, now: Instant, paused: bool) -> Option<Instant> {
+        let linger = self.config.linger;
+        if paused || linger.is_zero() || self.urgent(st) {
+            return None;
+        }
+        let from = match st.linger_from {
+            Some(from) => from,
+            None if st.queue.has_ready() => *st.linger_from.insert(now),
+            None => return None,
+        };
+        let until = later(from, linger);
+        if now < until {
+            return Some(until);
+        }
+        // Ended with nothing to send: the flusher idles until the next enqueue.
+        st.linger_from = None;
+        None
     }
 
     fn send_batch(&self, batch: Vec<(Key, Arc<Entry>)>) {
@@ -212,6 +253,7 @@ impl WriterCore {
         let outcomes = if requests.is_empty() {
             Vec::new()
         } else {
+            bump(&self.counters.batches);
             self.sink.send(&requests, &Cancel::new())
         };
         let mut st = self.lock();
@@ -352,8 +394,7 @@ impl WriterCore {
         // Before the progress wake: a flush that returns has its events queued.
         self.events.emit(events);
         if settled {
-            self.progress.fetch_add(1, Ordering::SeqCst);
-            sys::futex_wake(&self.progress, i32::MAX);
+            self.progressed();
         }
     }
 

@@ -95,6 +95,11 @@ impl Queue {
         !self.ready.is_empty()
     }
 
+    /// Keys whose head may be sent now: the size of the next batch, were it unbounded.
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
     /// Moves the keys whose backoff ended by `now` to the ready ones.
     pub fn promote_due(&mut self, now: Instant) {
         while let Some(Reverse((t, _))) = self.delayed.peek() {

@@ -6,7 +6,7 @@ use crate::spool::{decode_segment, pending_facts, DEAD_LETTER_FILE};
 use std::collections::BTreeSet;
 use std::collections::HashMap as Map;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Condvar;
 use tbackend_core::{Classified, Status};
 
@@ -830,4 +830,81 @@ fn events_queued_for_an_owner_that_let_go_are_not_kept() {
     assert!(flushed(&w));
     assert!(w.take_events().events.is_empty());
     assert_eq!(w.stats().conflicts, 2);
+}
+
+/// A window no test outlasts: whatever goes out went out because it had to.
+fn lingering(config: WriterConfig) -> WriterConfig {
+    WriterConfig {
+        linger: Duration::from_secs(60),
+        ..config
+    }
+}
+
+#[test]
+fn a_partial_batch_lingers_but_flush_and_shutdown_send_it_at_once() {
+    let sink = Scripted::new(|_, _| Status::CommittedAcked);
+    let w = Writer::start(sink.clone(), lingering(fast())).unwrap();
+    put(&w, "a", "a1");
+    put(&w, "b", "b1");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(w.stats().batches, 0, "held for the window");
+    let t0 = Instant::now();
+    assert!(flushed(&w));
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(*sink.batches.lock().unwrap(), [vec!["a1", "b1"]]);
+    // The flush is over: later facts linger again, until the shutdown's flush.
+    put(&w, "a", "a2");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(w.stats().batches, 1);
+    let t0 = Instant::now();
+    assert!(w.shutdown(Duration::from_secs(30), &Cancel::new()));
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(w.stats().batches, 2);
+    assert_eq!(sink.sent_ids(), ["a1", "b1", "a2"]);
+}
+
+#[test]
+fn a_full_batch_and_a_half_full_queue_go_without_lingering() {
+    let sink = Scripted::new(|_, _| Status::CommittedAcked);
+    let config = lingering(WriterConfig {
+        batch: 3,
+        ..fast()
+    });
+    let w = Writer::start(sink.clone(), config).unwrap();
+    for k in ["a", "b", "c"] {
+        put(&w, k, k);
+    }
+    assert!(wait(|| w.stats().delivered == 3), "{:?}", w.stats());
+    // Two facts of one key are one ready key: no batch of 3 yet.
+    put(&w, "d", "d1");
+    put(&w, "d", "d2");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(w.stats().delivered, 3);
+    drop(w);
+
+    let sink = Scripted::new(|_, _| Status::CommittedAcked);
+    let config = lingering(WriterConfig {
+        queue_size: 4,
+        ..fast()
+    });
+    let w = Writer::start(sink.clone(), config).unwrap();
+    put(&w, "a", "a1");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(w.stats().batches, 0);
+    // Half full: an enqueue would soon wait for room.
+    put(&w, "b", "b1");
+    assert!(wait(|| w.stats().delivered == 2), "{:?}", w.stats());
+}
+
+#[test]
+fn without_linger_every_fact_goes_as_soon_as_the_flusher_sees_it() {
+    let sink = Scripted::new(|_, _| Status::CommittedAcked);
+    let config = WriterConfig {
+        linger: Duration::ZERO,
+        ..fast()
+    };
+    let w = Writer::start(sink.clone(), config).unwrap();
+    put(&w, "a", "a1");
+    assert!(wait(|| w.stats().delivered == 1), "{:?}", w.stats());
+    assert_eq!(w.stats().batches, 1);
 }
