@@ -15,7 +15,13 @@ RSpec.describe ActsAsTbackend::AsyncWriter do
     it "returns in microseconds while the daemon is stalled, where a synchronous write waits out its timeout" do
       writer = async_writer_for(daemon, retry_attempts: 1000)
       stall(daemon)
-      sync_elapsed, sync = timed { ActsAsTbackend.client.write_fact_once(fact(unique, store: "async"), timeout: 0.3) }
+      # On a client of its own: the stalled daemon never answers that write, so the next
+      # answer on its connection would be paired with it, and the read-back below would
+      # wait in vain. (It passed on the module client while the writer, sending at once
+      # into the stall, took over a second to flush: the lane replaced the connection.)
+      sync_client = ActsAsTbackend::Client.new(ActsAsTbackend.config)
+      sync_elapsed, sync = timed { sync_client.write_fact_once(fact(unique, store: "async"), timeout: 0.3) }
+      sync_client.shutdown
       expect(sync[:status]).to eq("timeout_unknown")
 
       ids = Array.new(300) { |i| "stalled-#{i}" }
