@@ -232,7 +232,7 @@ impl WriterCore {
         if now < until {
             return Some(until);
         }
-        // Ended with nothing to send: the flusher idles until the next enqueue.
+        // Over: what is ready goes now; with nothing, the flusher idles until an enqueue.
         st.linger_from = None;
         None
     }

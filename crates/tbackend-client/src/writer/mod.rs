@@ -104,10 +104,10 @@ impl SpoolConfig {
     }
 }
 
-/// [`WriterConfig::linger`] by default. Facts arriving every 0.7-1 ms (one request of a
-/// busy app thread) cost the flusher 100-130 µs of CPU each when sent one by one, mostly
-/// thread wake-ups; 5 ms gathers five to seven per round and halves that
-/// (bench/request_path.rb; 3 ms saved a third). Well below what a background write's
+/// [`WriterConfig::linger`] by default. Facts arriving every 0.6-0.9 ms (one request of
+/// a busy app thread) cost the flusher 70-130 µs of CPU each when sent one by one,
+/// mostly thread wake-ups; 5 ms gathers five to eight per round and 28-47 µs each
+/// (bench/request_path.rb; 3 ms saved less). Well below what a background write's
 /// latency matters for.
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(5);
 

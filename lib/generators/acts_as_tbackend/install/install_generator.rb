@@ -40,6 +40,8 @@ module ActsAsTbackend
         retry_attempts: "Delivery attempts for a queued fact before it is dead-lettered.",
         retry_base_backoff: "First retry delay in seconds (exponential, full jitter).",
         retry_max_backoff: "Longest retry delay in seconds.",
+        linger: "Seconds the async writer waits for more facts before it sends a partial round " \
+                "(0: at once; flush and shutdown never wait).",
         retry_backend: "Where enqueue_retry sends failed mirrors: spool (native) or active_job (MirrorRetryJob).",
         dead_letter_path: "The JSONL file keeping facts given up for good when there is no tbackend_dead_letters " \
                           "table; nil: dead-letter.jsonl beside the spool, else tmp/tbackend/.",
