@@ -128,8 +128,8 @@ pub struct WriterConfig {
     /// How long the flusher waits for more facts before it sends fewer than a `batch`
     /// (Kafka's `linger.ms`): a trickle of facts then goes out in pipelined rounds, one
     /// wake-up, one write and one spool acknowledgement for many facts instead of for
-    /// each. A fact waits at most this long; `flush`, `shutdown`, a full `batch` and a
-    /// queue half full send at once. Zero: every fact is sent as soon as the flusher
+    /// each. A fact waits at most this long; `flush`, `shutdown`, a full `batch`, a key
+    /// with facts behind its head and a queue half full send at once. Zero: every fact is sent as soon as the flusher
     /// sees it.
     pub linger: Duration,
     /// Put in each request; never stored in the spool or printed.
@@ -654,11 +654,13 @@ impl WriterCore {
     }
 
     /// Whether what is queued must go out without lingering: a flush or shutdown waits
-    /// for it, a whole batch is ready, or the queue is half full (enqueues would soon
-    /// wait for room).
+    /// for it, a whole batch is ready, a key has facts behind its head (they leave one
+    /// round each: lingering would hold a busy key to one fact per window), or the queue
+    /// is half full (enqueues would soon wait for room).
     fn urgent(&self, st: &State) -> bool {
         st.closed
             || !st.queue.settled_below(st.flush_below)
+            || st.queue.backlogged()
             || st.queue.ready_len() >= self.config.batch.max(1)
             || st.queue.len() * 2 >= self.config.queue_size.max(1)
     }

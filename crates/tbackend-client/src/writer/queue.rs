@@ -100,6 +100,11 @@ impl Queue {
         self.ready.len()
     }
 
+    /// Whether some key holds facts behind its head: they leave one round each.
+    pub fn backlogged(&self) -> bool {
+        self.len > self.keys.len()
+    }
+
     /// Moves the keys whose backoff ended by `now` to the ready ones.
     pub fn promote_due(&mut self, now: Instant) {
         while let Some(Reverse((t, _))) = self.delayed.peek() {

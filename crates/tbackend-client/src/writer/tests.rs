@@ -875,9 +875,9 @@ fn a_full_batch_and_a_half_full_queue_go_without_lingering() {
         put(&w, k, k);
     }
     assert!(wait(|| w.stats().delivered == 3), "{:?}", w.stats());
-    // Two facts of one key are one ready key: no batch of 3 yet.
+    // Two ready keys: no batch of 3 yet.
     put(&w, "d", "d1");
-    put(&w, "d", "d2");
+    put(&w, "e", "e1");
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(w.stats().delivered, 3);
     drop(w);
@@ -894,6 +894,21 @@ fn a_full_batch_and_a_half_full_queue_go_without_lingering() {
     // Half full: an enqueue would soon wait for room.
     put(&w, "b", "b1");
     assert!(wait(|| w.stats().delivered == 2), "{:?}", w.stats());
+}
+
+#[test]
+fn a_busy_key_does_not_wait_for_the_window_per_fact() {
+    let sink = Scripted::new(|_, _| Status::CommittedAcked);
+    let w = Writer::start(sink.clone(), lingering(fast())).unwrap();
+    for id in ["a1", "a2", "a3"] {
+        put(&w, "a", id);
+    }
+    // a1 and a2 each have a fact behind them; a3, alone, lingers.
+    assert!(wait(|| w.stats().delivered == 2), "{:?}", w.stats());
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(sink.sent_ids(), ["a1", "a2"]);
+    assert!(flushed(&w));
+    assert_eq!(sink.sent_ids(), ["a1", "a2", "a3"]);
 }
 
 #[test]
