@@ -23,18 +23,8 @@ pub fn derive_id(
     source_version: Value,
     format: String,
 ) -> Result<String, Error> {
-    let format: id::IdFormat = format.parse().map_err(|_| {
-        configuration(
-            ruby,
-            format!("unknown id format {format:?}: expected \"legacy\" or \"digest\""),
-        )
-    })?;
-    let record = match (format, RArray::from_value(record_id)) {
-        (id::IdFormat::Digest, Some(parts)) => {
-            id::RecordId::Composite(parts.into_iter().map(to_s).collect::<Result<_, _>>()?)
-        }
-        _ => id::RecordId::One(to_s(record_id)?),
-    };
+    let format = id_format(ruby, &format)?;
+    let record = record_key(format, record_id)?;
     let version = version_token(source_version)?;
     Ok(id::derive_id(
         format,
@@ -45,9 +35,29 @@ pub fn derive_id(
     ))
 }
 
+pub fn id_format(ruby: &Ruby, format: &str) -> Result<id::IdFormat, Error> {
+    format.parse().map_err(|_| {
+        configuration(
+            ruby,
+            format!("unknown id format {format:?}: expected \"legacy\" or \"digest\""),
+        )
+    })
+}
+
+/// The record id as it enters the fact id: an Array is a composite key in the digest
+/// format; anything else (and any id in the legacy format) is its `to_s`.
+pub fn record_key(format: id::IdFormat, record_id: Value) -> Result<id::RecordId, Error> {
+    Ok(match (format, RArray::from_value(record_id)) {
+        (id::IdFormat::Digest, Some(parts)) => {
+            id::RecordId::Composite(parts.into_iter().map(to_s).collect::<Result<_, _>>()?)
+        }
+        _ => id::RecordId::One(to_s(record_id)?),
+    })
+}
+
 /// The 0.2 gem's version token: integer microseconds for anything time-like (it has
 /// `usec` and `to_i`: Time, TimeWithZone, DateTime with ActiveSupport), else `to_s`.
-fn version_token(value: Value) -> Result<id::VersionToken, Error> {
+pub fn version_token(value: Value) -> Result<id::VersionToken, Error> {
     if value.respond_to("usec", false)? && value.respond_to("to_i", false)? {
         let seconds: i128 = value.funcall::<_, _, Integer>("to_i", ())?.to_i128()?;
         let usec: i128 = value.funcall::<_, _, Integer>("usec", ())?.to_i128()?;
@@ -95,32 +105,73 @@ pub fn build_fact(
                 ),
             )
         })?;
-    let transaction_time = if transaction_time.is_nil() {
-        now_seconds()
+    let causation = if causation.is_nil() {
+        None
     } else {
-        epoch_seconds(ruby, "transaction_time", transaction_time)?
+        Some(to_s(causation)?)
     };
+    FactParts {
+        id: fact_id,
+        store: store_name,
+        key: key_text(key)?,
+        value,
+        valid_time,
+        transaction_time,
+        causation,
+        schema_version,
+        producer,
+    }
+    .build(ruby)
+}
 
-    let fact = ruby.hash_new();
-    fact.aset(interned("id"), fact_id)?;
-    fact.aset(interned("store"), store_name)?;
-    fact.aset(interned("key"), to_s(key)?)?;
-    fact.aset(interned("value"), value)?;
-    fact.aset(interned("transaction_time"), transaction_time)?;
-    fact.aset(interned("schema_version"), schema_version)?;
-    if !valid_time.is_nil() {
-        fact.aset(
-            interned("valid_time"),
-            epoch_seconds(ruby, "valid_time", valid_time)?,
-        )?;
+/// A key as `Fact.build` takes it: its `to_s`.
+pub fn key_text(key: Value) -> Result<String, Error> {
+    to_s(key)
+}
+
+/// A fact's fields, checked and converted but for the times and the producer.
+pub struct FactParts {
+    pub id: RString,
+    /// Already checked with `check_store`.
+    pub store: String,
+    pub key: String,
+    pub value: Value,
+    pub valid_time: Value,
+    pub transaction_time: Value,
+    pub causation: Option<String>,
+    pub schema_version: u32,
+    pub producer: Value,
+}
+
+impl FactParts {
+    /// The String-keyed fact Hash, its times as float epoch seconds.
+    pub fn build(self, ruby: &Ruby) -> Result<RHash, Error> {
+        let transaction_time = if self.transaction_time.is_nil() {
+            now_seconds()
+        } else {
+            epoch_seconds(ruby, "transaction_time", self.transaction_time)?
+        };
+        let fact = ruby.hash_new();
+        fact.aset(interned("id"), self.id)?;
+        fact.aset(interned("store"), self.store)?;
+        fact.aset(interned("key"), self.key)?;
+        fact.aset(interned("value"), self.value)?;
+        fact.aset(interned("transaction_time"), transaction_time)?;
+        fact.aset(interned("schema_version"), self.schema_version)?;
+        if !self.valid_time.is_nil() {
+            fact.aset(
+                interned("valid_time"),
+                epoch_seconds(ruby, "valid_time", self.valid_time)?,
+            )?;
+        }
+        if let Some(causation) = self.causation {
+            fact.aset(interned("causation"), causation)?;
+        }
+        if !self.producer.is_nil() {
+            fact.aset(interned("producer"), to_s(self.producer)?)?;
+        }
+        Ok(fact)
     }
-    if !causation.is_nil() {
-        fact.aset(interned("causation"), to_s(causation)?)?;
-    }
-    if !producer.is_nil() {
-        fact.aset(interned("producer"), to_s(producer)?)?;
-    }
-    Ok(fact)
 }
 
 /// A fixed name (a fact field, a status) as Ruby's interned (frozen, deduplicated) UTF-8

@@ -8,6 +8,7 @@ mod fact;
 mod json;
 mod nogvl;
 mod per_process;
+mod record;
 mod spool;
 mod writer;
 
@@ -71,6 +72,10 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
         "validate_store_name",
         function!(fact::validate_store_name, 1),
     )?;
+    native.define_singleton_method("record_fact", function!(record::record_fact, 13))?;
+    native.define_singleton_method("sanitize", function!(record::sanitize, 4))?;
+    native.define_singleton_method("default_key", function!(record::default_key, 2))?;
+    native.define_singleton_method("content_digest", function!(record::content_digest, 1))?;
     native.define_singleton_method("encode_json", function!(json::encode_json, 2))?;
     native.define_singleton_method("value_hash", function!(json::value_hash, 1))?;
     spool::define(native)?;

@@ -38,7 +38,36 @@ module ActsAsTbackend
         Native.validate_store_name(store)
       end
 
+      # @api private, asked by the native encoder once per class it meets outside JSON's
+      # core types: does `JSON.generate` write an object of `klass` as the JSON String of
+      # its `to_s`? It does when `to_json` is json's own Object#to_json, reached directly
+      # or through ActiveSupport's (which hands JSON.generate's calls back to it, so
+      # neither `as_json` nor ActiveSupport's time format settings apply there: a
+      # TimeWithZone is written "2026-01-02 03:04:05 UTC", as the 0.2 gem sent it); true
+      # for Time, ActiveSupport::TimeWithZone, Date, DateTime and BigDecimal unless the app
+      # overrides their `to_json`. The encoder then calls `to_s` itself instead of
+      # JSON.generate. False when JSON.generate is not json's own (Oj's mimic mode).
+      def generic_json_class?(klass)
+        return false unless json_generate_stock?
+
+        method = klass.instance_method(:to_json)
+        method = method.super_method while method && active_support_to_json?(method.owner)
+        !method.nil? && method.owner.equal?(::JSON::Ext::Generator::GeneratorMethods::Object)
+      rescue NameError
+        false
+      end
+
       private
+
+      def json_generate_stock?
+        ::JSON.method(:generate).source_location&.first&.end_with?("json/common.rb") &&
+          ::JSON::State.equal?(::JSON::Ext::Generator::State)
+      end
+
+      def active_support_to_json?(owner)
+        defined?(::ActiveSupport::ToJsonWithActiveSupportEncoder) &&
+          owner.equal?(::ActiveSupport::ToJsonWithActiveSupportEncoder)
+      end
 
       def id_format(format)
         (format || ActsAsTbackend.config.id_format).to_s

@@ -7,7 +7,7 @@ module ActsAsTbackend
     class Options
       DURABILITIES = %w[accepted durable].freeze
 
-      attr_reader :only, :except, :denylist, :durability
+      attr_reader :only, :except, :denylist, :durability, :sanitizer_options
 
       def initialize(model, store: nil, only: nil, except: nil, denylist: nil, key: nil, durability: nil, async: nil,
                      **conditions)
@@ -20,6 +20,8 @@ module ActsAsTbackend
         @only = only
         @except = except
         @denylist = denylist
+        # Built once: the mirror passes it with every save.
+        @sanitizer_options = { only: only, except: except, denylist: denylist }.freeze
         @key = callable!(key, "key") unless key.nil?
         @if = Array(conditions[:if]).map { |condition| callable!(condition, "if") }
         @unless = Array(conditions[:unless]).map { |condition| callable!(condition, "unless") }
@@ -55,10 +57,6 @@ module ActsAsTbackend
       # `if:` conditions all truthy and `unless:` conditions all falsy.
       def mirror?(record)
         @if.all? { |condition| evaluate(record, condition) } && @unless.none? { |condition| evaluate(record, condition) }
-      end
-
-      def sanitizer_options
-        { only: only, except: except, denylist: denylist }
       end
 
       private

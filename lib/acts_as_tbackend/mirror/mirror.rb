@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-require "digest"
+require_relative "record_shape"
 
 module ActsAsTbackend
   # Turns a record (anything with `id` and `attributes`) into a fact and writes it. The
@@ -15,17 +15,13 @@ module ActsAsTbackend
     # event_type, source_version)`, where source_version is `record.updated_at` or, for a
     # record without one, the content digest of the sanitized attributes (0.2 used the wall
     # clock there, so a retry wrote a second fact). `key:` defaults to "store:id".
+    # One native call (src/record.rs) over `record.attributes`: Sanitizer.call,
+    # Fact.derive_id and Fact.build are the same code.
     def build_fact(record:, store:, event_type:, only: nil, except: nil, denylist: nil, tombstone: false, valid_time: nil,
                    key: nil)
-      attributes = Sanitizer.call(record.attributes, only: only, except: except, denylist: denylist)
-      id = Fact.derive_id(store: store, record_id: record.id, event_type: event_type,
-                          source_version: source_version(record, attributes))
-      Fact.build(
-        id: id, store: store, key: key || default_key(store, record.id),
-        value: tombstone ? TOMBSTONE.dup : attributes,
-        valid_time: valid_time || (record.valid_time if record.respond_to?(:valid_time)),
-        causation: "#{store}:#{record.id}:#{event_type}", producer: ActsAsTbackend.config.producer
-      )
+      config = ActsAsTbackend.config
+      Native.record_fact(record, record.attributes, RecordShape.of(record), store, event_type, only, except, denylist,
+                         tombstone ? TOMBSTONE : nil, valid_time, key, config.id_format, config.producer)
     end
 
     # Builds and writes the fact with `write_fact_once_safe`, then applies the failure
@@ -100,31 +96,9 @@ module ActsAsTbackend
     end
 
     def default_key(store, record_id)
-      "#{store}:#{record_id}"
+      Native.default_key(store, record_id)
     end
 
-    # updated_at when the record has one; otherwise a SHA-256 of the canonical JSON of
-    # the sanitized attributes (for a tombstone: the record's last state), so the same
-    # change always gets the same id.
-    def source_version(record, attributes)
-      updated_at = record.updated_at if record.respond_to?(:updated_at)
-      updated_at.nil? ? content_digest(attributes) : updated_at
-    end
-
-    def content_digest(attributes)
-      Digest::SHA256.hexdigest(Fact.to_json(canonical(attributes)))
-    end
-
-    # Hash keys sorted (as Strings) at every depth, so equal content hashes equally
-    # whatever order the attributes came in.
-    def canonical(value)
-      case value
-      when Hash then value.map { |k, v| [k.to_s, canonical(v)] }.sort_by(&:first).to_h
-      when Array then value.map { |v| canonical(v) }
-      else value
-      end
-    end
-
-    private_class_method :source_version, :content_digest, :canonical, :hand_over
+    private_class_method :hand_over
   end
 end

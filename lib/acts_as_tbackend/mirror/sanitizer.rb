@@ -10,33 +10,12 @@ module ActsAsTbackend
 
     module_function
 
-    # A new Hash with String top-level keys; the input is never modified. `denylist: true`
-    # means DEFAULT_DENYLIST, an Array names the keys to drop, nil/false drops none.
+    # A new Hash with String top-level keys (`attributes.to_h`, keys by `to_s`); the input
+    # is never modified. A list is `Array(list)`, its names compared as their `to_s`.
+    # `denylist: true` means DEFAULT_DENYLIST, an Array names the keys to drop, nil/false
+    # drops none. Native (src/record.rs): Mirror.build_fact runs the same code.
     def call(attributes, only: nil, except: nil, denylist: nil)
-      sanitized = attributes.to_h.transform_keys(&:to_s)
-      if only
-        keep = names(only)
-        sanitized.select! { |name, _| keep.include?(name) }
-      elsif except
-        drop = names(except)
-        sanitized.reject! { |name, _| drop.include?(name) }
-      end
-      denied = denylist_names(denylist)
-      sanitized.reject! { |name, _| denied.include?(name) } unless denied.empty?
-      sanitized
+      Native.sanitize(attributes, only, except, denylist)
     end
-
-    def denylist_names(denylist)
-      case denylist
-      when nil, false then []
-      when true then DEFAULT_DENYLIST
-      else names(denylist)
-      end
-    end
-
-    def names(list)
-      Array(list).map(&:to_s)
-    end
-    private_class_method :denylist_names, :names
   end
 end

@@ -196,12 +196,25 @@ pub fn derive_id(
             let digest = hasher.finalize();
             let mut id = String::with_capacity(DIGEST_PREFIX.len() + 64);
             id.push_str(DIGEST_PREFIX);
-            for byte in digest.iter() {
-                id.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-                id.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
-            }
+            push_hex(&mut id, &digest);
             id
         }
+    }
+}
+
+/// The version token of a record that has no `updated_at`: the lowercase hex SHA-256 of
+/// its content's canonical JSON (the Ruby binding writes it with Hash keys sorted), so
+/// the same content always gets the same id.
+pub fn content_digest(canonical_json: &[u8]) -> String {
+    let mut hex = String::with_capacity(64);
+    push_hex(&mut hex, &Sha256::digest(canonical_json));
+    hex
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for byte in bytes {
+        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
     }
 }
 
@@ -220,6 +233,15 @@ mod tests {
 
     fn text(s: &str) -> VersionToken {
         VersionToken::Text(s.to_owned())
+    }
+
+    #[test]
+    fn content_digest_is_hex_sha256() {
+        // Ruby: Digest::SHA256.hexdigest('{"a":1}')
+        assert_eq!(
+            content_digest(br#"{"a":1}"#),
+            "015abd7f5cc57a2dd94b7590f04ad8084273905ee33ec5cebeae62276a97f862"
+        );
     }
 
     #[test]
