@@ -31,7 +31,7 @@ OPTIONS:
                               quickly as it can, for tests. real: behaves like the real
                               daemon where speed is concerned (each answer in three
                               sends, workers polling for the next request only while
-                              no more workers are awake than cores, the accept loop
+                              connections are no more than cores, the accept loop
                               polling every 10 ms, the real daemon's CPU per request),
                               for benchmarks
   --request-cpu-us US         CPU burnt per request, in µs (default: the profile's;
@@ -64,8 +64,7 @@ pub struct Poll {
 pub enum PollWhile {
     /// Only the worker of the only active connection.
     Alone,
-    /// Any worker, while no more workers are awake (serving a request or polling)
-    /// than there are cores; those of idle connections sleep in `read`.
+    /// Any worker, while there are no more active connections than cores.
     CoresSpare,
 }
 
@@ -80,7 +79,7 @@ pub enum Profile {
     /// one worker thread per connection blocking in its read, every answer written as
     /// three sends (length, body, CRC), the accept loop polling every 10 ms,
     /// [`REAL_REQUEST_CPU_US`] of CPU per request, and workers polling for their next
-    /// request while no more workers are awake than there are cores.
+    /// request while there are no more connections than cores.
     Real,
 }
 

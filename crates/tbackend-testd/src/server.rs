@@ -36,8 +36,6 @@ struct Counters {
     accepted: AtomicU64,
     open: AtomicU64,
     active: AtomicU64,
-    /// Workers not blocked in a read: serving a request or polling for the next one.
-    awake: AtomicU64,
     queued: AtomicU64,
     requests_received: AtomicU64,
     requests_answered: AtomicU64,
@@ -300,20 +298,14 @@ fn serve(shared: &ServerState, mut stream: TcpStream) {
     let mut out = Vec::new();
     let poll = shared.cfg.profile.poll();
     let cores = cores();
-    let awake = Awake::new(&shared.counters.awake);
     loop {
-        let c = &shared.counters;
-        let others = match poll.when {
-            PollWhile::Alone => c.active.load(Ordering::Relaxed),
-            PollWhile::CoresSpare => c.awake.load(Ordering::Relaxed),
-        };
-        let spun = if polls(poll.when, others as usize, cores) {
+        let active = shared.counters.active.load(Ordering::Relaxed) as usize;
+        let spun = if polls(poll.when, active, cores) {
             spin_read(&stream, &mut buf, poll.budget)
         } else {
             None
         };
-        let read = spun.unwrap_or_else(|| awake.asleep(|| stream.read(&mut buf)));
-        let n = match read {
+        let n = match spun.unwrap_or_else(|| stream.read(&mut buf)) {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -355,38 +347,12 @@ fn cores() -> usize {
     thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// `count`: the open connections for `Alone`, the awake workers (this one included)
-/// for `CoresSpare`. Idle connections do not count there: their workers sleep in `read`
-/// and take no CPU, as the real daemon's do.
-fn polls(when: PollWhile, count: usize, cores: usize) -> bool {
+fn polls(when: PollWhile, active: usize, cores: usize) -> bool {
     cores >= 2
         && match when {
-            PollWhile::Alone => count <= 1,
-            PollWhile::CoresSpare => count <= cores,
+            PollWhile::Alone => active <= 1,
+            PollWhile::CoresSpare => active <= cores,
         }
-}
-
-/// Counts this worker in `Counters::awake` except while it sleeps in a blocking read.
-struct Awake<'a>(&'a AtomicU64);
-
-impl<'a> Awake<'a> {
-    fn new(counter: &'a AtomicU64) -> Self {
-        counter.fetch_add(1, Ordering::SeqCst);
-        Awake(counter)
-    }
-
-    fn asleep<T>(&self, f: impl FnOnce() -> T) -> T {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-        let out = f();
-        self.0.fetch_add(1, Ordering::SeqCst);
-        out
-    }
-}
-
-impl Drop for Awake<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// Non-blocking reads for up to `budget`; `None` when nothing came.
@@ -619,7 +585,6 @@ fn status(shared: &ServerState) -> Value {
         "connections_accepted": c.accepted.load(Ordering::SeqCst),
         "connections_open": c.open.load(Ordering::SeqCst),
         "connections_active": c.active.load(Ordering::SeqCst),
-        "workers_awake": c.awake.load(Ordering::SeqCst),
         "connections_queued": c.queued.load(Ordering::SeqCst),
         "requests_received": c.requests_received.load(Ordering::SeqCst),
         "requests_answered": c.requests_answered.load(Ordering::SeqCst),

@@ -263,29 +263,3 @@ fn real_profile_spends_its_cpu_on_each_request_but_pings() {
     let spent = process_cpu(pid) - before;
     assert!(spent < Duration::from_millis(50), "{spent:?} for 50 pings");
 }
-
-/// The `real` profile's workers poll for their next request only while no more workers
-/// are awake than cores: a worker whose connection is idle sleeps in its read and does
-/// not count, so idle pooled connections do not stop a busy one's worker from polling.
-#[test]
-fn idle_workers_sleep_and_do_not_count_as_awake() {
-    let d = TestDaemon::start(opts().profile(Profile::Real));
-    let mut conns: Vec<_> = (0..3).map(|_| d.connect().unwrap()).collect();
-    for (i, conn) in conns.iter_mut().enumerate() {
-        assert_eq!(conn.call(&write(1000 + i)).unwrap()["ok"], json!(true));
-    }
-    // Polling lasts 100 µs at most; then every worker sleeps in its read.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let status = d.control().status().unwrap().raw;
-        assert_eq!(status["connections_active"], json!(3));
-        if status["workers_awake"] == json!(0) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "workers still awake: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
