@@ -28,9 +28,10 @@ module ActsAsTbackend
       def self.build(record, options, event_type)
         return unless options.mirror?(record)
 
-        fact = Mirror.build_fact(record: record, store: options.store, event_type: event_type,
-                                 key: options.key_for(record), tombstone: event_type == "destroy",
-                                 **options.sanitizer_options)
+        # The default key ("store:id") is build_fact's own: no second lookup of the store.
+        key = options.key_for(record) if options.custom_key?
+        fact = Mirror.build_fact(record: record, store: options.store, event_type: event_type, key: key,
+                                 tombstone: event_type == "destroy", **options.sanitizer_options)
         new(options, event_type, fact: fact)
       rescue StandardError => e
         new(options, event_type, failure: Client.error_result(e))
