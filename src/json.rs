@@ -73,6 +73,33 @@ pub enum EncodeError {
     Ruby(Error),
 }
 
+impl From<Error> for EncodeError {
+    fn from(e: Error) -> Self {
+        EncodeError::Ruby(e)
+    }
+}
+
+/// `RHash#each` with a step that may fail: the first failure stops the walk and is what
+/// comes back (magnus's `foreach` takes only Ruby errors, and raising through it would
+/// unwind across Ruby's frames).
+pub fn try_foreach<E: From<Error>>(
+    hash: RHash,
+    mut step: impl FnMut(Value, Value) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut failure = None;
+    let walked = hash.foreach(|key: Value, val: Value| match step(key, val) {
+        Ok(()) => Ok(ForEach::Continue),
+        Err(e) => {
+            failure = Some(e);
+            Ok(ForEach::Stop)
+        }
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => walked.map_err(E::from),
+    }
+}
+
 impl EncodeError {
     fn invalid(message: impl Into<String>) -> Self {
         EncodeError::Invalid {
@@ -195,28 +222,16 @@ impl<'r> Encoder<'r> {
     fn hash(&mut self, hash: RHash) -> Result<(), EncodeError> {
         self.out.push(b'{');
         let mut first = true;
-        let mut failure = None;
-        let walked = hash.foreach(|key: Value, val: Value| {
+        try_foreach(hash, |key, val| {
             if !first {
                 self.out.push(b',');
             }
             first = false;
-            let step = self.key(key).and_then(|name| {
+            self.key(key).and_then(|name| {
                 self.out.push(b':');
                 self.value(val).map_err(|e| e.at(|| format!("[{name:?}]")))
-            });
-            match step {
-                Ok(()) => Ok(ForEach::Continue),
-                Err(e) => {
-                    failure = Some(e);
-                    Ok(ForEach::Stop)
-                }
-            }
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        walked.map_err(EncodeError::Ruby)?;
+            })
+        })?;
         self.out.push(b'}');
         Ok(())
     }
@@ -247,24 +262,12 @@ impl<'r> Encoder<'r> {
         let mut keys = Vec::with_capacity(hash.len());
         // The values in a Ruby Array, where the GC sees them while keys are converted.
         let values = self.ruby.ary_new_capa(hash.len());
-        let mut failure = None;
-        let walked = hash.foreach(|key: Value, val: Value| {
-            match self.key_text(key).and_then(|text| {
-                values.push(val).map_err(EncodeError::Ruby)?;
-                keys.push(text);
-                Ok(())
-            }) {
-                Ok(()) => Ok(ForEach::Continue),
-                Err(e) => {
-                    failure = Some(e);
-                    Ok(ForEach::Stop)
-                }
-            }
-        });
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        walked.map_err(EncodeError::Ruby)?;
+        try_foreach(hash, |key, val| {
+            let text = self.key_text(key)?;
+            values.push(val).map_err(EncodeError::Ruby)?;
+            keys.push(text);
+            Ok::<(), EncodeError>(())
+        })?;
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_by(|&a, &b| keys[a].as_bytes().cmp(keys[b].as_bytes()));
         self.out.push(b'{');

@@ -6,8 +6,7 @@
 
 use magnus::rb_sys::{AsRawValue, FromRawValue};
 use magnus::{
-    prelude::*, r_hash::ForEach, value::ReprValue, Error, RArray, RHash, RModule, RString, Ruby,
-    Symbol, Value,
+    prelude::*, value::ReprValue, Error, RArray, RHash, RModule, RString, Ruby, Symbol, Value,
 };
 use tbackend_core::fact::id;
 
@@ -49,32 +48,18 @@ pub fn sanitize(
     };
     let denied = denylist_names(ruby, denylist)?;
     let out = ruby.hash_new();
-    let mut failure = None;
-    let walked = source.foreach(|key: Value, value: Value| {
-        let step = (|| {
-            let name = string_key(key)?;
-            let wanted = match (keep, drop) {
-                (Some(keep), _) => contains(keep, name)?,
-                (None, Some(drop)) => !contains(drop, name)?,
-                (None, None) => true,
-            };
-            if wanted && !denied.map_or(Ok(false), |denied| contains(denied, name))? {
-                out.aset(name, value)?;
-            }
-            Ok(())
-        })();
-        match step {
-            Ok(()) => Ok(ForEach::Continue),
-            Err(e) => {
-                failure = Some(e);
-                Ok(ForEach::Stop)
-            }
+    json::try_foreach(source, |key, value| {
+        let name = string_key(key)?;
+        let wanted = match (keep, drop) {
+            (Some(keep), _) => contains(keep, name)?,
+            (None, Some(drop)) => !contains(drop, name)?,
+            (None, None) => true,
+        };
+        if wanted && !denied.map_or(Ok(false), |denied| contains(denied, name))? {
+            out.aset(name, value)?;
         }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    walked?;
+        Ok::<(), Error>(())
+    })?;
     Ok(out)
 }
 
