@@ -380,14 +380,7 @@ fn connect_timeout_and_cancel_while_connecting() {
     assert!((150..1000).contains(&ms), "{ms} ms");
 
     let c = Client::new(cfg(5000));
-    let cancel = std::sync::Arc::new(Cancel::new());
-    let canceller = {
-        let cancel = cancel.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            cancel.cancel();
-        })
-    };
+    let (cancel, canceller) = cancel_after(Duration::from_millis(100));
     let t0 = Instant::now();
     let o = c.call(&ping(), None, &cancel);
     canceller.join().unwrap();

@@ -307,14 +307,7 @@ fn a_paused_call_resumes_to_its_own_answer() {
     assert_status(&call(&c, &ping()), Status::Ok);
     d.control().delay(200).unwrap();
     let paused_write = |id: &str, after: Duration| {
-        let cancel = Arc::new(Cancel::new());
-        let canceller = {
-            let cancel = cancel.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(after);
-                cancel.cancel();
-            })
-        };
+        let (cancel, canceller) = cancel_after(after);
         let step = c.start(&write("p", id, id, json!(id)), None, &cancel);
         canceller.join().unwrap();
         match step {
@@ -500,14 +493,7 @@ fn retries_record_attempts_and_sleep_cancellably() {
         deadline: None,
         attempt_timeout: None,
     };
-    let cancel = Arc::new(Cancel::new());
-    let canceller = {
-        let cancel = cancel.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(150));
-            cancel.cancel();
-        })
-    };
+    let (cancel, canceller) = cancel_after(Duration::from_millis(150));
     let t0 = Instant::now();
     let mut tries = 0;
     // The first backoff may draw a short sleep (full jitter): retry until one is long.
@@ -559,14 +545,7 @@ fn cancel_ends_a_batch_promptly() {
     });
     assert_status(&call(&c, &ping()), Status::Ok);
     d.control().stall(false).unwrap();
-    let cancel = Arc::new(Cancel::new());
-    let canceller = {
-        let cancel = cancel.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(150));
-            cancel.cancel();
-        })
-    };
+    let (cancel, canceller) = cancel_after(Duration::from_millis(150));
     let reqs: Vec<_> = (0..50).map(|_| ping()).collect();
     let t0 = Instant::now();
     let out = c.call_batch(&reqs, Some(Duration::from_secs(5)), &cancel);

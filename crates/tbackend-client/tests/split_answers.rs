@@ -5,11 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tbackend_client::{Cancel, Client, Config, Request, Status, TransportError};
 use tbackend_core::protocol::frame::{encode, Decoder};
+
+mod common;
+use common::cancel_after;
 
 const PONG: &[u8] = br#"{"ok":true,"pong":true}"#;
 
@@ -79,14 +81,7 @@ fn a_cancel_ends_a_wait_for_the_rest_of_an_answer() {
         while matches!(s.read(&mut rest), Ok(n) if n > 0) {}
     });
     let c = client(port, Duration::from_secs(30));
-    let cancel = Arc::new(Cancel::new());
-    let canceller = {
-        let cancel = cancel.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            cancel.cancel();
-        })
-    };
+    let (cancel, canceller) = cancel_after(Duration::from_millis(100));
     let t0 = Instant::now();
     let o = c.call(&Request::ping(None), None, &cancel);
     canceller.join().unwrap();

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -125,4 +125,18 @@ pub fn assert_status(o: &Outcome, status: Status) {
 /// Open data connections the daemon sees (settles first: closes are noticed async).
 pub fn open_connections(d: &TestDaemon) -> u64 {
     d.control().status().unwrap().connections_open
+}
+
+/// A `Cancel` that a thread of its own cancels after `after`, as an interrupt would hit a
+/// waiting caller; join the handle once the call has returned.
+pub fn cancel_after(after: Duration) -> (Arc<Cancel>, std::thread::JoinHandle<()>) {
+    let cancel = Arc::new(Cancel::new());
+    let canceller = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            cancel.cancel();
+        })
+    };
+    (cancel, canceller)
 }
