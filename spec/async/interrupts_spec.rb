@@ -17,8 +17,14 @@ RSpec.describe "ActsAsTbackend::AsyncWriter interrupted waits" do
     thread = Thread.new(&block)
     eventually(2) { thread.status == "sleep" }
     sleep 0.05
-    expect(thread).to be_alive
+    expect(thread).to be_alive, -> { "the wait ended before any interrupt: #{outcome(thread)}" }
     thread
+  end
+
+  def outcome(thread)
+    thread.value.inspect
+  rescue Exception => e # rubocop:disable Lint/RescueException
+    "raised #{e.class}: #{e.message}"
   end
 
   # Wakes `thread` (an interrupt that raises nothing), checks it still waits, then lets the
@@ -26,7 +32,7 @@ RSpec.describe "ActsAsTbackend::AsyncWriter interrupted waits" do
   def woken_then_answered(thread)
     thread.wakeup
     sleep 0.2
-    expect(thread).to be_alive, -> { "the wait ended on Thread#wakeup: #{thread.value.inspect}" }
+    expect(thread).to be_alive, -> { "the wait ended on Thread#wakeup: #{outcome(thread)}" }
     unstall(daemon)
     join_all([thread], 20).first
   end

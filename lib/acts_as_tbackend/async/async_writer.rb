@@ -64,10 +64,10 @@ module ActsAsTbackend
     # under the "raise" policy.
     def enqueue(fact, durability: nil)
       return Client::DISABLED.dup unless config.enabled?
-      return @client.native_call { enqueue_native(fact, durability) } unless Instrumentation.listening?(:enqueue)
+      return enqueue_native(fact, durability) unless Instrumentation.listening?(:enqueue)
 
       payload = { store: fact["store"] || fact[:store], fact_id: fact["id"] || fact[:id] } if fact.respond_to?(:[])
-      Instrumentation.instrument(:enqueue, payload || {}) { @client.native_call { enqueue_native(fact, durability) } }
+      Instrumentation.instrument(:enqueue, payload || {}) { enqueue_native(fact, durability) }
     end
 
     # true once every fact enqueued before the call has a terminal result (delivered,
@@ -206,16 +206,30 @@ module ActsAsTbackend
       true
     end
 
+    # The soft result a synchronous write of the fact would give for what cannot be sent
+    # (an invalid fact, a bad config, a bug of ours), else the queue's answer. Not
+    # through Client#native_call: an enqueue never reaches the daemon, so it has no
+    # breaker to track, and this is every async save's path (issue 13).
     def enqueue_native(fact, durability)
-      return Client.result("config_error", error: @open_error) unless @native
+      return unusable unless @native
 
       wait = config.queue_full_policy == "block" ? config.queue_block_timeout : nil
       status, error = @native.enqueue(@client.wire_fact(fact), (durability || config.durability_default).to_s, wait)
       case status
-      when "enqueued" then Client.result("enqueued", error: error)
+      when "enqueued" then error ? Client.result("enqueued", error: Redact.call(error, config.token)) : ENQUEUED.dup
       when "full" then queue_full(wait)
       else Client.result("unavailable", error: "ActsAsTbackend::ConnectionError: async writer is shut down")
       end
+    rescue *Client::SOFT_ERRORS => e
+      Client.error_result(e, config.token)
+    end
+
+    ENQUEUED = Client.result("enqueued").freeze
+    private_constant :ENQUEUED
+
+    # An invalid config, or an unusable spool directory, named.
+    def unusable
+      Client.result("config_error", error: @open_error || Client.config_error_message(config))
     end
 
     def queue_full(waited)

@@ -26,6 +26,11 @@ module ActsAsTbackend
       result
     end
 
+    # What a call answers for a config that is not valid.
+    def self.config_error_message(config)
+      "ActsAsTbackend::ConfigurationError: #{config.errors.join('; ')}"
+    end
+
     # What the mirror paths answer while the connector is disabled.
     DISABLED = result("disabled").freeze
 
@@ -262,8 +267,7 @@ module ActsAsTbackend
     end
 
     def config_error(count)
-      message = "ActsAsTbackend::ConfigurationError: #{config.errors.join('; ')}"
-      one = self.class.result("config_error", error: message)
+      one = self.class.result("config_error", error: self.class.config_error_message(config))
       count ? Array.new(count) { one.dup } : one
     end
 
