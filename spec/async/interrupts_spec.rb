@@ -17,7 +17,9 @@ RSpec.describe "ActsAsTbackend::AsyncWriter interrupted waits" do
     thread = Thread.new(&block)
     eventually(2) { thread.status == "sleep" }
     sleep 0.05
-    expect(thread).to be_alive, -> { "the wait ended before any interrupt: #{outcome(thread)}" }
+    expect(thread).to be_alive, lambda {
+      "the wait ended before any interrupt: #{outcome(thread)}; writer #{ActsAsTbackend.async_writer.stats}"
+    }
     thread
   end
 
@@ -83,7 +85,7 @@ RSpec.describe "ActsAsTbackend::AsyncWriter interrupted waits" do
     writer = async_writer_for(daemon, queue_size: 1, queue_full_policy: "block", queue_block_timeout: 30,
                                       retry_attempts: 1000)
     stall(daemon)
-    writer.enqueue(fact(unique("fill"), store: "async"))
+    expect(writer.enqueue(fact(unique("fill"), store: "async"))).to include(status: "enqueued")
     id = unique("late")
     thread = waiting { writer.enqueue(fact(id, store: "async")) }
     expect(woken_then_answered(thread)).to include(ok: true, status: "enqueued")
