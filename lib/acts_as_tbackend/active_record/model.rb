@@ -81,9 +81,7 @@ module ActsAsTbackend
       # The fact the mirror would write for this record now, for an app-owned job or
       # outbox.
       def tbackend_fact(event_type:, tombstone: false, valid_time: nil)
-        options = self.class.tbackend_options
-        Mirror.build_fact(record: self, store: options.store, event_type: event_type, key: tbackend_key,
-                          tombstone: tombstone, valid_time: valid_time, **options.sanitizer_options)
+        self.class.tbackend_options.fact_for(self, event_type, tombstone: tombstone, valid_time: valid_time)
       end
 
       # Writes that fact now, synchronously, through Mirror.mirror! (a soft result).
@@ -91,7 +89,7 @@ module ActsAsTbackend
         options = self.class.tbackend_options
         Mirror.mirror!(record: self, store: options.store, event_type: event_type, key: tbackend_key,
                        tombstone: tombstone, valid_time: valid_time, durability: durability || options.durability,
-                       **options.sanitizer_options)
+                       only: options.only, except: options.except, denylist: options.denylist)
       end
     end
   end

@@ -7,7 +7,7 @@ module ActsAsTbackend
     class Options
       DURABILITIES = %w[accepted durable].freeze
 
-      attr_reader :only, :except, :denylist, :durability, :sanitizer_options
+      attr_reader :only, :except, :denylist, :durability
 
       def initialize(model, store: nil, only: nil, except: nil, denylist: nil, key: nil, durability: nil, async: nil,
                      **conditions)
@@ -20,8 +20,6 @@ module ActsAsTbackend
         @only = only
         @except = except
         @denylist = denylist
-        # Built once: the mirror passes it with every save.
-        @sanitizer_options = { only: only, except: except, denylist: denylist }.freeze
         @key = callable!(key, "key") unless key.nil?
         @if = Array(conditions[:if]).map { |condition| callable!(condition, "if") }
         @unless = Array(conditions[:unless]).map { |condition| callable!(condition, "unless") }
@@ -52,6 +50,14 @@ module ActsAsTbackend
       # The key the mirror writes for this record: the `key:` option's value, or "store:id".
       def key_for(record)
         custom_key? ? evaluate(record, @key).to_s : Mirror.default_key(store, record.id)
+      end
+
+      # The fact for a change of `record` as these options make it: the macro, the record's
+      # own helpers, backfill and verify all build here. Only a custom key is passed
+      # (the default, "store:id", is the native build's own).
+      def fact_for(record, event_type, tombstone: false, valid_time: nil)
+        Mirror.record_fact(record, store, event_type, @only, @except, @denylist, tombstone, valid_time,
+                           custom_key? ? key_for(record) : nil)
       end
 
       # `if:` conditions all truthy and `unless:` conditions all falsy.

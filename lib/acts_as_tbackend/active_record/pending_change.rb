@@ -28,11 +28,7 @@ module ActsAsTbackend
       def self.build(record, options, event_type)
         return unless options.mirror?(record)
 
-        # The default key ("store:id") is build_fact's own: no second lookup of the store.
-        key = options.key_for(record) if options.custom_key?
-        fact = Mirror.build_fact(record: record, store: options.store, event_type: event_type, key: key,
-                                 tombstone: event_type == "destroy", **options.sanitizer_options)
-        new(options, event_type, fact: fact)
+        new(options, event_type, fact: options.fact_for(record, event_type, tombstone: event_type == "destroy"))
       rescue StandardError => e
         new(options, event_type, failure: Client.error_result(e))
       end

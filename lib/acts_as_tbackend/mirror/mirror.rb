@@ -19,6 +19,12 @@ module ActsAsTbackend
     # Fact.derive_id and Fact.build are the same code.
     def build_fact(record:, store:, event_type:, only: nil, except: nil, denylist: nil, tombstone: false, valid_time: nil,
                    key: nil)
+      record_fact(record, store, event_type, only, except, denylist, tombstone, valid_time, key)
+    end
+
+    # @api private: build_fact without keywords, for Model::Options#fact_for, which every
+    # save of a mirrored model goes through (a keyword splat is a Hash per call).
+    def record_fact(record, store, event_type, only, except, denylist, tombstone, valid_time, key) # rubocop:disable Metrics/ParameterLists
       config = ActsAsTbackend.config
       Native.record_fact(record, record.attributes, RecordShape.of(record), store, event_type, only, except, denylist,
                          tombstone ? TOMBSTONE : nil, valid_time, key, config.id_format, config.producer)

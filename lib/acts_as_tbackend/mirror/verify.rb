@@ -189,8 +189,7 @@ module ActsAsTbackend
       end
 
       def build(row)
-        Mirror.build_fact(record: row, store: @store, event_type: EVENT_TYPE, key: @options.key_for(row),
-                          **@options.sanitizer_options)
+        @options.fact_for(row, EVENT_TYPE)
       end
 
       # ---- pass 2: the ledger ----

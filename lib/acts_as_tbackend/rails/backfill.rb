@@ -135,8 +135,7 @@ module ActsAsTbackend
         summary.skipped += 1
         return nil
       end
-      Mirror.build_fact(record: row, store: @options.store, event_type: EVENT_TYPE, key: @options.key_for(row),
-                        **@options.sanitizer_options)
+      @options.fact_for(row, EVENT_TYPE)
     end
 
     # Counts what landed; returns the facts worth another attempt.
