@@ -12,6 +12,15 @@ RSpec.describe "ActsAsTbackend::AsyncWriter interrupted waits" do
 
   with_daemon
 
+  # Each wait's own deadline, far beyond the example's: only an interrupt or the daemon's
+  # answer may end it. Under `rake spec:gc_stress` GC.stress is on for as long as a native
+  # call runs, and it is the whole process's: while the waiting thread blocks, the main
+  # thread runs under it too, slow enough to outlast 30 s (an enqueue once answered
+  # queue_full after 30 s before the example could wake it).
+  def wait_limit
+    600
+  end
+
   # A thread parked in `block`, the daemon stalled so that the wait cannot end by itself.
   def waiting(&block)
     thread = Thread.new(&block)
@@ -44,7 +53,7 @@ RSpec.describe "ActsAsTbackend::AsyncWriter interrupted waits" do
     stall(daemon)
     ids = Array.new(2) { unique("wakeup") }
     ids.each { |id| writer.enqueue(fact(id, store: "async")) }
-    thread = waiting { writer.flush(timeout: 30) }
+    thread = waiting { writer.flush(timeout: wait_limit) }
     expect(woken_then_answered(thread)).to be(true)
     expect(stored("async").keys).to include(*ids)
     expect(writer.stats).to include(queued: 0, delivered: 2)
@@ -63,7 +72,7 @@ RSpec.describe "ActsAsTbackend::AsyncWriter interrupted waits" do
       sleep 0.2
       unstall(daemon)
     end
-    expect(writer.flush(timeout: 30)).to be(true)
+    expect(writer.flush(timeout: wait_limit)).to be(true)
     join_all([signaller], 5)
     expect(trapped).to be(true)
     expect(stored("async").keys).to include(id)
@@ -76,13 +85,13 @@ RSpec.describe "ActsAsTbackend::AsyncWriter interrupted waits" do
     stall(daemon)
     id = unique("shutdown")
     writer.enqueue(fact(id, store: "async"))
-    thread = waiting { writer.shutdown(timeout: 30) }
+    thread = waiting { writer.shutdown(timeout: wait_limit) }
     expect(woken_then_answered(thread)).to be(true)
     expect(stored("async").keys).to include(id)
   end
 
   it "lets an enqueue blocked on a full queue and woken by Thread#wakeup wait on for room", :gc_stress do
-    writer = async_writer_for(daemon, queue_size: 1, queue_full_policy: "block", queue_block_timeout: 30,
+    writer = async_writer_for(daemon, queue_size: 1, queue_full_policy: "block", queue_block_timeout: wait_limit,
                                       retry_attempts: 1000)
     stall(daemon)
     expect(writer.enqueue(fact(unique("fill"), store: "async"))).to include(status: "enqueued")
@@ -97,7 +106,7 @@ RSpec.describe "ActsAsTbackend::AsyncWriter interrupted waits" do
     writer = async_writer_for(daemon, retry_attempts: 1000)
     stall(daemon)
     writer.enqueue(fact(unique, store: "async"))
-    thread = waiting { writer.flush(timeout: 30) }
+    thread = waiting { writer.flush(timeout: wait_limit) }
     took, = timed do
       thread.kill
       thread.join(2)
@@ -112,7 +121,7 @@ RSpec.describe "ActsAsTbackend::AsyncWriter interrupted waits" do
     writer.enqueue(fact(unique, store: "async"))
     stop = Class.new(StandardError)
     thread = waiting do
-      writer.shutdown(timeout: 30)
+      writer.shutdown(timeout: wait_limit)
     rescue stop => e
       e
     end
