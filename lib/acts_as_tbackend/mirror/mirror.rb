@@ -71,8 +71,9 @@ module ActsAsTbackend
         ActsAsTbackend.async_writer.enqueue(fact, durability: durability)
       else
         # No durability keyword unless one was chosen, so a stubbed client records the call
-        # exactly as 0.2's mirror made it.
-        ActsAsTbackend.client.write_fact_once_safe(fact, **(durability ? { durability: durability } : {}))
+        # exactly as 0.2's mirror made it (and no Hash is built for the keywords).
+        client = ActsAsTbackend.client
+        durability ? client.write_fact_once_safe(fact, durability: durability) : client.write_fact_once_safe(fact)
       end
     end
 
