@@ -127,7 +127,7 @@ impl Batch {
                         let oldest = self.pending[ix]
                             .pop_front()
                             .expect("Full only with own requests queued");
-                        if !self.wait(ix, oldest, cancel) {
+                        if !self.wait(ix, oldest, cancel, 0) {
                             self.untake(admission);
                             return taken;
                         }
@@ -189,7 +189,7 @@ impl Batch {
         for ix in 0..self.pending.len() {
             while self.pending[ix].front().is_some_and(|p| p.slot.is_done()) {
                 let p = self.pending[ix].pop_front().expect("front checked");
-                if !self.wait(ix, p, cancel) {
+                if !self.wait(ix, p, cancel, 0) {
                     return false;
                 }
             }
@@ -221,7 +221,10 @@ impl Batch {
         self.flush();
         for ix in 0..self.pending.len() {
             while let Some(p) = self.pending[ix].pop_front() {
-                if !self.wait(ix, p, cancel) {
+                // Every answer still pending on the lane is waited for next: the lane
+                // may wait for them together.
+                let more = self.pending[ix].len();
+                if !self.wait(ix, p, cancel, more) {
                     return false;
                 }
             }
@@ -239,8 +242,9 @@ impl Batch {
         }
     }
 
-    /// Waits for `p`'s answer; `false` (and `p` back at the front) if `cancel` cut it short.
-    fn wait(&mut self, ix: usize, p: Pending, cancel: &Cancel) -> bool {
+    /// Waits for `p`'s answer, and the lane perhaps for the `more` after it at once;
+    /// `false` (and `p` back at the front) if `cancel` cut it short.
+    fn wait(&mut self, ix: usize, p: Pending, cancel: &Cancel, more: usize) -> bool {
         // About to block: what is still queued must go out first (an answer that is
         // already there needs nothing sent).
         if !p.slot.is_done() {
@@ -248,7 +252,7 @@ impl Batch {
         }
         let inner = self.client.inner();
         let wait = Wait::until(p.deadline, self.budget, cancel);
-        let result = inner.lanes[ix].wait_detached(&inner.context, &p.slot, &wait);
+        let result = inner.lanes[ix].wait_detached(&inner.context, &p.slot, &wait, more);
         if let Err(Failure {
             error: TransportError::Cancelled { .. },
             ..

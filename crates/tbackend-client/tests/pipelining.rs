@@ -398,3 +398,95 @@ fn timeouts_storm_never_misdelivers() {
         assert_eq!(id_of.get(&seq), Some(&id));
     }
 }
+
+/// A batch waiting for its answers reads them together: the kernel wakes its reader once
+/// they are all there (by the shortest answer seen so far), not at each of the three
+/// pieces of each answer the real daemon sends.
+#[test]
+fn a_batch_reads_its_answers_together() {
+    const ROUNDS: usize = 5;
+    const PER_ROUND: usize = 16;
+    let d = start(opts().profile(tbackend_testd::config::Profile::Real));
+    let c = Client::new(Config {
+        max_depth: 256,
+        ..config(&d)
+    });
+    // The first answers on a connection say how long answers are.
+    assert_status(
+        &call(&c, &write("gather", "g-warm", "k-warm", json!(0))),
+        Status::CommittedAcked,
+    );
+    let before = c.stats().lanes[0].socket_reads;
+    for r in 0..ROUNDS {
+        let reqs: Vec<_> = (0..PER_ROUND)
+            .map(|i| {
+                write(
+                    "gather",
+                    &format!("g{r}-{i}"),
+                    &format!("k{r}-{i}"),
+                    json!(i),
+                )
+            })
+            .collect();
+        let outcomes = c.call_batch(&reqs, None, &Cancel::new());
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| o.classified.status == Status::CommittedAcked),
+            "{outcomes:?}"
+        );
+    }
+    let reads = c.stats().lanes[0].socket_reads - before;
+    // One read per round when the answers come within the poll's 2 ms, one more per
+    // 2 ms a loaded machine adds; one per answer at the least when read as they come.
+    assert!(
+        reads <= (ROUNDS * 4) as u64,
+        "{reads} socket reads for {ROUNDS} rounds of {PER_ROUND} answers"
+    );
+    assert_eq!(all_facts(&d, "gather").len(), ROUNDS * PER_ROUND + 1);
+}
+
+/// Answers shorter than every answer before (pings after writes) leave a batch's
+/// gathering wait short of the bytes it expected: it reads what came at its 2 ms
+/// re-check, and every answer still reaches its request.
+#[test]
+fn a_batch_of_answers_shorter_than_expected_still_completes() {
+    let d = start(opts().profile(tbackend_testd::config::Profile::Real));
+    let c = Client::new(Config {
+        max_depth: 256,
+        ..config(&d)
+    });
+    let writes: Vec<_> = (0..4)
+        .map(|i| write("short", &format!("s{i}"), &format!("k{i}"), json!(i)))
+        .collect();
+    assert!(c
+        .call_batch(&writes, None, &Cancel::new())
+        .iter()
+        .all(|o| o.classified.status == Status::CommittedAcked));
+    let mixed: Vec<_> = (0..12)
+        .map(|i| {
+            if i % 4 == 3 {
+                latest_for("short", &format!("k{}", i / 4))
+            } else {
+                ping()
+            }
+        })
+        .collect();
+    let started = Instant::now();
+    let outcomes = c.call_batch(&mixed, None, &Cancel::new());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    for (i, o) in outcomes.iter().enumerate() {
+        assert_status(o, Status::Ok);
+        if i % 4 == 3 {
+            assert_eq!(
+                o.classified.answer["fact"]["id"],
+                format!("s{}", i / 4),
+                "{o:?}"
+            );
+        }
+    }
+}

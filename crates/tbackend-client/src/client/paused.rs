@@ -61,7 +61,7 @@ impl PausedCall {
         let lane = &inner.lanes[self.lane];
         let wait = Wait::until(self.deadline, self.budget, cancel);
         let result = if self.sent {
-            lane.wait_detached(&inner.context, &self.slot, &wait)
+            lane.wait_detached(&inner.context, &self.slot, &wait, 0)
         } else {
             lane.exchange(&inner.context, &self.slot, &self.frame, &wait)
         };

@@ -21,7 +21,8 @@
 use std::io::ErrorKind;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tbackend_core::protocol::frame::{Decoder, FrameError};
@@ -32,6 +33,8 @@ use crate::sys;
 use crate::wait::{later, Wait};
 
 const READ_CHUNK: usize = 64 * 1024;
+/// A frame's bytes beside its body: the length before it, the CRC after it.
+const FRAME_OVERHEAD: usize = 8;
 /// The longest a [`Conn::read_waiting`] blocks (uncancellable) for the rest of an answer.
 pub(crate) const REST_WAIT: Duration = Duration::from_millis(2);
 
@@ -39,6 +42,8 @@ pub(crate) const REST_WAIT: Duration = Duration::from_millis(2);
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     endpoint: Endpoint,
+    /// `recv(2)` calls, counted for the lane across its connections.
+    recvs: Arc<AtomicU64>,
     /// Held by the reader only.
     pub(crate) read: Mutex<ReadSide>,
 }
@@ -46,6 +51,10 @@ pub(crate) struct Conn {
 pub(crate) struct ReadSide {
     decoder: Decoder,
     buf: Box<[u8]>,
+    /// The socket's `SO_RCVLOWAT` as last set (1: the kernel's default).
+    lowat: usize,
+    /// The shortest answer frame read on this connection so far.
+    shortest: Option<usize>,
 }
 
 impl ReadSide {
@@ -53,18 +62,93 @@ impl ReadSide {
     pub(crate) fn missing(&self) -> usize {
         self.decoder.missing()
     }
+
+    /// How many bytes `answers` more answers bring at the least, judged by the
+    /// shortest answer this connection has carried (minus the part of the next one
+    /// already buffered): `None` before any answer, or when there is nothing worth
+    /// gathering. A guess, not a promise: an answer shorter than any before leaves the
+    /// total short of it, which costs one [`REST_WAIT`] (see [`Conn::wait_gathered`]).
+    pub(crate) fn gather_bytes(&self, answers: usize) -> Option<usize> {
+        let bytes = self
+            .shortest?
+            .saturating_mul(answers)
+            .saturating_sub(self.decoder.buffered())
+            .min(READ_CHUNK);
+        (bytes > 1).then_some(bytes)
+    }
 }
 
 impl Conn {
-    pub(crate) fn new(stream: TcpStream, cx: &Context) -> Conn {
+    pub(crate) fn new(stream: TcpStream, cx: &Context, recvs: Arc<AtomicU64>) -> Conn {
         Conn {
             stream,
             endpoint: cx.endpoint.clone(),
+            recvs,
             read: Mutex::new(ReadSide {
                 decoder: Decoder::new(cx.config.max_answer_bytes),
                 buf: vec![0; READ_CHUNK].into_boxed_slice(),
+                lowat: 1,
+                shortest: None,
             }),
         }
+    }
+
+    fn recv(&self, buf: &mut [u8], flags: libc::c_int) -> std::io::Result<usize> {
+        self.recvs.fetch_add(1, Ordering::Relaxed);
+        sys::recv(self.stream.as_raw_fd(), buf, flags)
+    }
+
+    /// Sets `SO_RCVLOWAT` (when it changes): the kernel wakes a waiter on the socket
+    /// only once that many bytes are there. A failure leaves the old value, which only
+    /// means more or fewer wake-ups.
+    fn set_lowat(&self, side: &mut ReadSide, bytes: usize) {
+        if side.lowat == bytes {
+            return;
+        }
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `value` lives on this frame for the call and its size is passed.
+        let set = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVLOWAT,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set == 0 {
+            side.lowat = bytes;
+        }
+    }
+
+    /// Before any wait that is not [`Conn::wait_gathered`]: woken by the first byte.
+    pub(crate) fn wake_on_any(&self, side: &mut ReadSide) {
+        self.set_lowat(side, 1);
+    }
+
+    /// Sleeps (cancellable, at most [`REST_WAIT`] and `timeout`) until `bytes` have
+    /// arrived, in one `ppoll` that the kernel wakes once, not at every piece of every
+    /// answer; the caller then reads them with [`Conn::read_available`]. For a batch
+    /// waiting for many answers at once: the daemon sends each in three pieces, and a
+    /// reader woken by each piece spends more on waking than on reading. Should fewer
+    /// bytes come (an answer shorter than `bytes` supposed, or the daemon slower than
+    /// `REST_WAIT`), the poll ends at its timeout and the caller reads what is there,
+    /// so nothing waits longer than that for a wrong guess.
+    pub(crate) fn wait_gathered(
+        &self,
+        side: &mut ReadSide,
+        bytes: usize,
+        want_write: bool,
+        wake: Option<std::os::fd::RawFd>,
+        timeout: Duration,
+    ) {
+        self.set_lowat(side, bytes);
+        sys::poll_socket(
+            self.stream.as_raw_fd(),
+            want_write,
+            wake,
+            timeout.min(REST_WAIT),
+        );
     }
 
     /// Reads what the socket holds now (without waiting) and appends the whole answers
@@ -77,7 +161,7 @@ impl Conn {
     ) -> Option<TransportError> {
         let mut broken = None;
         loop {
-            match sys::recv(self.stream.as_raw_fd(), &mut side.buf, libc::MSG_DONTWAIT) {
+            match self.recv(&mut side.buf, libc::MSG_DONTWAIT) {
                 Ok(0) => {
                     broken = Some(self.eof());
                     break;
@@ -114,7 +198,7 @@ impl Conn {
         } else {
             (side.buf.len(), 0)
         };
-        let broken = match sys::recv(self.stream.as_raw_fd(), &mut side.buf[..want], flags) {
+        let broken = match self.recv(&mut side.buf[..want], flags) {
             Ok(0) => Some(self.eof()),
             Ok(n) => {
                 side.decoder.feed(&side.buf[..n]);
@@ -140,7 +224,11 @@ impl Conn {
     ) -> Option<TransportError> {
         loop {
             match side.decoder.next_frame() {
-                Ok(Some(body)) => bodies.push(body),
+                Ok(Some(body)) => {
+                    let frame = body.len() + FRAME_OVERHEAD;
+                    side.shortest = Some(side.shortest.map_or(frame, |s| s.min(frame)));
+                    bodies.push(body);
+                }
                 Ok(None) => break,
                 Err(e) => {
                     broken = Some(frame_error(self.endpoint.clone(), e));
@@ -155,11 +243,7 @@ impl Conn {
     /// which makes it just as unusable). Does not wait.
     pub(crate) fn peer_gone(&self) -> bool {
         let mut byte = [0u8; 1];
-        match sys::recv(
-            self.stream.as_raw_fd(),
-            &mut byte,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        ) {
+        match self.recv(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
             Ok(_) => true,
             Err(e) => e.kind() != ErrorKind::WouldBlock,
         }

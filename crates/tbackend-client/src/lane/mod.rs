@@ -213,6 +213,9 @@ pub struct LaneStats {
     pub last_error: Option<String>,
     /// `write(2)` calls on the lane's connections so far (a batch groups its frames).
     pub socket_writes: u64,
+    /// `recv(2)` calls on the lane's connections so far (a batch waiting for many
+    /// answers reads them together).
+    pub socket_reads: u64,
 }
 
 pub(crate) struct Lane {
@@ -225,6 +228,8 @@ pub(crate) struct Lane {
     /// without taking the mutex, which another thread may have held at fork time.
     pub fd: AtomicI32,
     connected: AtomicBool,
+    /// `recv(2)` calls on every connection of the lane.
+    recvs: Arc<AtomicU64>,
 }
 
 /// How a submitting caller will wait.
@@ -281,6 +286,7 @@ impl Lane {
             retry_at_ns: AtomicU64::new(0),
             fd: AtomicI32::new(-1),
             connected: AtomicBool::new(false),
+            recvs: Arc::default(),
         }
     }
 
@@ -311,8 +317,8 @@ impl Lane {
             Err(SubmitError::Full) => unreachable!("Mode::Wait parks on a full pipeline"),
         };
         match role {
-            Role::Reader(conn, first) => self.read(cx, conn, slot, wait, first),
-            Role::Follower => self.follow(cx, slot, wait),
+            Role::Reader(conn, first) => self.read(cx, conn, slot, wait, first, 0),
+            Role::Follower => self.follow(cx, slot, wait, 0),
             Role::Detached => unreachable!(),
         }
     }
@@ -436,6 +442,7 @@ impl Lane {
                 }));
             }
             st.last_sent = now;
+            slot.batched.store(detached, Ordering::Relaxed);
             let overdue_at = cx.ns(crate::wait::later(now, wait.answer_window(&cx.config)));
             st.pipeline.push(slot, cx.ns(now), overdue_at);
             self.in_flight.store(st.pipeline.len(), Ordering::Relaxed);
@@ -516,7 +523,7 @@ impl Lane {
         self.fd.store(stream.as_raw_fd(), Ordering::Release);
         self.connected.store(true, Ordering::Relaxed);
         cx.connections_opened.fetch_add(1, Ordering::Relaxed);
-        st.link = Link::Up(Arc::new(Conn::new(stream, cx)));
+        st.link = Link::Up(Arc::new(Conn::new(stream, cx, self.recvs.clone())));
         self.wake_parked(st);
     }
 
@@ -583,6 +590,7 @@ impl Lane {
             generation: st.pipeline.generation(),
             last_error: st.last_error.clone(),
             socket_writes: st.out.writes,
+            socket_reads: self.recvs.load(Ordering::Relaxed),
         }
     }
 

@@ -9,7 +9,7 @@
 //! come back to wait again.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,9 @@ pub(crate) struct Slot {
     ticket: AtomicU64,
     sent_ns: AtomicU64,
     overdue_ns: AtomicU64,
+    /// Submitted by a batch (whose caller waits for many answers at once), not by a
+    /// single call waiting for its own.
+    pub(crate) batched: AtomicBool,
 }
 
 impl Slot {
@@ -39,6 +42,7 @@ impl Slot {
             ticket: AtomicU64::new(0),
             sent_ns: AtomicU64::new(0),
             overdue_ns: AtomicU64::new(u64::MAX),
+            batched: AtomicBool::new(false),
         })
     }
 
@@ -179,6 +183,19 @@ impl Pipeline {
             && slot.ticket.load(Ordering::Relaxed) >= self.popped
     }
 
+    /// How many answers, from the next one on, a batch reader waiting for `slot` and
+    /// `more` answers after it may wait for in one go: those due before its own and its
+    /// `more`, as far as they all belong to batches. A single call's answer stops the
+    /// run, so no single call waits for answers behind its own.
+    pub(crate) fn batched_run(&self, slot: &Slot, more: usize) -> usize {
+        let ahead = slot.ticket.load(Ordering::Relaxed).saturating_sub(self.popped) as usize;
+        self.fifo
+            .iter()
+            .take(ahead.saturating_add(1).saturating_add(more))
+            .take_while(|s| s.batched.load(Ordering::Relaxed))
+            .count()
+    }
+
     /// The oldest slot, whose answer comes next.
     pub(crate) fn front(&self) -> Option<&Arc<Slot>> {
         self.fifo.front()
@@ -271,6 +288,22 @@ mod tests {
         assert_eq!(slots[0].take_when_done().unwrap(), body(0));
         assert_eq!(slots[1].take_when_done().unwrap(), body(1));
         assert!(!slots[2].is_done());
+    }
+
+    #[test]
+    fn a_batched_run_stops_at_a_single_call_and_at_the_waiter_s_last_answer() {
+        let (mut p, slots) = queued(6);
+        for (i, s) in slots.iter().enumerate() {
+            s.batched.store(i != 4, Ordering::Relaxed);
+        }
+        // Waiting for slot 1 and two more: slots 0..=3, all batched.
+        assert_eq!(p.batched_run(&slots[1], 2), 4);
+        // Slot 4 is a single call's: the run ends before it.
+        assert_eq!(p.batched_run(&slots[2], 3), 4);
+        assert_eq!(p.batched_run(&slots[0], 0), 1);
+        let mut done = Vec::new();
+        assert!(p.match_answers(&mut vec![body(0), body(1), body(2), body(3)], &mut done));
+        assert_eq!(p.batched_run(&slots[5], 0), 0, "a single call's answer comes first");
     }
 
     #[test]

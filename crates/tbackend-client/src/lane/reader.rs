@@ -20,12 +20,15 @@ const FOLLOWER_CHECK: Duration = Duration::from_millis(20);
 
 impl Lane {
     /// Waits for a slot submitted with [`Mode::Detached`](super::Mode::Detached), or
-    /// again for one whose wait a cancel cut short.
+    /// again for one whose wait a cancel cut short. `more`: answers of the same batch
+    /// due after this one that its caller waits for next, which the reader then waits
+    /// for together (see [`Conn::wait_gathered`]).
     pub(crate) fn wait_detached(
         &self,
         cx: &Context,
         slot: &Arc<Slot>,
         wait: &Wait,
+        more: usize,
     ) -> Result<Vec<u8>, Failure> {
         let _armed = wait.arm(&slot.word);
         let role = {
@@ -46,8 +49,8 @@ impl Lane {
         };
         match role {
             None => slot.take_when_done(),
-            Some(Role::Reader(conn, first)) => self.read(cx, conn, slot, wait, first),
-            Some(_) => self.follow(cx, slot, wait),
+            Some(Role::Reader(conn, first)) => self.read(cx, conn, slot, wait, first, more),
+            Some(_) => self.follow(cx, slot, wait, more),
         }
     }
 
@@ -60,13 +63,34 @@ impl Lane {
         me: &Arc<Slot>,
         wait: &Wait,
         mut poll_first: Option<PollUntil>,
+        more: usize,
     ) -> Result<Vec<u8>, Failure> {
         let mut side = lock(&conn.read);
         let mut bodies: Vec<Vec<u8>> = Vec::new();
         let mut done: Vec<(Arc<Slot>, Vec<u8>)> = Vec::new();
         let mut first_wait = true;
+        // Answers to wait for together, while they all belong to batches (0: one at a
+        // time, as a single call reads).
+        let mut run = if more > 0 {
+            self.lock().pipeline.batched_run(me, more)
+        } else {
+            0
+        };
         loop {
-            let mut broken = match poll_first.take() {
+            let gather = (run > 1 && !wait.cancelled())
+                .then(|| side.gather_bytes(run))
+                .flatten();
+            if gather.is_none() && poll_first.is_some() {
+                conn.wake_on_any(&mut side);
+            }
+            let mut broken = match (gather, poll_first.take()) {
+                (Some(bytes), first) => {
+                    let (until, want_write) = first.unwrap_or((wait.deadline, false));
+                    let timeout = until.saturating_duration_since(Instant::now());
+                    conn.wait_gathered(&mut side, bytes, want_write, wait.wake, timeout);
+                    conn.read_available(&mut side, &mut bodies)
+                }
+                (None, poll_first) => match poll_first {
                 // The rest of an answer whose head is in, or the first wait for an
                 // answer, which is most often shorter than REST_WAIT: one recv, no
                 // ppoll (conn.rs says why).
@@ -87,6 +111,7 @@ impl Lane {
                     conn.read_available(&mut side, &mut bodies)
                 }
                 None => conn.read_available(&mut side, &mut bodies),
+            },
             };
             let now = Instant::now();
             let mut st = self.lock();
@@ -155,6 +180,9 @@ impl Lane {
             }
             let until = front_overdue.map_or(wait.deadline, |(_, at)| at.min(wait.deadline));
             poll_first = Some((until, !st.out.pending.is_empty()));
+            if run > 0 {
+                run = st.pipeline.batched_run(me, more);
+            }
             drop(st);
             complete_all(&mut done);
         }
@@ -167,6 +195,7 @@ impl Lane {
         cx: &Context,
         me: &Arc<Slot>,
         wait: &Wait,
+        more: usize,
     ) -> Result<Vec<u8>, Failure> {
         let mut next_check = Instant::now() + FOLLOWER_CHECK;
         loop {
@@ -179,7 +208,7 @@ impl Lane {
                 next_check = now + FOLLOWER_CHECK;
                 me.word.fetch_and(!LEAD, Ordering::AcqRel);
                 if let Some(conn) = self.try_lead(me, wait.wake) {
-                    return self.read(cx, conn, me, wait, None);
+                    return self.read(cx, conn, me, wait, None, more);
                 }
                 continue;
             }
