@@ -169,3 +169,49 @@ fn a_trickle_goes_out_in_far_fewer_rounds_than_facts() {
     drop(w);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Each round of the writer reads its answers together: against the real profile (three
+/// sends per answer) the flusher's lane makes about one read per round, not one or more
+/// per fact.
+#[test]
+fn a_round_reads_its_answers_together() {
+    const ROUNDS: usize = 8;
+    const PER_ROUND: usize = 12;
+    let d = start(opts().profile(tbackend_testd::config::Profile::Real));
+    let c = Client::new(Config {
+        max_depth: 256,
+        ..config(&d)
+    });
+    let w = Writer::start(c.clone(), WriterConfig::default()).unwrap();
+    let mut n = 0;
+    let mut round = |w: &Writer| {
+        for _ in 0..PER_ROUND {
+            let key = format!("k{n}");
+            w.enqueue(
+                entry(&key, &format!("round-{n:03}"), n),
+                None,
+                &Cancel::new(),
+            )
+            .expect("queued");
+            n += 1;
+        }
+        assert!(w.flush(Some(Duration::from_secs(10)), &Cancel::new()));
+    };
+    // The first round on a connection learns how long answers are.
+    round(&w);
+    let (reads, batches) = (c.stats().lanes[0].socket_reads, w.stats().batches);
+    for _ in 0..ROUNDS {
+        round(&w);
+    }
+    let s = w.stats();
+    let reads = c.stats().lanes[0].socket_reads - reads;
+    let rounds = s.batches - batches;
+    assert_eq!(s.delivered, ((ROUNDS + 1) * PER_ROUND) as u64, "{s:?}");
+    // One read per round, one more per 2 ms a loaded machine adds to a round.
+    assert!(
+        reads <= rounds * 3,
+        "{reads} socket reads in {rounds} rounds of up to {PER_ROUND} facts"
+    );
+    assert_eq!(all_facts(&d, "spooled").len(), (ROUNDS + 1) * PER_ROUND);
+    drop(w);
+}
