@@ -323,6 +323,27 @@ pub(crate) fn recv(sock: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Resul
     }
 }
 
+/// `SO_RCVLOWAT`: the kernel wakes a waiter on `sock` (poll, recv) only once `bytes`
+/// have arrived.
+pub(crate) fn set_rcvlowat(sock: RawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `value` lives on this frame for the call and its size is passed.
+    let set = unsafe {
+        libc::setsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `send(2)` that never blocks (the socket itself is blocking, for [`recv`] with
 /// `MSG_WAITALL`) and never raises SIGPIPE.
 pub(crate) fn send_nonblocking(sock: RawFd, buf: &[u8]) -> io::Result<usize> {

@@ -17,6 +17,10 @@
 //! it goes on in `ppoll`); the rest of an answer whose head has arrived is microseconds
 //! away unless the daemon stalls in the middle of it, and then the reader re-checks every
 //! `REST_WAIT` (tests/split_answers.rs).
+//!
+//! A batch waiting for many answers at once does neither: it is woken once they are all
+//! there ([`Conn::wait_gathered`]), one `ppoll` and one `recv` per round instead of a
+//! wake-up per piece (tests/pipelining.rs, tests/writer.rs count the reads).
 
 use std::io::ErrorKind;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -105,18 +109,7 @@ impl Conn {
         if side.lowat == bytes {
             return;
         }
-        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `value` lives on this frame for the call and its size is passed.
-        let set = unsafe {
-            libc::setsockopt(
-                self.stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if set == 0 {
+        if sys::set_rcvlowat(self.stream.as_raw_fd(), bytes).is_ok() {
             side.lowat = bytes;
         }
     }
