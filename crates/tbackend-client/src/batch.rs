@@ -232,6 +232,21 @@ impl Batch {
         true
     }
 
+    /// Writes what is still queued (submitting writes a lane's frames only in groups),
+    /// without waiting for anything.
+    pub fn send_queued(&mut self) {
+        self.flush();
+    }
+
+    /// Every outcome, in input order, after submitting the first `taken` of `reqs`:
+    /// waits for those in flight, and after a cancel gives up on the rest.
+    pub fn finish_all(&mut self, reqs: &[Request], taken: usize, cancel: &Cancel) -> Vec<Outcome> {
+        if taken < reqs.len() || !self.finish(cancel) {
+            self.give_up(&reqs[taken..]);
+        }
+        self.take_ready()
+    }
+
     fn flush(&mut self) {
         let inner = self.client.inner();
         for (ix, n) in self.unflushed.iter_mut().enumerate() {

@@ -405,7 +405,7 @@ fn timeouts_storm_never_misdelivers() {
 #[test]
 fn a_batch_reads_its_answers_together() {
     const ROUNDS: usize = 5;
-    const PER_ROUND: usize = 16;
+    const PER_ROUND: usize = 32;
     let d = start(opts().profile(tbackend_testd::config::Profile::Real));
     let c = Client::new(Config {
         max_depth: 256,
@@ -437,10 +437,11 @@ fn a_batch_reads_its_answers_together() {
         );
     }
     let reads = c.stats().lanes[0].socket_reads - before;
-    // One read per round when the answers come within the poll's 2 ms, one more per
-    // 2 ms a loaded machine adds; one per answer at the least when read as they come.
+    // A read finding nothing yet and one once the answers are in, one more per 2 ms a
+    // loaded machine adds to a round (up to 32 seen beside the other tests of this
+    // file); about one per answer when read as they come (140-160).
     assert!(
-        reads <= (ROUNDS * 4) as u64,
+        reads <= (ROUNDS * PER_ROUND / 4) as u64,
         "{reads} socket reads for {ROUNDS} rounds of {PER_ROUND} answers"
     );
     assert_eq!(all_facts(&d, "gather").len(), ROUNDS * PER_ROUND + 1);

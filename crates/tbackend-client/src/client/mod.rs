@@ -303,10 +303,7 @@ impl Client {
     ) -> Vec<Outcome> {
         let mut batch = self.batch(timeout);
         let taken = batch.submit(reqs, cancel);
-        if taken < reqs.len() || !batch.finish(cancel) {
-            batch.give_up(&reqs[taken..]);
-        }
-        batch.take_ready()
+        batch.finish_all(reqs, taken, cancel)
     }
 
     /// [`Client::call_batch`] in steps: submit requests as they are built, collect the

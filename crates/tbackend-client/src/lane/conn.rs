@@ -46,7 +46,7 @@ pub(crate) const REST_WAIT: Duration = Duration::from_millis(2);
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     endpoint: Endpoint,
-    /// `recv(2)` calls, counted for the lane across its connections.
+    /// `recv(2)` calls reading answers, counted for the lane across its connections.
     recvs: Arc<AtomicU64>,
     /// Held by the reader only.
     pub(crate) read: Mutex<ReadSide>,
@@ -236,7 +236,12 @@ impl Conn {
     /// which makes it just as unusable). Does not wait.
     pub(crate) fn peer_gone(&self) -> bool {
         let mut byte = [0u8; 1];
-        match self.recv(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        // Not counted with the reads of answers.
+        match sys::recv(
+            self.stream.as_raw_fd(),
+            &mut byte,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        ) {
             Ok(_) => true,
             Err(e) => e.kind() != ErrorKind::WouldBlock,
         }

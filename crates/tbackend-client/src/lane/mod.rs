@@ -213,8 +213,8 @@ pub struct LaneStats {
     pub last_error: Option<String>,
     /// `write(2)` calls on the lane's connections so far (a batch groups its frames).
     pub socket_writes: u64,
-    /// `recv(2)` calls on the lane's connections so far (a batch waiting for many
-    /// answers reads them together).
+    /// `recv(2)` calls reading answers on the lane's connections so far (a batch
+    /// waiting for many answers reads them together).
     pub socket_reads: u64,
 }
 

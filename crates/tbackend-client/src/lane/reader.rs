@@ -77,20 +77,21 @@ impl Lane {
             0
         };
         loop {
-            let gather = (run > 1 && !wait.cancelled())
+            // Not before the first read: a batch collected late (the writer's round, after
+            // its linger window) finds its answers there, and one read takes them all.
+            let gather = (run > 1 && poll_first.is_some() && !wait.cancelled())
                 .then(|| side.gather_bytes(run))
                 .flatten();
             if gather.is_none() && poll_first.is_some() {
                 conn.wake_on_any(&mut side);
             }
             let mut broken = match (gather, poll_first.take()) {
-                (Some(bytes), first) => {
-                    let (until, want_write) = first.unwrap_or((wait.deadline, false));
+                (Some(bytes), Some((until, want_write))) => {
                     let timeout = until.saturating_duration_since(Instant::now());
                     conn.wait_gathered(&mut side, bytes, want_write, wait.wake, timeout);
                     conn.read_available(&mut side, &mut bodies)
                 }
-                (None, poll_first) => match poll_first {
+                (_, poll_first) => match poll_first {
                 // The rest of an answer whose head is in, or the first wait for an
                 // answer, which is most often shorter than REST_WAIT: one recv, no
                 // ppoll (conn.rs says why).

@@ -14,7 +14,7 @@ use tbackend_core::{ErrorKind, OpKind, Status};
 use super::dead_letter::{raw_fact, DeadLetterRecord, Reason};
 use super::events::{Event, SpoolOp};
 use super::queue::{Key, Queue, Rec};
-use super::{bump, WriterCore, AWAKE, IDLE, LINGERING, RUNNING};
+use super::{bump, Round, WriterCore, AWAKE, IDLE, LINGERING, RUNNING};
 use crate::backoff::full_jitter;
 use crate::cancel::Cancel;
 use crate::client::{Outcome, Request};
@@ -60,6 +60,20 @@ impl State {
             );
         }
     }
+}
+
+/// The longest linger window a round's outcomes wait through, uncollected. With a
+/// short window the answers are there when it ends and the flusher wakes once per round;
+/// a longer one collects them as they come, so spool acks, stats and retries do not lag
+/// behind by a whole window.
+const HOLD_MAX: Duration = Duration::from_millis(10);
+
+/// A round sent and not yet settled: the facts of its requests (in order) and those
+/// no request could be built for.
+struct Sending {
+    round: Option<Box<dyn Round>>,
+    slots: Vec<Key>,
+    refused: Vec<(Key, String)>,
 }
 
 /// What becomes of a fact after one outcome.
@@ -146,14 +160,30 @@ impl WriterCore {
     pub(super) fn run(&self) {
         let batch_max = self.config.batch.max(1);
         let linger = self.config.linger;
+        // The last round sent, its outcomes not yet collected: it waits through the
+        // linger window that follows it ([`WriterCore::holds_round`]), so the flusher
+        // sleeps once per round (the answers are there when the window ends) instead of
+        // once for the answers and once for the window. Collected before the next round
+        // and before any other sleep.
+        let mut in_flight: Option<Sending> = None;
         loop {
             let seen = self.work.load(Ordering::SeqCst);
             if self.stop.load(Ordering::SeqCst) != RUNNING {
+                if let Some(round) = in_flight.take() {
+                    self.settle(round);
+                }
                 return;
             }
             let now = Instant::now();
             let mut st = self.lock();
             st.queue.promote_due(now);
+            if in_flight.is_some() && !self.holds_round(&st, now) {
+                drop(st);
+                if let Some(round) = in_flight.take() {
+                    self.settle(round);
+                }
+                continue;
+            }
             let mut events = Vec::new();
             if st.spool.is_some() && now >= st.next_adoption {
                 self.adopt(&mut st, now, &mut events);
@@ -206,13 +236,25 @@ impl WriterCore {
             drop(st);
             self.sync(sync_file, &mut events);
             self.events.emit(events);
-            self.send_batch(batch);
+            in_flight = Some(self.start_round(batch));
             if !linger.is_zero() {
                 // The next window starts now: what arrives while it lasts goes out in
                 // one round at its end.
                 self.lock().linger_from = Some(Instant::now());
             }
         }
+    }
+
+    /// Whether the round in flight is left uncollected for now: only through the linger
+    /// window that followed it, nothing urgent waiting, and only for a short window (see
+    /// [`HOLD_MAX`]).
+    fn holds_round(&self, st: &State, now: Instant) -> bool {
+        let linger = self.config.linger;
+        !linger.is_zero()
+            && linger <= HOLD_MAX
+            && !self.urgent(st)
+            && st.pause_until.is_none_or(|t| t <= now)
+            && st.linger_from.is_some_and(|from| now < later(from, linger))
     }
 
     /// When the flusher should send what is ready, if it is to linger until then rather
@@ -237,7 +279,8 @@ impl WriterCore {
         None
     }
 
-    fn send_batch(&self, batch: Vec<(Key, Arc<Entry>)>) {
+    /// Sends a round; [`WriterCore::settle`] collects its outcomes.
+    fn start_round(&self, batch: Vec<(Key, Arc<Entry>)>) -> Sending {
         let mut requests = Vec::with_capacity(batch.len());
         let mut slots = Vec::with_capacity(batch.len());
         let mut refused = Vec::new();
@@ -250,12 +293,25 @@ impl WriterCore {
                 Err(e) => refused.push((key, e)),
             }
         }
-        let outcomes = if requests.is_empty() {
-            Vec::new()
-        } else {
+        let round = (!requests.is_empty()).then(|| {
             bump(&self.counters.batches);
-            self.sink.send(&requests, &Cancel::new())
-        };
+            self.sink.start(requests)
+        });
+        Sending {
+            round,
+            slots,
+            refused,
+        }
+    }
+
+    /// Waits for a round's outcomes and decides each fact's fate.
+    fn settle(&self, sending: Sending) {
+        let Sending {
+            round,
+            slots,
+            refused,
+        } = sending;
+        let outcomes = round.map_or_else(Vec::new, |r| r.finish(&Cancel::new()));
         let mut st = self.lock();
         let mut acks = Vec::new();
         // Dead-lettered facts: acknowledged as dead, not as delivered.

@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::batch::Batch;
 use crate::cancel::{Cancel, Resumable, Step};
 use crate::client::{Client, Outcome, Request};
 use crate::wait::later;
@@ -57,15 +58,59 @@ pub use waits::{PausedEnqueue, PausedFlush, PausedShutdown};
 pub trait Sink: Send + Sync + 'static {
     /// Sends every request (pipelined) and returns one outcome per request, in order.
     fn send(&self, requests: &[Request], cancel: &Cancel) -> Vec<Outcome>;
+    /// Sends every request and returns at once: the outcomes are collected later with
+    /// [`Round::finish`] (the flusher lingers meanwhile, and finds the answers there).
+    /// By default, [`Sink::send`] now.
+    fn start(&self, requests: Vec<Request>) -> Box<dyn Round> {
+        Box::new(Sent(self.send(&requests, &Cancel::new())))
+    }
     /// Ends calls in flight promptly and refuses later ones (writer shutdown).
     fn close(&self) {}
     /// In a forked child: give up inherited connections without touching the parent's.
     fn forget(&self) {}
 }
 
+/// Requests a [`Sink`] started: their outcomes, in order, once collected.
+pub trait Round: Send {
+    /// Waits for every outcome (ended early by `cancel` or by [`Sink::close`]).
+    fn finish(self: Box<Self>, cancel: &Cancel) -> Vec<Outcome>;
+}
+
+/// A round whose outcomes are already known.
+struct Sent(Vec<Outcome>);
+
+impl Round for Sent {
+    fn finish(self: Box<Self>, _: &Cancel) -> Vec<Outcome> {
+        self.0
+    }
+}
+
+/// A [`Client`]'s round: a batch written, its answers read when finished.
+struct InFlight {
+    batch: Batch,
+    requests: Vec<Request>,
+    taken: usize,
+}
+
+impl Round for InFlight {
+    fn finish(mut self: Box<Self>, cancel: &Cancel) -> Vec<Outcome> {
+        self.batch.finish_all(&self.requests, self.taken, cancel)
+    }
+}
+
 impl Sink for Client {
     fn send(&self, requests: &[Request], cancel: &Cancel) -> Vec<Outcome> {
         self.call_batch(requests, None, cancel)
+    }
+    fn start(&self, requests: Vec<Request>) -> Box<dyn Round> {
+        let mut batch = self.batch(None);
+        let taken = batch.submit(&requests, &Cancel::new());
+        batch.send_queued();
+        Box::new(InFlight {
+            batch,
+            requests,
+            taken,
+        })
     }
     fn close(&self) {
         self.shutdown();
