@@ -175,7 +175,9 @@ pub struct WriterConfig {
     /// wake-up, one write and one spool acknowledgement for many facts instead of for
     /// each. A fact waits at most this long; `flush`, `shutdown`, a full `batch`, a key
     /// with facts behind its head and a queue half full send at once. Zero: every fact is sent as soon as the flusher
-    /// sees it.
+    /// sees it. Up to 10 ms, a round's outcomes are collected when the window after it
+    /// ends, so its facts count as delivered (and are acknowledged in the spool) up to
+    /// one window later; whatever sends at once also collects at once.
     pub linger: Duration,
     /// Put in each request; never stored in the spool or printed.
     pub token: Option<String>,
