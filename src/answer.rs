@@ -1,83 +1,162 @@
 //! Daemon answers and outcomes → the soft-result Hash.
 
-use magnus::{prelude::*, value::LazyId, Error, IntoValue, RArray, RHash, Ruby, Value};
+use std::os::raw::{c_char, c_long};
+use std::sync::OnceLock;
+
+use magnus::rb_sys::{protect, AsRawValue, FromRawValue};
+use magnus::{prelude::*, value::LazyId, Error, IntoValue, RHash, Ruby, Value};
+use rb_sys::VALUE;
 use serde_json::Value as Json;
 use tbackend_client::Outcome;
 use tbackend_core::protocol::answer::{ErrorKind, Flags, Status};
 
 /// The answer with Symbol keys at every depth, as the 0.2 gem's
 /// `JSON.parse(…, symbolize_names: true)` returned it.
+///
+/// Built in one `protect` with Ruby's C API (one per insert made a third of the cost).
+/// A raise inside (only NoMemoryError can) unwinds through `build`'s frames, which hold
+/// borrows and Ruby values only: nothing of theirs needs dropping.
 pub fn to_ruby(ruby: &Ruby, json: &Json) -> Result<Value, Error> {
-    Ok(match json {
-        Json::Null => ruby.qnil().as_value(),
-        Json::Bool(b) => b.into_value_with(ruby),
+    // SAFETY: the GVL is held (a method Ruby called); every VALUE made is reachable from
+    // the stack (conservatively scanned) or from the container it went into.
+    let raw = protect(|| unsafe { build(ruby, json) })?;
+    // SAFETY: `build` returns a live Ruby object.
+    Ok(unsafe { Value::from_raw(raw) })
+}
+
+/// SAFETY: GVL held, inside `protect`.
+unsafe fn build(ruby: &Ruby, json: &Json) -> VALUE {
+    match json {
+        Json::Null => ruby.qnil().as_raw(),
+        Json::Bool(b) => b.into_value_with(ruby).as_raw(),
         Json::Number(n) => {
             if let Some(i) = n.as_i64() {
-                i.into_value_with(ruby)
+                i.into_value_with(ruby).as_raw()
             } else if let Some(u) = n.as_u64() {
-                u.into_value_with(ruby)
+                u.into_value_with(ruby).as_raw()
             } else {
-                n.as_f64().unwrap_or(f64::NAN).into_value_with(ruby)
+                n.as_f64()
+                    .unwrap_or(f64::NAN)
+                    .into_value_with(ruby)
+                    .as_raw()
             }
         }
-        Json::String(s) => ruby.str_new(s).as_value(),
+        Json::String(s) => rb_sys::rb_utf8_str_new(s.as_ptr().cast(), s.len() as c_long),
         Json::Array(items) => {
-            let array = ruby.ary_new_capa(items.len());
+            let array = rb_sys::rb_ary_new_capa(items.len() as c_long);
             for item in items {
-                array.push(to_ruby(ruby, item)?)?;
+                rb_sys::rb_ary_push(array, build(ruby, item));
             }
-            array.as_value()
+            array
         }
         Json::Object(map) => {
-            let hash = ruby.hash_new();
-            for (key, value) in map {
-                hash.aset(symbol(ruby, key), to_ruby(ruby, value)?)?;
+            let hash = rb_sys::rb_hash_new();
+            for (name, value) in map {
+                let key = symbol(ruby, name);
+                rb_sys::rb_hash_aset(hash, key, build(ruby, value));
             }
-            hash.as_value()
+            hash
         }
-    })
+    }
 }
 
 // The daemon's own field names, interned once: every answer carries several of them.
 // Any other key (fact values are app data) becomes a dynamic Symbol the GC can free:
 // interning app data as static Ids would grow the symbol table without bound.
-static PROTOCOL_KEYS: [(&str, LazyId); 16] = [
-    ("ok", LazyId::new("ok")),
-    ("committed", LazyId::new("committed")),
-    ("durability", LazyId::new("durability")),
-    ("idempotent_replay", LazyId::new("idempotent_replay")),
-    ("seq_id", LazyId::new("seq_id")),
-    ("fact", LazyId::new("fact")),
-    ("facts", LazyId::new("facts")),
-    ("id", LazyId::new("id")),
-    ("store", LazyId::new("store")),
-    ("key", LazyId::new("key")),
-    ("value", LazyId::new("value")),
-    ("valid_time", LazyId::new("valid_time")),
-    ("transaction_time", LazyId::new("transaction_time")),
-    ("schema_version", LazyId::new("schema_version")),
-    ("error", LazyId::new("error")),
-    ("retryable", LazyId::new("retryable")),
-];
+static OK: LazyId = LazyId::new("ok");
+static COMMITTED: LazyId = LazyId::new("committed");
+static DURABILITY: LazyId = LazyId::new("durability");
+static IDEMPOTENT_REPLAY: LazyId = LazyId::new("idempotent_replay");
+static SEQ_ID: LazyId = LazyId::new("seq_id");
+static FACT: LazyId = LazyId::new("fact");
+static FACTS: LazyId = LazyId::new("facts");
+static ID: LazyId = LazyId::new("id");
+static STORE: LazyId = LazyId::new("store");
+static KEY: LazyId = LazyId::new("key");
+static VALUE_: LazyId = LazyId::new("value");
+static VALID_TIME: LazyId = LazyId::new("valid_time");
+static TRANSACTION_TIME: LazyId = LazyId::new("transaction_time");
+static SCHEMA_VERSION: LazyId = LazyId::new("schema_version");
+static ERROR: LazyId = LazyId::new("error");
+static RETRYABLE: LazyId = LazyId::new("retryable");
 
-fn symbol(ruby: &Ruby, name: &str) -> Value {
-    match PROTOCOL_KEYS.iter().find(|(known, _)| *known == name) {
-        Some((_, id)) => LazyId::get_inner_with(id, ruby).into_value_with(ruby),
-        None => ruby.to_symbol(name).as_value(),
-    }
+fn protocol_key(name: &str) -> Option<&'static LazyId> {
+    Some(match name {
+        "ok" => &OK,
+        "committed" => &COMMITTED,
+        "durability" => &DURABILITY,
+        "idempotent_replay" => &IDEMPOTENT_REPLAY,
+        "seq_id" => &SEQ_ID,
+        "fact" => &FACT,
+        "facts" => &FACTS,
+        "id" => &ID,
+        "store" => &STORE,
+        "key" => &KEY,
+        "value" => &VALUE_,
+        "valid_time" => &VALID_TIME,
+        "transaction_time" => &TRANSACTION_TIME,
+        "schema_version" => &SCHEMA_VERSION,
+        "error" => &ERROR,
+        "retryable" => &RETRYABLE,
+        _ => return None,
+    })
 }
 
-// The result keys, interned once: every call builds one of these Hashes.
-static OK: LazyId = LazyId::new("ok");
+/// SAFETY: GVL held, inside `protect`.
+unsafe fn symbol(ruby: &Ruby, name: &str) -> VALUE {
+    if let Some(id) = protocol_key(name) {
+        return key(ruby, id).into_value_with(ruby).as_raw();
+    }
+    let (ptr, len) = (name.as_ptr().cast::<c_char>(), name.len() as c_long);
+    // An app key seen before (every fact of a store has the same ones) is found without
+    // making a String to ask with; a new one becomes a dynamic Symbol, as `to_sym` makes.
+    let known = rb_sys::rb_check_symbol_cstr(ptr, len, rb_sys::rb_utf8_encoding());
+    if known != ruby.qnil().as_raw() {
+        return known;
+    }
+    rb_sys::rb_to_symbol(rb_sys::rb_utf8_str_new(ptr, len))
+}
+
+// The result keys not among the daemon's, interned once: every call builds one of these
+// Hashes.
 static STATUS: LazyId = LazyId::new("status");
-static COMMITTED: LazyId = LazyId::new("committed");
-static RETRYABLE: LazyId = LazyId::new("retryable");
 static RESPONSE: LazyId = LazyId::new("response");
-static ERROR: LazyId = LazyId::new("error");
 static ERROR_KIND: LazyId = LazyId::new("error_kind");
+static ATTEMPT_COUNT: LazyId = LazyId::new("attempt_count");
+static ATTEMPTS: LazyId = LazyId::new("attempts");
 
 fn key(ruby: &Ruby, id: &LazyId) -> magnus::value::Id {
     LazyId::get_inner_with(id, ruby)
+}
+
+fn sym(ruby: &Ruby, id: &LazyId) -> VALUE {
+    key(ruby, id).into_value_with(ruby).as_raw()
+}
+
+/// `result[:status]`: the status name as Ruby's interned (frozen, deduplicated) String,
+/// looked up once per status and kept from the GC, so a result costs no String for it.
+fn status_string(status: Status) -> VALUE {
+    // Raw VALUEs (plain integers) so the table can be a static; registered objects are
+    // marked, and so pinned, for the life of the process.
+    static NAMES: OnceLock<[VALUE; Status::ALL.len()]> = OnceLock::new();
+    // Not `get_or_init`: a thread blocked on it would hold the GVL the first one needs.
+    let names = match NAMES.get() {
+        Some(names) => names,
+        None => {
+            let names = Status::ALL.map(|s| {
+                let name = crate::fact::interned(s.as_str()).as_raw();
+                // SAFETY: the GVL is held; `name` is a live String.
+                unsafe { rb_sys::rb_gc_register_mark_object(name) };
+                name
+            });
+            NAMES.get_or_init(|| names)
+        }
+    };
+    let index = Status::ALL
+        .iter()
+        .position(|s| *s == status)
+        .expect("Status::ALL lists every status");
+    names[index]
 }
 
 /// `{ ok:, status:, committed:, retryable:, response:, error: }`, plus `error_kind:` when
@@ -123,32 +202,72 @@ pub fn result_hash(
     error: Option<String>,
     kind: ErrorKind,
 ) -> Result<RHash, Error> {
-    let hash = ruby.hash_new();
-    hash.aset(key(ruby, &OK), flags.ok)?;
-    hash.aset(key(ruby, &STATUS), crate::fact::interned(status.as_str()))?;
-    hash.aset(key(ruby, &COMMITTED), flags.committed)?;
-    hash.aset(key(ruby, &RETRYABLE), flags.retryable)?;
-    hash.aset(key(ruby, &RESPONSE), response)?;
-    hash.aset(key(ruby, &ERROR), error)?;
+    let error = error.into_value_with(ruby);
+    let mut pairs = [
+        sym(ruby, &OK),
+        flags.ok.into_value_with(ruby).as_raw(),
+        sym(ruby, &STATUS),
+        status_string(status),
+        sym(ruby, &COMMITTED),
+        flags.committed.into_value_with(ruby).as_raw(),
+        sym(ruby, &RETRYABLE),
+        flags.retryable.into_value_with(ruby).as_raw(),
+        sym(ruby, &RESPONSE),
+        response.as_raw(),
+        sym(ruby, &ERROR),
+        error.as_raw(),
+        0,
+        0,
+    ];
     // Only a failure has a kind: a success keeps the 0.2 gem's six keys.
-    if let Some(kind) = error_kind(kind) {
-        hash.aset(key(ruby, &ERROR_KIND), kind)?;
-    }
-    Ok(hash)
+    let len = match error_kind(kind) {
+        Some(kind) => {
+            pairs[12] = sym(ruby, &ERROR_KIND);
+            pairs[13] = kind.into_value_with(ruby).as_raw();
+            14
+        }
+        None => 12,
+    };
+    new_hash(&pairs[..len])
 }
 
-/// `{ ok:, status:, committed:, retryable: }` per attempt, for `attempts:`.
-pub fn attempts_array(ruby: &Ruby, attempts: &[tbackend_client::Attempt]) -> Result<RArray, Error> {
+/// A Hash of `pairs` (key, value, key, value…) in one call, and one `protect`, instead
+/// of one of each per key.
+fn new_hash(pairs: &[VALUE]) -> Result<RHash, Error> {
+    // SAFETY: the GVL is held; `pairs` holds live values, reachable from this frame
+    // while the Hash is made.
+    let raw = protect(|| unsafe {
+        let hash = rb_sys::rb_hash_new();
+        rb_sys::rb_hash_bulk_insert(pairs.len() as c_long, pairs.as_ptr(), hash);
+        hash
+    })?;
+    // SAFETY: `raw` is the Hash just made.
+    Ok(RHash::from_value(unsafe { Value::from_raw(raw) }).expect("rb_hash_new makes a Hash"))
+}
+
+/// Adds `attempt_count:` and `attempts:` (`{ ok:, status:, committed:, retryable: }` per
+/// attempt) to the result of `write_fact_once_safe`.
+pub fn add_attempts(
+    ruby: &Ruby,
+    result: RHash,
+    attempts: &[tbackend_client::Attempt],
+) -> Result<(), Error> {
     let array = ruby.ary_new_capa(attempts.len());
     for a in attempts {
-        let hash = ruby.hash_new();
-        hash.aset(key(ruby, &OK), a.ok)?;
-        hash.aset(key(ruby, &STATUS), a.status.as_str())?;
-        hash.aset(key(ruby, &COMMITTED), a.committed)?;
-        hash.aset(key(ruby, &RETRYABLE), a.retryable)?;
-        array.push(hash)?;
+        array.push(new_hash(&[
+            sym(ruby, &OK),
+            a.ok.into_value_with(ruby).as_raw(),
+            sym(ruby, &STATUS),
+            status_string(a.status),
+            sym(ruby, &COMMITTED),
+            a.committed.into_value_with(ruby).as_raw(),
+            sym(ruby, &RETRYABLE),
+            a.retryable.into_value_with(ruby).as_raw(),
+        ])?)?;
     }
-    Ok(array)
+    result.aset(key(ruby, &ATTEMPT_COUNT), attempts.len())?;
+    result.aset(key(ruby, &ATTEMPTS), array)?;
+    Ok(())
 }
 
 /// `result[:error_kind]`: absent (`nil`) on success, else the kind's name.

@@ -17,7 +17,7 @@ use tbackend_client::{tail::Cursor, Client, Config, Request, RetryPolicy};
 use tbackend_core::protocol::answer::{OpKind, Status};
 use tbackend_core::protocol::request::RequestBuilder;
 
-use crate::answer::{attempts_array, result_hash, soft_result};
+use crate::answer::{add_attempts, result_hash, soft_result};
 use crate::errors::{concurrent_use, invalid_fact};
 use crate::fact::{check_store, epoch_seconds, fact_store, to_s};
 use crate::json::Encoder;
@@ -234,8 +234,7 @@ impl RbClient {
             client.start_with_retries(&request, &policy, cancel).into()
         })?;
         let result = soft_result(ruby, &outcome)?;
-        result.aset(ruby.to_symbol("attempt_count"), tried.len())?;
-        result.aset(ruby.to_symbol("attempts"), attempts_array(ruby, &tried)?)?;
+        add_attempts(ruby, result, &tried)?;
         Ok(result)
     }
 

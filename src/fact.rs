@@ -200,10 +200,12 @@ pub fn check_store(ruby: &Ruby, name: &str) -> Result<(), Error> {
 }
 
 /// A fact Hash's field, under a String or a Symbol key (`Fact.build` makes String keys,
-/// hand-written facts often use Symbols); nil counts as absent.
-pub fn fact_field(ruby: &Ruby, hash: RHash, name: &str) -> Option<Value> {
-    hash.get(name)
-        .or_else(|| hash.get(ruby.to_symbol(name)))
+/// hand-written facts often use Symbols); nil counts as absent. Asked with the interned
+/// String and the static Symbol: no object is made to ask (a `&str` key would make a
+/// String per lookup, on every write).
+pub fn fact_field(ruby: &Ruby, hash: RHash, name: &'static str) -> Option<Value> {
+    hash.get(interned(name))
+        .or_else(|| hash.get(ruby.sym_new(name)))
         .filter(|v| !v.is_nil())
 }
 

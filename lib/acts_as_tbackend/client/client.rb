@@ -237,12 +237,9 @@ module ActsAsTbackend
     end
 
     # Breaker transitions become notifications. The native state is read only when a
-    # result may mean a transition — a failure while the breaker was last seen closed, or
-    # anything but `circuit_open` while it was last seen open — and only when someone
-    # listens: healthy calls, and calls refused by an open breaker, pay a string compare.
+    # result may mean a transition, and only when someone listens.
     def track_breaker(result)
-      status = result.is_a?(Hash) ? result[:status] : nil
-      return if @breaker_open ? status == "circuit_open" : !TRANSPORT_STATUSES.include?(status)
+      return unless breaker_may_move?(result)
       return unless Instrumentation.listening?(:breaker_open) || Instrumentation.listening?(:breaker_closed)
 
       breaker = @native.stats[:breaker] || {}
@@ -253,6 +250,18 @@ module ActsAsTbackend
       event = open ? :breaker_open : :breaker_closed
       details = open ? breaker.slice(:consecutive_failures, :opens) : {}
       Instrumentation.publish(event, host: config.host, port: config.port, **details)
+    end
+
+    # A failure while the breaker was last seen closed, or anything but `circuit_open` while
+    # it was last seen open. A success while it was closed (nearly every call) costs no
+    # string compare (no transport status is ever ok); calls refused by an open breaker
+    # cost one.
+    def breaker_may_move?(result)
+      hash = result.is_a?(Hash)
+      return false if hash && !@breaker_open && result[:ok]
+
+      status = hash ? result[:status] : nil
+      @breaker_open ? status != "circuit_open" : TRANSPORT_STATUSES.include?(status)
     end
 
     def redact_errors!(result, count)
