@@ -1,7 +1,6 @@
 //! Daemon answers and outcomes → the soft-result Hash.
 
 use std::os::raw::{c_char, c_long};
-use std::sync::OnceLock;
 
 use magnus::rb_sys::{protect, AsRawValue, FromRawValue};
 use magnus::{prelude::*, value::LazyId, Error, IntoValue, RHash, Ruby, Value};
@@ -133,30 +132,9 @@ fn sym(ruby: &Ruby, id: &LazyId) -> VALUE {
     key(ruby, id).into_value_with(ruby).as_raw()
 }
 
-/// `result[:status]`: the status name as Ruby's interned (frozen, deduplicated) String,
-/// looked up once per status and kept from the GC, so a result costs no String for it.
+/// `result[:status]`: the status name as Ruby's interned (frozen, deduplicated) String.
 fn status_string(status: Status) -> VALUE {
-    // Raw VALUEs (plain integers) so the table can be a static; registered objects are
-    // marked, and so pinned, for the life of the process.
-    static NAMES: OnceLock<[VALUE; Status::ALL.len()]> = OnceLock::new();
-    // Not `get_or_init`: a thread blocked on it would hold the GVL the first one needs.
-    let names = match NAMES.get() {
-        Some(names) => names,
-        None => {
-            let names = Status::ALL.map(|s| {
-                let name = crate::fact::interned(s.as_str()).as_raw();
-                // SAFETY: the GVL is held; `name` is a live String.
-                unsafe { rb_sys::rb_gc_register_mark_object(name) };
-                name
-            });
-            NAMES.get_or_init(|| names)
-        }
-    };
-    let index = Status::ALL
-        .iter()
-        .position(|s| *s == status)
-        .expect("Status::ALL lists every status");
-    names[index]
+    crate::fact::interned(status.as_str()).as_raw()
 }
 
 /// `{ ok:, status:, committed:, retryable:, response:, error: }`, plus `error_kind:` when

@@ -1,6 +1,7 @@
 //! `ActsAsTbackend::Fact`: ids and fact hashes. Ruby values are reduced to plain Rust
 //! data here; the rules themselves live in `tbackend_core::fact`.
 
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use magnus::rb_sys::FromRawValue;
@@ -177,18 +178,50 @@ impl FactParts {
 /// A fixed name (a fact field, a status) as Ruby's interned (frozen, deduplicated) UTF-8
 /// String: no allocation per use. As a Hash key it is kept as it is; a key built per call
 /// would cost two objects (the String, and the frozen copy the Hash keeps), on every save.
+///
+/// Each name is looked up in Ruby's table of interned Strings once and then kept here,
+/// held from the GC (and so never moved): the lookup hashes the name, about 700
+/// instructions, and a mirrored save asks for eight names.
 pub(crate) fn interned(name: &'static str) -> RString {
-    // SAFETY: called with the GVL held (from a method Ruby called); the pointer and
-    // length describe a valid UTF-8 &str, and rb_enc_interned_str returns a live String.
-    let raw = unsafe {
-        Value::from_raw(rb_sys::rb_enc_interned_str(
-            name.as_ptr().cast(),
-            name.len() as std::os::raw::c_long,
-            rb_sys::rb_utf8_encoding(),
-        ))
+    let key = (name.as_ptr() as usize, name.len());
+    let known = |table: &Vec<(usize, usize, rb_sys::VALUE)>| {
+        table
+            .iter()
+            .find(|(ptr, len, _)| (*ptr, *len) == key)
+            .map(|e| e.2)
     };
-    RString::from_value(raw).expect("rb_enc_interned_str returns a String")
+    // Never held across a Ruby call.
+    let cached = known(&INTERNED.lock().unwrap_or_else(|e| e.into_inner()));
+    let raw = match cached {
+        Some(raw) => raw,
+        None => {
+            // SAFETY: called with the GVL held (from a method Ruby called); the pointer
+            // and length describe a valid UTF-8 &str, and rb_enc_interned_str returns a
+            // live String.
+            let raw = unsafe {
+                rb_sys::rb_enc_interned_str(
+                    name.as_ptr().cast(),
+                    name.len() as std::os::raw::c_long,
+                    rb_sys::rb_utf8_encoding(),
+                )
+            };
+            let mut table = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+            if known(&table).is_none() && table.len() < INTERNED_CAP {
+                // SAFETY: the GVL is held; `raw` is a live String.
+                unsafe { rb_sys::rb_gc_register_mark_object(raw) };
+                table.push((key.0, key.1, raw));
+            }
+            raw
+        }
+    };
+    // SAFETY: `raw` is a live String (kept by the table, or just made).
+    RString::from_value(unsafe { Value::from_raw(raw) }).expect("an interned String")
 }
+
+/// The names `interned` keeps: one per literal the crate passes (address and length), a
+/// fixed set; past the cap (which only a bug would reach) names are looked up each time.
+static INTERNED: Mutex<Vec<(usize, usize, rb_sys::VALUE)>> = Mutex::new(Vec::new());
+const INTERNED_CAP: usize = 128;
 
 pub fn validate_store_name(ruby: &Ruby, name: Value) -> Result<bool, Error> {
     check_store(ruby, &to_s(name)?)?;

@@ -169,6 +169,9 @@ impl RequestBuilder {
             });
         }
         self.key(key)?;
+        // Room for the closing brace too: a fact fills the buffer, and `finish` would
+        // otherwise copy the whole body once more to add one byte.
+        self.out.reserve(json_value.len() + 1);
         self.out.extend_from_slice(json_value);
         Ok(self)
     }
