@@ -85,17 +85,16 @@ impl Lane {
             if gather.is_none() && poll_first.is_some() {
                 conn.wake_on_any(&mut side);
             }
-            let mut broken = match (gather, poll_first.take()) {
-                (Some(bytes), Some((until, want_write))) => {
+            let mut broken = match (poll_first.take(), gather) {
+                (Some((until, want_write)), Some(bytes)) => {
                     let timeout = until.saturating_duration_since(Instant::now());
                     conn.wait_gathered(&mut side, bytes, want_write, wait.wake, timeout);
                     conn.read_available(&mut side, &mut bodies)
                 }
-                (_, poll_first) => match poll_first {
                 // The rest of an answer whose head is in, or the first wait for an
                 // answer, which is most often shorter than REST_WAIT: one recv, no
                 // ppoll (conn.rs says why).
-                Some((until, false))
+                (Some((until, false)), None)
                     if !wait.cancelled()
                         && (side.missing() > 0
                             || (first_wait && until > Instant::now() + REST_WAIT)) =>
@@ -104,15 +103,15 @@ impl Lane {
                     let missing = side.missing();
                     conn.read_waiting(&mut side, missing, &mut bodies)
                 }
-                Some((until, want_write)) => {
+                (Some((until, want_write)), None) => {
                     if !wait.cancelled() {
                         let timeout = until.saturating_duration_since(Instant::now());
                         sys::poll_socket(conn.stream.as_raw_fd(), want_write, wait.wake, timeout);
                     }
                     conn.read_available(&mut side, &mut bodies)
                 }
-                None => conn.read_available(&mut side, &mut bodies),
-            },
+                // `gather` is only ever set with a wait to make.
+                (None, _) => conn.read_available(&mut side, &mut bodies),
             };
             let now = Instant::now();
             let mut st = self.lock();
