@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::*;
@@ -40,8 +40,17 @@ fn writer(d: &TestDaemon, dir: &std::path::Path) -> Writer {
     Writer::start(client, config).unwrap()
 }
 
+/// The tests of this file one at a time: two of them count the flusher's reads, which a
+/// round needs more of when the machine is busy (each 2 ms re-check is one), and the
+/// others, each with a daemon and a writer of its own, were what kept it busy.
+fn alone() -> MutexGuard<'static, ()> {
+    static ALONE: Mutex<()> = Mutex::new(());
+    ALONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn daemon_killed_and_writer_stopped_mid_flush_nothing_lost_nothing_doubled() {
+    let _alone = alone();
     const THREADS: usize = 6;
     const PER_THREAD: usize = 200;
     let mut d = start(opts().temp_data_dir());
@@ -118,6 +127,7 @@ fn daemon_killed_and_writer_stopped_mid_flush_nothing_lost_nothing_doubled() {
 /// fact. Against the daemon's real profile, which answers each request in three sends.
 #[test]
 fn a_trickle_goes_out_in_far_fewer_rounds_than_facts() {
+    let _alone = alone();
     const FACTS: usize = 50;
     let d = start(opts().profile(tbackend_testd::config::Profile::Real));
     let dir = std::env::temp_dir().join(format!("tbwriter-trickle-{}", std::process::id()));
@@ -175,6 +185,7 @@ fn a_trickle_goes_out_in_far_fewer_rounds_than_facts() {
 /// makes a few reads per round, not one or more per fact.
 #[test]
 fn a_round_reads_its_answers_together() {
+    let _alone = alone();
     const ROUNDS: usize = 8;
     const PER_ROUND: usize = 12;
     let d = start(opts().profile(tbackend_testd::config::Profile::Real));
@@ -222,6 +233,7 @@ fn a_round_reads_its_answers_together() {
 /// the window, a read finds nothing yet and a second one follows the wait for them).
 #[test]
 fn a_round_is_collected_after_the_next_window_in_one_read() {
+    let _alone = alone();
     const ROUNDS: u64 = 8;
     const PER_ROUND: usize = 6;
     let d = start(opts().profile(tbackend_testd::config::Profile::Real));
