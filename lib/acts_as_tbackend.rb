@@ -30,6 +30,9 @@ module ActsAsTbackend
   @config_lock = Mutex.new
   @client_lock = Mutex.new
   @async_writer_lock = Mutex.new
+  # In a forked child: every native client and async writer the parent built lets go of
+  # the parent's connections, queue and spool segment (the child builds its own).
+  ForkSafety.register(Native)
   ForkSafety.register(self)
 
   class << self

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use magnus::{error::ErrorType, value::ReprValue, Error, RArray, RHash, Ruby, TryConvert, Value};
@@ -31,7 +31,7 @@ const BATCH_GROUP: usize = 64;
 #[magnus::wrap(class = "ActsAsTbackend::Native::Client", free_immediately, size)]
 pub struct RbClient {
     config: Config,
-    client: PerProcess<Client>,
+    client: Arc<PerProcess<Client>>,
 }
 
 pub(crate) fn opt<T: TryConvert>(options: RHash, key: &str) -> Result<Option<T>, Error> {
@@ -94,11 +94,6 @@ impl RbClient {
     fn current(&self) -> Option<Client> {
         self.client
             .current(|| Some(Client::new(self.config.clone())))
-    }
-
-    /// Drops the inherited connections in a forked child right away (Process._fork hook).
-    pub fn after_fork(&self) {
-        drop(self.current());
     }
 
     pub fn shutdown(&self) {

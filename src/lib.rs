@@ -66,6 +66,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
         "DEFAULT_MAX_ANSWER_BYTES",
         tbackend_core::protocol::frame::DEFAULT_MAX_ANSWER,
     )?;
+    native.define_singleton_method("after_fork", function!(per_process::after_fork, 0))?;
     native.define_singleton_method("derive_id", function!(fact::derive_id, 5))?;
     native.define_singleton_method("build_fact", function!(fact::build_fact, 9))?;
     native.define_singleton_method(
@@ -99,7 +100,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     )?;
     client.define_method("stats", method!(RbClient::stats, 0))?;
     client.define_method("shutdown", method!(RbClient::rb_shutdown, 0))?;
-    client.define_method("after_fork", method!(RbClient::after_fork, 0))?;
     client.define_method("tail_poll", method!(RbClient::tail_poll, 3))?;
 
     let cursor = native.define_class("TailCursor", ruby.class_object())?;
@@ -114,7 +114,6 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     writer.define_method("flush", method!(RbWriter::flush, 1))?;
     writer.define_method("shutdown", method!(RbWriter::shutdown, 1))?;
     writer.define_method("count_dropped", method!(RbWriter::count_dropped, 0))?;
-    writer.define_method("after_fork", method!(RbWriter::after_fork, 0))?;
     writer.define_method("stats", method!(RbWriter::stats, 0))?;
     writer.define_method("spool_segments", method!(RbWriter::spool_segments, 0))?;
     writer.define_method("wait_events", method!(RbWriter::wait_events, 0))?;

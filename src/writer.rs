@@ -35,7 +35,7 @@ use crate::per_process::PerProcess;
 
 #[magnus::wrap(class = "ActsAsTbackend::Native::Writer", free_immediately, size)]
 pub struct RbWriter {
-    writer: PerProcess<Arc<Writer>>,
+    writer: Arc<PerProcess<Arc<Writer>>>,
     max_request_bytes: usize,
     fsync_always: bool,
 }
@@ -207,11 +207,6 @@ impl RbWriter {
         if let Some(w) = self.current() {
             w.count_dropped();
         }
-    }
-
-    /// Forgets an inherited writer at once in a forked child (Process._fork hook).
-    pub fn after_fork(&self) {
-        drop(self.current());
     }
 
     pub fn stats(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {

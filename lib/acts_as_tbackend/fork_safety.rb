@@ -6,37 +6,38 @@ module ActsAsTbackend
   # frames with the parent's, a shutdown(2) would cut the parent's connection, and the
   # parent's threads do not exist in the child.
   #
-  # Everything that holds such state registers here when it is built (clients, async
-  # writers, TCB event buses, the memoised async writer) and answers `after_fork`. In a
-  # forked child, before `fork` returns, one hook calls `after_fork` once on each, in
-  # whatever order. An object built in the child registers there and is reset by the
-  # child's own forks. The registry holds its objects weakly: it keeps nothing alive.
-  #
-  # The native core also notices a new process by itself on its next call (see
-  # src/per_process.rs); the hook makes the child drop what it inherited at once.
+  # In a forked child, before `fork` returns, one hook calls `after_fork` on each object
+  # registered here, in the order registered. Only process-wide objects register, and
+  # they are held for the life of the process: the module (its memoised async writer)
+  # and the native core, which forgets every client and async writer the parent built
+  # (src/per_process.rs keeps them weakly, in Rust). Per-instance Ruby state checks the
+  # pid on use instead (the TCB event bus). There is no weak registry in Ruby: Ruby
+  # 3.1's WeakMap#keys hands back keys that have died, and resetting one crashed the
+  # child.
   module ForkSafety
-    @registry = ObjectSpace::WeakMap.new
+    @registry = []
 
     class << self
       # This process's pid, without a system call: set again by the hook in each child.
       attr_reader :pid
 
-      # Registers `object` (anything with an `after_fork` method); returns it.
+      # Registers `object` (anything with an `after_fork` method) for good, once;
+      # returns it.
       def register(object)
-        @registry[object] = true
+        @registry << object unless registered?(object)
         object
       end
 
       # @api private: whether `object` will be reset after the next fork.
       def registered?(object)
-        @registry.key?(object)
+        @registry.any? { |registered| registered.equal?(object) }
       end
 
       # @api private: run in a new child process by the hook below.
       def after_fork
         @pid = Process.pid
-        # A snapshot: an `after_fork` may build (and so register) something.
-        objects = @registry.keys
+        # A snapshot: an `after_fork` may register something.
+        objects = @registry.dup
         objects.each { |object| reset(object) }
         nil
       end

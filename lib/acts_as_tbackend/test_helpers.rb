@@ -122,10 +122,6 @@ module ActsAsTbackend
         {}
       end
 
-      def after_fork
-        nil
-      end
-
       def inspect
         "#<#{self.class.name} queued=#{queued_count} calls=#{calls.size}>"
       end

@@ -56,7 +56,7 @@ RSpec.describe ActsAsTbackend::TestHelpers do
 
     it "keeps every public method of Client, with the same parameters and keywords" do
       real = ActsAsTbackend::Client.public_instance_methods(false) - not_faked
-      expect(real).to include(:write_fact_once, :write_facts_once, :ping, :health, :stats, :shutdown, :after_fork)
+      expect(real).to include(:write_fact_once, :write_facts_once, :ping, :health, :stats, :shutdown)
       fake_class = described_class::FakeClient
       missing = real.reject { |name| fake_class.public_method_defined?(name) }
       expect(missing).to be_empty, "FakeClient lacks #{missing.inspect}"
@@ -68,9 +68,8 @@ RSpec.describe ActsAsTbackend::TestHelpers do
       expect(differing).to be_empty, differing.join("\n")
     end
 
-    it "answers stats and after_fork as a client without lanes" do
+    it "answers stats as a client without lanes" do
       expect(fake.stats).to eq({})
-      expect(fake.after_fork).to be_nil
       expect(fake.calls).to be_empty
     end
   end

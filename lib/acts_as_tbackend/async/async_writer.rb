@@ -53,7 +53,6 @@ module ActsAsTbackend
       @last_drop_warning = nil
       @events_lock = Monitor.new
       @native, @open_error = open_native(config)
-      ForkSafety.register(self) if @native
       @events_thread = start_events_thread if @native
     end
 
@@ -104,14 +103,6 @@ module ActsAsTbackend
       stop_events_thread
       warn_undelivered unless @drained
       @drained
-    end
-
-    # In a forked child (ForkSafety): gives up the parent's writer without running it
-    # (its queue is the parent's to deliver, its spool segment the parent's to hold);
-    # every later call answers as if shut down.
-    def after_fork
-      @native&.after_fork
-      nil
     end
 
     # @api private: this writer's spool segment files (specs check adoption with it).

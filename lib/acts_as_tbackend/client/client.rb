@@ -60,7 +60,6 @@ module ActsAsTbackend
     def initialize(config = ActsAsTbackend.config)
       @config = config
       @native = (Native::Client.new(native_options(config)) if config.valid?)
-      ForkSafety.register(self) if @native
     end
 
     def write_fact_once(fact, durability: nil, timeout: nil)
@@ -137,13 +136,6 @@ module ActsAsTbackend
 
     def shutdown
       @native&.shutdown
-      nil
-    end
-
-    # In a forked child (ForkSafety): drops the parent's connections at once; the next
-    # call connects afresh.
-    def after_fork
-      @native&.after_fork
       nil
     end
 

@@ -27,6 +27,10 @@ module TCB
     # subscribe, unsubscribe or publish on a bus that was shut down.
     class ShutdownError < TCB::Error; end
 
+    # Serializes a forked child's first use of each bus. (A Mutex some parent thread held
+    # at the fork is free in the child: Ruby abandons a dead thread's locks.)
+    FORK_LOCK = Mutex.new
+
     attr_reader :registry, :max_queue_size, :high_water_mark, :shutdown_timeout
 
     def initialize(sync: false, max_queue_size: nil, high_water_mark: nil, handle_signals: false, shutdown_timeout: 30.0,
@@ -41,7 +45,7 @@ module TCB
       @mutex = Mutex.new
       prepare_queue unless sync
       install_signal_handlers(shutdown_signals, on_signal) if handle_signals
-      ActsAsTbackend::ForkSafety.register(self) unless sync
+      @pid = ActsAsTbackend::ForkSafety.pid
     end
 
     # The dispatcher thread: nil in sync mode and until the first publish (in a forked
@@ -49,6 +53,7 @@ module TCB
     def dispatcher
       return nil if @sync
 
+      own_process!
       @dispatcher
     end
 
@@ -59,6 +64,7 @@ module TCB
     # `subscribe(EventClass) { |envelope| }` or `subscribe(EventClass, HandlerClass)` (an
     # instance per event, `call(event)`). Returns the subscription.
     def subscribe(event_class, handler = nil, &block)
+      own_process!
       raise ShutdownError, "cannot subscribe: the event bus is shut down" if shutdown?
       raise ArgumentError, "subscribe takes a handler class or a block, not both" if handler && block
       raise ArgumentError, "subscribe needs a handler class or a block" unless handler || block
@@ -72,6 +78,7 @@ module TCB
 
     # Idempotent: unsubscribing twice is fine.
     def unsubscribe(subscription)
+      own_process!
       raise ShutdownError, "cannot unsubscribe: the event bus is shut down" if shutdown?
 
       @registry.remove(subscription)
@@ -86,6 +93,7 @@ module TCB
 
         deliver(envelope)
       else
+        own_process!
         enqueue(envelope, from_dispatcher: Thread.current.equal?(@dispatcher))
       end
       event
@@ -99,6 +107,7 @@ module TCB
     # `timeout` seconds, then drops what is left. Returns the final EventBusShutdown.
     def shutdown(drain: true, timeout: 5.0)
       timeout ||= @shutdown_timeout || 30.0 # never wait forever
+      own_process!
       return drop_queue if !drain && @state == :draining # a force while draining
       return nil unless claim_shutdown(drain)
 
@@ -115,19 +124,22 @@ module TCB
       shutdown(drain: false, timeout: 0)
     end
 
-    # @api private: in a forked child (ActsAsTbackend::ForkSafety). The child inherits the
-    # queue but not the thread: it gets an empty queue, and its own dispatcher on its
-    # first publish (the parent still delivers what it had queued).
-    def after_fork
-      @registry.after_fork!
-      if shutdown?
-        @mutex = Mutex.new
-      else
-        prepare_queue
+    private
+
+    # In a forked child, on the bus's first use there: the child inherits the queue but
+    # not the thread, so it gets an empty queue, and its own dispatcher on its first
+    # publish (the parent still delivers what it had queued). Checked on use, not reset
+    # by a fork hook: that would need a registry of every bus, held weakly.
+    def own_process!
+      return if @sync || @pid == ActsAsTbackend::ForkSafety.pid
+
+      FORK_LOCK.synchronize do
+        next if @pid == ActsAsTbackend::ForkSafety.pid
+
+        prepare_queue unless shutdown?
+        @pid = ActsAsTbackend::ForkSafety.pid
       end
     end
-
-    private
 
     # A high-water mark without a bound is accepted and inert, as in tcb 0.6.2: pressure is
     # only measured against max_queue_size.

@@ -55,11 +55,6 @@ module TCB
       def handlers_for(event_class)
         subscriptions_for(event_class).map(&:handler)
       end
-
-      # After fork a lock held by a parent thread that does not exist here must not block.
-      def after_fork!
-        @lock = Mutex.new
-      end
     end
   end
 end
