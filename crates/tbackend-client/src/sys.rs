@@ -157,13 +157,18 @@ pub(crate) fn thread_wake_fd() -> Option<RawFd> {
 
 /// Waits until `sock` is readable (or writable when `want_write`), the wake fd is
 /// signalled, `timeout` passes or a signal arrives; the caller re-checks everything
-/// after it anyway. The wake fd is drained here.
-pub(crate) fn poll_socket(sock: RawFd, want_write: bool, wake: Option<RawFd>, timeout: Duration) {
+/// after it anyway. The wake fd is drained here. True when the socket is ready.
+pub(crate) fn poll_socket(
+    sock: RawFd,
+    want_write: bool,
+    wake: Option<RawFd>,
+    timeout: Duration,
+) -> bool {
     let mut events = libc::POLLIN;
     if want_write {
         events |= libc::POLLOUT;
     }
-    poll_with_wake(sock, events, wake, timeout);
+    poll_with_wake(sock, events, wake, timeout) != 0
 }
 
 /// One `ppoll` over `sock` (for `events`) and the wake fd; drains the wake fd and

@@ -416,7 +416,11 @@ fn a_batch_reads_its_answers_together() {
         &call(&c, &write("gather", "g-warm", "k-warm", json!(0))),
         Status::CommittedAcked,
     );
-    let before = c.stats().lanes[0].socket_reads;
+    let reads = |c: &Client| {
+        let lane = &c.stats().lanes[0];
+        lane.socket_reads - lane.short_waits
+    };
+    let before = reads(&c);
     for r in 0..ROUNDS {
         let reqs: Vec<_> = (0..PER_ROUND)
             .map(|i| {
@@ -436,13 +440,15 @@ fn a_batch_reads_its_answers_together() {
             "{outcomes:?}"
         );
     }
-    let reads = c.stats().lanes[0].socket_reads - before;
-    // A read finding nothing yet and one once the answers are in, one more per 2 ms a
-    // loaded machine adds to a round (up to 32 seen beside the other tests of this
+    let reads = reads(&c) - before;
+    // A read finding nothing yet and one once the answers are in, when the machine
+    // keeps up; a busy one adds one for each wait it cuts short (not counted here) and
+    // some for answers that trickle in (up to 25 seen beside the other tests of this
     // file); about one per answer when read as they come (140-160).
     assert!(
         reads <= (ROUNDS * PER_ROUND / 4) as u64,
-        "{reads} socket reads for {ROUNDS} rounds of {PER_ROUND} answers"
+        "{reads} socket reads (short waits not counted) for {ROUNDS} rounds of {PER_ROUND} answers: {:?}",
+        c.stats().lanes[0]
     );
     assert_eq!(all_facts(&d, "gather").len(), ROUNDS * PER_ROUND + 1);
 }

@@ -42,12 +42,23 @@ const FRAME_OVERHEAD: usize = 8;
 /// The longest a [`Conn::read_waiting`] blocks (uncancellable) for the rest of an answer.
 pub(crate) const REST_WAIT: Duration = Duration::from_millis(2);
 
+/// How a lane's reader has read answers, over all its connections.
+#[derive(Default)]
+pub(crate) struct ReadCounts {
+    /// `recv(2)` calls reading answers.
+    pub(crate) recvs: AtomicU64,
+    /// Waits for answers that ended before the bytes they waited for were in (at
+    /// [`REST_WAIT`], a signal, a wake-up): each is one read more than a machine that
+    /// keeps up needs.
+    pub(crate) short_waits: AtomicU64,
+}
+
 /// One open connection of a lane.
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
     endpoint: Endpoint,
-    /// `recv(2)` calls reading answers, counted for the lane across its connections.
-    recvs: Arc<AtomicU64>,
+    /// Counted for the lane across its connections.
+    reads: Arc<ReadCounts>,
     /// Held by the reader only.
     pub(crate) read: Mutex<ReadSide>,
 }
@@ -83,11 +94,11 @@ impl ReadSide {
 }
 
 impl Conn {
-    pub(crate) fn new(stream: TcpStream, cx: &Context, recvs: Arc<AtomicU64>) -> Conn {
+    pub(crate) fn new(stream: TcpStream, cx: &Context, reads: Arc<ReadCounts>) -> Conn {
         Conn {
             stream,
             endpoint: cx.endpoint.clone(),
-            recvs,
+            reads,
             read: Mutex::new(ReadSide {
                 decoder: Decoder::new(cx.config.max_answer_bytes),
                 buf: vec![0; READ_CHUNK].into_boxed_slice(),
@@ -98,7 +109,7 @@ impl Conn {
     }
 
     fn recv(&self, buf: &mut [u8], flags: libc::c_int) -> std::io::Result<usize> {
-        self.recvs.fetch_add(1, Ordering::Relaxed);
+        self.reads.recvs.fetch_add(1, Ordering::Relaxed);
         sys::recv(self.stream.as_raw_fd(), buf, flags)
     }
 
@@ -136,12 +147,15 @@ impl Conn {
         timeout: Duration,
     ) {
         self.set_lowat(side, bytes);
-        sys::poll_socket(
+        let ready = sys::poll_socket(
             self.stream.as_raw_fd(),
             want_write,
             wake,
             timeout.min(REST_WAIT),
         );
+        if !ready {
+            self.reads.short_waits.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Reads what the socket holds now (without waiting) and appends the whole answers

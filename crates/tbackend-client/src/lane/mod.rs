@@ -45,7 +45,7 @@ use crate::error::{Endpoint, TimeoutPhase, TransportError};
 use crate::sys;
 use crate::wait::{later, Wait};
 
-use conn::{Conn, Outbox};
+use conn::{Conn, Outbox, ReadCounts};
 pub(crate) use pipeline::Slot;
 use pipeline::Pipeline;
 
@@ -216,6 +216,10 @@ pub struct LaneStats {
     /// `recv(2)` calls reading answers on the lane's connections so far (a batch
     /// waiting for many answers reads them together).
     pub socket_reads: u64,
+    /// Waits for answers that ended before the bytes they waited for were in (2 ms at
+    /// most, then the reader reads what is there): each costs one of `socket_reads` that
+    /// a machine keeping up would not make.
+    pub short_waits: u64,
 }
 
 pub(crate) struct Lane {
@@ -228,8 +232,8 @@ pub(crate) struct Lane {
     /// without taking the mutex, which another thread may have held at fork time.
     pub fd: AtomicI32,
     connected: AtomicBool,
-    /// `recv(2)` calls on every connection of the lane.
-    recvs: Arc<AtomicU64>,
+    /// How every connection of the lane has read answers.
+    reads: Arc<ReadCounts>,
 }
 
 /// How a submitting caller will wait.
@@ -286,7 +290,7 @@ impl Lane {
             retry_at_ns: AtomicU64::new(0),
             fd: AtomicI32::new(-1),
             connected: AtomicBool::new(false),
-            recvs: Arc::default(),
+            reads: Arc::default(),
         }
     }
 
@@ -523,7 +527,7 @@ impl Lane {
         self.fd.store(stream.as_raw_fd(), Ordering::Release);
         self.connected.store(true, Ordering::Relaxed);
         cx.connections_opened.fetch_add(1, Ordering::Relaxed);
-        st.link = Link::Up(Arc::new(Conn::new(stream, cx, self.recvs.clone())));
+        st.link = Link::Up(Arc::new(Conn::new(stream, cx, self.reads.clone())));
         self.wake_parked(st);
     }
 
@@ -590,7 +594,8 @@ impl Lane {
             generation: st.pipeline.generation(),
             last_error: st.last_error.clone(),
             socket_writes: st.out.writes,
-            socket_reads: self.recvs.load(Ordering::Relaxed),
+            socket_reads: self.reads.recvs.load(Ordering::Relaxed),
+            short_waits: self.reads.short_waits.load(Ordering::Relaxed),
         }
     }
 
