@@ -9,14 +9,14 @@ use imp::{
 
 /// What the protocol runs on: the real atomics and system calls, or, with the `loom`
 /// feature, loom's atomics, under which the models below explore every interleaving.
-#[cfg(not(feature = "loom"))]
+#[cfg(not(loom))]
 mod imp {
     pub(super) use crate::sys::{eventfd_signal, futex_wake};
     pub(super) use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32};
     pub(super) use std::thread::yield_now;
 }
 
-#[cfg(feature = "loom")]
+#[cfg(loom)]
 mod imp {
     pub(super) use loom::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU32};
     pub(super) use loom::thread::yield_now;
@@ -80,9 +80,9 @@ macro_rules! new_cancel {
 }
 
 impl Cancel {
-    #[cfg(not(feature = "loom"))]
+    #[cfg(not(loom))]
     new_cancel!(const);
-    #[cfg(feature = "loom")]
+    #[cfg(loom)]
     new_cancel!();
 
     /// Cancels the call waiting on this handle (and any later call given it).
@@ -148,7 +148,7 @@ impl Drop for Armed<'_> {
     }
 }
 
-#[cfg(all(test, not(feature = "loom")))]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::sys;
@@ -190,10 +190,10 @@ mod tests {
 }
 
 /// Model checks of the protocol between [`Cancel::cancel`] and [`Cancel::arm`] /
-/// [`Armed`]'s drop, under every interleaving loom finds: `cargo test -p tbackend-client
-/// --features loom --lib` (README.md, "Model checks"). The caller's sleep is modelled by
+/// [`Armed`]'s drop, under every interleaving loom finds: `RUSTFLAGS='--cfg loom' cargo test
+/// -p tbackend-client --lib` (README.md, "Model checks"). The caller's sleep is modelled by
 /// what ends it: `FUTEX_WAIT` returns when the word differs from the value it was given.
-#[cfg(all(test, feature = "loom"))]
+#[cfg(all(test, loom))]
 mod models {
     use super::*;
     use loom::sync::Arc;

@@ -25,7 +25,7 @@
 compile_error!("acts_as_tbackend's native client supports Linux only (futex, eventfd, ppoll)");
 
 /// Items that exist on Linux only: the system calls and everything that waits on them.
-#[cfg_attr(feature = "loom", allow(unused_macros))]
+#[cfg_attr(loom, allow(unused_macros))]
 macro_rules! linux_only {
     ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
 }
@@ -34,7 +34,7 @@ macro_rules! linux_only {
 /// builds alone and model-checks under loom's atomics (README.md, "Model checks"): everything else sleeps
 /// on real futex words, which loom cannot model.
 macro_rules! not_loom {
-    ($($item:item)*) => { $( #[cfg(not(feature = "loom"))] $item )* };
+    ($($item:item)*) => { $( #[cfg(not(loom))] $item )* };
 }
 
 not_loom! {
@@ -72,12 +72,12 @@ not_loom! {
 }
 
 // Outside the models, nothing uses them in this build.
-#[cfg(feature = "loom")]
+#[cfg(loom)]
 #[cfg_attr(not(test), allow(dead_code))]
 mod cancel;
-#[cfg(feature = "loom")]
+#[cfg(loom)]
 pub use cancel::{Cancel, Resumable, Step};
-#[cfg(feature = "loom")]
+#[cfg(loom)]
 #[cfg_attr(not(test), allow(dead_code))]
 #[path = "lane/word.rs"]
 mod slot_word;

@@ -4,9 +4,9 @@
 
 use std::sync::atomic::Ordering;
 
-#[cfg(feature = "loom")]
+#[cfg(loom)]
 use loom::sync::atomic::AtomicU32;
-#[cfg(not(feature = "loom"))]
+#[cfg(not(loom))]
 use std::sync::atomic::AtomicU32;
 
 /// The answer (or the connection's error) is in the slot.
@@ -49,10 +49,10 @@ pub(crate) fn offer_lead(word: &AtomicU32) -> bool {
     }
 }
 
-/// Model checks of the hand-off against a leaving caller (`--features loom`, README.md
+/// Model checks of the hand-off against a leaving caller (`--cfg loom`, README.md
 /// "Model checks"): a reader role is never handed to a caller that left without learning
 /// of it, which would leave the lane with no reader until a follower's timer fires.
-#[cfg(all(test, feature = "loom"))]
+#[cfg(all(test, loom))]
 mod models {
     use super::*;
     use loom::sync::Arc;
