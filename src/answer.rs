@@ -104,7 +104,7 @@ fn protocol_key(name: &str) -> Option<&'static LazyId> {
 /// SAFETY: GVL held, inside `protect`.
 unsafe fn symbol(ruby: &Ruby, name: &str) -> VALUE {
     if let Some(id) = protocol_key(name) {
-        return key(ruby, id).into_value_with(ruby).as_raw();
+        return sym(ruby, id);
     }
     let (ptr, len) = (name.as_ptr().cast::<c_char>(), name.len() as c_long);
     // An app key seen before (every fact of a store has the same ones) is found without

@@ -98,7 +98,7 @@ impl Batch {
                 // this thread may park: what it queued on other lanes goes out first.
                 let park_on_full = self.pending[ix].is_empty();
                 if park_on_full {
-                    self.flush();
+                    self.send_queued();
                 }
                 wait.deadline = later(Instant::now(), self.budget);
                 let deadline = wait.deadline;
@@ -218,7 +218,7 @@ impl Batch {
     /// `cancel` cut it short; the requests still in flight stay queued (call it again,
     /// or [`Batch::give_up`]).
     pub fn finish(&mut self, cancel: &Cancel) -> bool {
-        self.flush();
+        self.send_queued();
         for ix in 0..self.pending.len() {
             while let Some(p) = self.pending[ix].pop_front() {
                 // Every answer still pending on the lane is waited for next: the lane
@@ -232,12 +232,6 @@ impl Batch {
         true
     }
 
-    /// Writes what is still queued (submitting writes a lane's frames only in groups),
-    /// without waiting for anything.
-    pub fn send_queued(&mut self) {
-        self.flush();
-    }
-
     /// Every outcome, in input order, after submitting the first `taken` of `reqs`:
     /// waits for those in flight, and after a cancel gives up on the rest.
     pub fn finish_all(&mut self, reqs: &[Request], taken: usize, cancel: &Cancel) -> Vec<Outcome> {
@@ -247,7 +241,9 @@ impl Batch {
         self.take_ready()
     }
 
-    fn flush(&mut self) {
+    /// Writes what is still queued (submitting writes a lane's frames only in groups),
+    /// without waiting for anything.
+    pub fn send_queued(&mut self) {
         let inner = self.client.inner();
         for (ix, n) in self.unflushed.iter_mut().enumerate() {
             if *n > 0 {
@@ -263,7 +259,7 @@ impl Batch {
         // About to block: what is still queued must go out first (an answer that is
         // already there needs nothing sent).
         if !p.slot.is_done() {
-            self.flush();
+            self.send_queued();
         }
         let inner = self.client.inner();
         let wait = Wait::until(p.deadline, self.budget, cancel);
@@ -285,7 +281,7 @@ impl Drop for Batch {
     fn drop(&mut self) {
         // Frames queued behind the lane's output belong to slots in its FIFO: they must
         // go out, or those slots would wait for answers that never come.
-        self.flush();
+        self.send_queued();
         let inner = self.client.inner();
         for queue in &mut self.pending {
             for p in queue.drain(..) {

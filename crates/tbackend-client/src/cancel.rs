@@ -7,8 +7,8 @@ use imp::{
     eventfd_signal, fence, futex_wake, yield_now, AtomicBool, AtomicI32, AtomicPtr, AtomicU32,
 };
 
-/// What the protocol runs on: the real atomics and system calls, or, with the `loom`
-/// feature, loom's atomics, under which the models below explore every interleaving.
+/// What the protocol runs on: the real atomics and system calls, or, with `--cfg loom`,
+/// loom's atomics, under which the models below explore every interleaving.
 #[cfg(not(loom))]
 mod imp {
     pub(super) use crate::sys::{eventfd_signal, futex_wake};

@@ -30,7 +30,7 @@ macro_rules! linux_only {
     ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
 }
 
-/// The whole crate but the cancel and slot-word protocols, which the `loom` feature
+/// The whole crate but the cancel and slot-word protocols, which `--cfg loom`
 /// builds alone and model-checks under loom's atomics (README.md, "Model checks"): everything else sleeps
 /// on real futex words, which loom cannot model.
 macro_rules! not_loom {

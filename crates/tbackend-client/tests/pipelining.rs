@@ -416,11 +416,7 @@ fn a_batch_reads_its_answers_together() {
         &call(&c, &write("gather", "g-warm", "k-warm", json!(0))),
         Status::CommittedAcked,
     );
-    let reads = |c: &Client| {
-        let lane = &c.stats().lanes[0];
-        lane.socket_reads - lane.short_waits
-    };
-    let before = reads(&c);
+    let before = lane_reads(&c);
     for r in 0..ROUNDS {
         let reqs: Vec<_> = (0..PER_ROUND)
             .map(|i| {
@@ -440,7 +436,7 @@ fn a_batch_reads_its_answers_together() {
             "{outcomes:?}"
         );
     }
-    let reads = reads(&c) - before;
+    let reads = lane_reads(&c) - before;
     // A read finding nothing yet and one once the answers are in, when the machine
     // keeps up; a busy one adds one for each wait it cuts short (not counted here) and
     // some for answers that trickle in (up to 25 seen beside the other tests of this

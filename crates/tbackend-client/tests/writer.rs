@@ -40,11 +40,18 @@ fn writer(d: &TestDaemon, dir: &std::path::Path) -> Writer {
     Writer::start(client, config).unwrap()
 }
 
-/// The flusher's reads of answers so far, less those a busy machine added: a wait for
-/// a round's answers that ended before they were all in is followed by one read more.
-fn lane_reads(c: &Client) -> u64 {
-    let lane = &c.stats().lanes[0];
-    lane.socket_reads - lane.short_waits
+/// Enqueues `count` facts, numbered on from `*n` and named `{label}-{n:03}`.
+fn enqueue_round(w: &Writer, n: &mut usize, count: usize, label: &str) {
+    for _ in 0..count {
+        let key = format!("k{n}");
+        w.enqueue(
+            entry(&key, &format!("{label}-{n:03}"), *n),
+            None,
+            &Cancel::new(),
+        )
+        .expect("queued");
+        *n += 1;
+    }
 }
 
 #[test]
@@ -192,16 +199,7 @@ fn a_round_reads_its_answers_together() {
     let w = Writer::start(c.clone(), WriterConfig::default()).unwrap();
     let mut n = 0;
     let mut round = |w: &Writer| {
-        for _ in 0..PER_ROUND {
-            let key = format!("k{n}");
-            w.enqueue(
-                entry(&key, &format!("round-{n:03}"), n),
-                None,
-                &Cancel::new(),
-            )
-            .expect("queued");
-            n += 1;
-        }
+        enqueue_round(w, &mut n, PER_ROUND, "round");
         assert!(w.flush(Some(Duration::from_secs(10)), &Cancel::new()));
     };
     // The first round on a connection learns how long answers are.
@@ -240,16 +238,7 @@ fn a_round_is_collected_after_the_next_window_in_one_read() {
     let mut n = 0;
     let mut round = |w: &Writer| {
         let delivered = w.stats().delivered;
-        for _ in 0..PER_ROUND {
-            let key = format!("k{n}");
-            w.enqueue(
-                entry(&key, &format!("held-{n:03}"), n),
-                None,
-                &Cancel::new(),
-            )
-            .expect("queued");
-            n += 1;
-        }
+        enqueue_round(w, &mut n, PER_ROUND, "held");
         // No flush: the round goes at the end of its window and is collected after the
         // next.
         assert!(wait_until(Duration::from_secs(10), || w.stats().delivered

@@ -122,6 +122,13 @@ pub fn assert_status(o: &Outcome, status: Status) {
     assert_eq!(o.classified.status, status, "{o:#?}");
 }
 
+/// The first lane's reads of answers so far, less those a busy machine added: a wait for
+/// a batch's answers that ended before they were all in is followed by one read more.
+pub fn lane_reads(c: &Client) -> u64 {
+    let lane = &c.stats().lanes[0];
+    lane.socket_reads - lane.short_waits
+}
+
 /// Open data connections the daemon sees (settles first: closes are noticed async).
 pub fn open_connections(d: &TestDaemon) -> u64 {
     d.control().status().unwrap().connections_open
