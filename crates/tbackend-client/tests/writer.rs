@@ -253,10 +253,11 @@ fn a_round_is_collected_after_the_next_window_in_one_read() {
     let reads = lane_reads(&c) - reads;
     let rounds = w.stats().batches - batches;
     assert!(rounds >= ROUNDS, "{:?}", w.stats());
-    // A round whose answers were not all in yet (a loaded machine) takes a wait cut
-    // short, and a read more.
+    // One read per round when the machine keeps up. A round whose answers were not all
+    // in yet (a loaded machine) takes a read more, after a wait cut short (not counted
+    // here) or after answers that trickle in (CI saw 9 in 8 rounds, none cut short).
     assert!(
-        reads <= rounds,
+        reads <= rounds * 3 / 2,
         "{reads} socket reads (short waits not counted) in {rounds} rounds of up to {PER_ROUND} facts: {:?}",
         c.stats().lanes[0]
     );
