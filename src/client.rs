@@ -150,14 +150,7 @@ impl RbClient {
         builder: RequestBuilder,
         timeout: Option<f64>,
     ) -> Result<RHash, Error> {
-        self.one(
-            ruby,
-            Request {
-                op: OpKind::Read,
-                body: builder.finish(),
-            },
-            timeout,
-        )
+        self.one(ruby, Request::built(OpKind::Read, builder), timeout)
     }
 
     fn write_request(
@@ -167,23 +160,20 @@ impl RbClient {
         durability: Option<String>,
     ) -> Result<Request, Error> {
         fact_store(ruby, fact)?;
-        let mut encoder = Encoder::new(ruby, self.config.max_request_bytes);
-        encoder
-            .encode(fact)
-            .map_err(|e| e.into_ruby(ruby, "fact"))?;
         let mut builder = self.builder("write_fact_once");
         if let Some(d) = durability {
             builder
                 .str("durability", &d)
                 .map_err(|e| refused(ruby, e))?;
         }
-        builder
-            .raw("fact", &encoder.out)
-            .map_err(|e| refused(ruby, e))?;
-        Ok(Request {
-            op: OpKind::Write,
-            body: builder.finish(),
-        })
+        // The fact is encoded in place, after the envelope: no buffer of its own.
+        let body = builder.value_slot("fact").map_err(|e| refused(ruby, e))?;
+        let mut encoder =
+            Encoder::appending(ruby, self.config.max_request_bytes, std::mem::take(body));
+        let encoded = encoder.encode(fact);
+        *body = encoder.out;
+        encoded.map_err(|e| e.into_ruby(ruby, "fact"))?;
+        Ok(Request::built(OpKind::Write, builder))
     }
 
     pub fn write_fact_once(
@@ -403,15 +393,8 @@ impl RbClient {
     }
 
     pub fn ping(ruby: &Ruby, rb_self: &Self, timeout: Option<f64>) -> Result<RHash, Error> {
-        let body = rb_self.builder("ping").finish();
-        rb_self.one(
-            ruby,
-            Request {
-                op: OpKind::Ping,
-                body,
-            },
-            timeout,
-        )
+        let builder = rb_self.builder("ping");
+        rb_self.one(ruby, Request::built(OpKind::Ping, builder), timeout)
     }
 
     pub fn diagnostics_summary(
@@ -419,15 +402,8 @@ impl RbClient {
         rb_self: &Self,
         timeout: Option<f64>,
     ) -> Result<RHash, Error> {
-        let body = rb_self.builder("diagnostics_summary").finish();
-        rb_self.one(
-            ruby,
-            Request {
-                op: OpKind::Read,
-                body,
-            },
-            timeout,
-        )
+        let builder = rb_self.builder("diagnostics_summary");
+        rb_self.one(ruby, Request::built(OpKind::Read, builder), timeout)
     }
 
     pub fn stats(ruby: &Ruby, rb_self: &Self) -> Result<RHash, Error> {

@@ -130,6 +130,8 @@ impl EncodeError {
 pub struct Encoder<'r> {
     ruby: &'r Ruby,
     pub out: Vec<u8>,
+    /// Where this encoder's value starts in `out` (after a request's envelope).
+    start: usize,
     cap: usize,
     /// Containers being encoded, to tell a cycle from deep nesting.
     stack: Vec<Value>,
@@ -140,9 +142,17 @@ pub struct Encoder<'r> {
 
 impl<'r> Encoder<'r> {
     pub fn new(ruby: &'r Ruby, cap: usize) -> Self {
+        Self::appending(ruby, cap, Vec::new())
+    }
+
+    /// An encoder writing after what `out` holds; `cap` bounds only what it writes.
+    pub fn appending(ruby: &'r Ruby, cap: usize, mut out: Vec<u8>) -> Self {
+        // Room for a typical fact, so it is written without growing the buffer twice.
+        out.reserve(256);
         Encoder {
             ruby,
-            out: Vec::with_capacity(256),
+            start: out.len(),
+            out,
             cap,
             stack: Vec::new(),
             json: None,
@@ -156,7 +166,7 @@ impl<'r> Encoder<'r> {
     }
 
     fn check_size(&self) -> Result<(), EncodeError> {
-        if self.out.len() > self.cap {
+        if self.out.len() - self.start > self.cap {
             return Err(EncodeError::invalid(format!(
                 "encodes to more than {} bytes, the request size cap",
                 self.cap
@@ -227,21 +237,27 @@ impl<'r> Encoder<'r> {
                 self.out.push(b',');
             }
             first = false;
-            self.key(key).and_then(|name| {
-                self.out.push(b':');
-                self.value(val).map_err(|e| e.at(|| format!("[{name:?}]")))
-            })
+            let start = self.out.len();
+            self.key(key)?;
+            let end = self.out.len();
+            self.out.push(b':');
+            self.value(val)
+                .map_err(|e| e.at(|| format!("[{:?}]", written_key(&self.out[start..end]))))
         })?;
         self.out.push(b'}');
         Ok(())
     }
 
     /// Object keys as `JSON.generate` writes them: Strings as they are, anything else
-    /// by `to_s`.
-    fn key(&mut self, key: Value) -> Result<String, EncodeError> {
+    /// by `to_s`. Written straight from the String's bytes: a copy of every key, kept only
+    /// for naming a bad value, cost a malloc and a free per key.
+    fn key(&mut self, key: Value) -> Result<(), EncodeError> {
+        if let Some(s) = RString::from_value(key) {
+            return self.string(s);
+        }
         let text = self.key_text(key)?;
         wire::write_str(&mut self.out, &text);
-        Ok(text)
+        Ok(())
     }
 
     fn key_text(&self, key: Value) -> Result<String, EncodeError> {
@@ -419,6 +435,11 @@ impl<'r> Encoder<'r> {
             EncodeError::Ruby(err)
         }
     }
+}
+
+/// A key's text back from the JSON String `key` wrote, for an error's path.
+fn written_key(json: &[u8]) -> String {
+    serde_json::from_slice(json).unwrap_or_else(|_| String::from_utf8_lossy(json).into_owned())
 }
 
 /// Runs `f` over the string's text as UTF-8, without copying it. UTF-8, ASCII and binary

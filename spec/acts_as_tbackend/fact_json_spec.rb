@@ -54,6 +54,9 @@ RSpec.describe "ActsAsTbackend::Fact.to_json (the native JSON encoder)" do
   it "rejects NaN and Infinity, naming where they are" do
     expect { encode({ "a" => [1, Float::NAN] }) }.to raise_error(ActsAsTbackend::InvalidFact, /value\["a"\]\[1\]: .*NaN/i)
     expect { encode({ "a" => -Float::INFINITY }) }.to raise_error(ActsAsTbackend::InvalidFact, /infinit/i)
+    # A key is named as it was written: escaped text and a Symbol's name come back whole.
+    expect { encode({ "q\"\né" => { b: Float::NAN } }) }
+      .to raise_error(ActsAsTbackend::InvalidFact, /value\["q\\"\\né"\]\["b"\]: .*NaN/i)
   end
 
   it "rejects invalid UTF-8 and transcodes other encodings" do

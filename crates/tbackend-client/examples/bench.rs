@@ -201,7 +201,7 @@ fn request(run: &str, t: usize, i: u64) -> Request {
     );
     let mut b = RequestBuilder::new("write_fact_once", None);
     b.raw("fact", fact.as_bytes()).unwrap();
-    Request::new(OpKind::Write, b.finish())
+    Request::built(OpKind::Write, b)
 }
 
 fn config(d: &TestDaemon, lanes: usize) -> Config {

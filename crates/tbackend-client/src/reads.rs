@@ -24,7 +24,7 @@ pub fn latest_for_request(
     if let Some(as_of) = as_of {
         builder.f64("as_of", as_of)?;
     }
-    Ok(Request::new(OpKind::Read, builder.finish()))
+    Ok(Request::built(OpKind::Read, builder))
 }
 
 impl Client {

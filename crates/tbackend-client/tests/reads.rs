@@ -14,7 +14,7 @@ use tbackend_core::protocol::request::RequestBuilder;
 fn write_fact(fact: &Value) -> Request {
     let mut b = RequestBuilder::new("write_fact_once", None);
     b.raw("fact", &serde_json::to_vec(fact).unwrap()).unwrap();
-    Request::new(OpKind::Write, b.finish())
+    Request::built(OpKind::Write, b)
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn latest_for_many_with_as_of_and_the_token() {
     assert_eq!(at(Some(150.0)), json!("early"));
 
     let req = latest_for_request(Some("secret"), "s", "k", Some(1.5)).unwrap();
-    let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(req.body()).unwrap();
     assert_eq!(
         body,
         json!({"op": "latest_for", "token": "secret", "store": "s", "key": "k", "as_of": 1.5})

@@ -515,7 +515,7 @@ fn retries_record_attempts_and_sleep_cancellably() {
     // A domain error is not retried.
     let mut b = tbackend_core::protocol::request::RequestBuilder::new("latest_for", None);
     b.str("store", "s").unwrap();
-    let missing_key = tbackend_client::Request::new(tbackend_client::OpKind::Read, b.finish());
+    let missing_key = tbackend_client::Request::built(tbackend_client::OpKind::Read, b);
     let (o, attempts) = c.call_with_retries(&missing_key, &policy, &Cancel::new());
     assert_status(&o, Status::Error);
     assert_eq!(attempts.len(), 1);

@@ -142,7 +142,7 @@ impl WriterCore {
             b.str("durability", d).map_err(|e| e.to_string())?;
         }
         b.raw("fact", &e.fact).map_err(|e| e.to_string())?;
-        Ok(Request::new(OpKind::Write, b.finish()))
+        Ok(Request::built(OpKind::Write, b))
     }
 
     /// Syncs the segment `take_dirty` handed over, outside the queue's mutex.

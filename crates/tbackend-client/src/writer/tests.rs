@@ -57,7 +57,7 @@ impl Scripted {
 }
 
 fn fact_id(r: &Request) -> String {
-    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
     v["fact"]["id"].as_str().unwrap().to_string()
 }
 

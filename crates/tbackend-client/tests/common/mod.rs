@@ -86,13 +86,13 @@ pub fn write(store: &str, id: &str, key: &str, value: Value) -> Request {
     let fact = serde_json::to_vec(&fact(store, id, key, value)).unwrap();
     let mut b = RequestBuilder::new("write_fact_once", None);
     b.raw("fact", &fact).unwrap();
-    Request::new(OpKind::Write, b.finish())
+    Request::built(OpKind::Write, b)
 }
 
 pub fn latest_for(store: &str, key: &str) -> Request {
     let mut b = RequestBuilder::new("latest_for", None);
     b.str("store", store).unwrap().str("key", key).unwrap();
-    Request::new(OpKind::Read, b.finish())
+    Request::built(OpKind::Read, b)
 }
 
 pub fn ping() -> Request {

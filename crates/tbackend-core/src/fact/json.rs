@@ -7,7 +7,6 @@
 //! would, so a value written here hashes and compares as the daemon expects.
 
 use serde_json::Value;
-use std::io::Write as _;
 use thiserror::Error;
 
 /// A value JSON cannot carry.
@@ -39,6 +38,15 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
+    // Nearly every string needs no escape; a branch-free pass (which the compiler
+    // vectorises) says so at a fraction of the per-byte match below.
+    if !bytes.iter().fold(false, |any, &b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    }) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut run_start = 0;
     for (i, &byte) in bytes.iter().enumerate() {
         let escape: &[u8] = match byte {
@@ -85,12 +93,14 @@ pub fn write_f64(out: &mut Vec<u8>, f: f64) -> Result<(), JsonError> {
 
 /// Appends a signed integer.
 pub fn write_i64(out: &mut Vec<u8>, n: i64) {
-    write!(out, "{n}").expect("writing to a Vec cannot fail");
+    // serde_json's integer writer, not `write!`: the formatting machinery cost a write
+    // about 1 % of its CPU.
+    serde_json::to_writer(out, &n).expect("writing to a Vec cannot fail");
 }
 
 /// Appends an unsigned integer.
 pub fn write_u64(out: &mut Vec<u8>, n: u64) {
-    write!(out, "{n}").expect("writing to a Vec cannot fail");
+    serde_json::to_writer(out, &n).expect("writing to a Vec cannot fail");
 }
 
 /// Appends `value` in the daemon's canonical form: object keys sorted by their bytes
