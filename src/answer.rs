@@ -5,9 +5,9 @@ use std::os::raw::{c_char, c_long};
 use magnus::rb_sys::{protect, AsRawValue, FromRawValue};
 use magnus::{prelude::*, value::LazyId, Error, IntoValue, RHash, Ruby, Value};
 use rb_sys::VALUE;
-use serde_json::Value as Json;
 use tbackend_client::Outcome;
 use tbackend_core::protocol::answer::{ErrorKind, Flags, Status};
+use tbackend_core::protocol::Json;
 
 /// The answer with Symbol keys at every depth, as the 0.2 gem's
 /// `JSON.parse(…, symbolize_names: true)` returned it.
@@ -40,7 +40,7 @@ unsafe fn build(ruby: &Ruby, json: &Json) -> VALUE {
                     .as_raw()
             }
         }
-        Json::String(s) => rb_sys::rb_utf8_str_new(s.as_ptr().cast(), s.len() as c_long),
+        Json::Str(s) => rb_sys::rb_utf8_str_new(s.as_ptr().cast(), s.len() as c_long),
         Json::Array(items) => {
             let array = rb_sys::rb_ary_new_capa(items.len() as c_long);
             for item in items {
@@ -48,9 +48,10 @@ unsafe fn build(ruby: &Ruby, json: &Json) -> VALUE {
             }
             array
         }
-        Json::Object(map) => {
+        // A repeated key keeps its first place and its last value, as a Hash does.
+        Json::Object(pairs) => {
             let hash = rb_sys::rb_hash_new();
-            for (name, value) in map {
+            for (name, value) in pairs {
                 let key = symbol(ruby, name);
                 rb_sys::rb_hash_aset(hash, key, build(ruby, value));
             }
@@ -153,10 +154,10 @@ pub fn soft_result(ruby: &Ruby, outcome: &Outcome) -> Result<RHash, Error> {
         )),
         None => c.error.clone(),
     };
-    let response = if c.answer.is_null() {
+    let response = if c.answer.is_none() {
         ruby.qnil().as_value()
     } else {
-        to_ruby(ruby, &c.answer)?
+        to_ruby(ruby, c.answer.tree())?
     };
     result_hash(
         ruby,

@@ -16,6 +16,7 @@ use magnus::{error::ErrorType, value::ReprValue, Error, RArray, RHash, Ruby, Try
 use tbackend_client::{tail::Cursor, Client, Config, Request, RetryPolicy};
 use tbackend_core::protocol::answer::{OpKind, Status};
 use tbackend_core::protocol::request::RequestBuilder;
+use tbackend_core::protocol::Json;
 
 use crate::answer::{add_attempts, result_hash, soft_result};
 use crate::errors::{concurrent_use, invalid_fact};
@@ -473,7 +474,7 @@ impl RbClient {
                 pair.push(soft_result(ruby, &outcome)?)?;
                 let facts = ruby.ary_new_capa(released.len());
                 for (_, fact) in &released {
-                    facts.push(crate::answer::to_ruby(ruby, fact)?)?;
+                    facts.push(crate::answer::to_ruby(ruby, &Json::of(fact))?)?;
                 }
                 pair.push(facts)?;
             }

@@ -43,8 +43,8 @@ fn per_call_timeout_and_late_answer_never_reaches_another_caller() {
     let quick = t0.elapsed() < Duration::from_millis(900);
     let o = call(&c, &latest_for("late", "k1"));
     assert_status(&o, Status::Ok);
-    assert_eq!(o.classified.answer["fact"]["id"], "w1", "{o:?}");
-    assert!(o.classified.answer.get("seq_id").is_none());
+    assert_eq!(o.classified.answer.value()["fact"]["id"], "w1", "{o:?}");
+    assert!(o.classified.answer.value().get("seq_id").is_none());
     // Unless the lane then sat idle for a second with only the abandoned request in
     // flight (a loaded machine), which makes the next call start afresh.
     let stats = c.stats();

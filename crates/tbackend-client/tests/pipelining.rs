@@ -53,7 +53,11 @@ fn twelve_threads_one_lane_every_answer_is_its_own() {
                     if i % 3 == 0 {
                         let o = call(&c, &latest_for("pipe", &key));
                         assert_status(&o, Status::Ok);
-                        assert_eq!(o.classified.answer["fact"]["id"], id.as_str(), "{o:?}");
+                        assert_eq!(
+                            o.classified.answer.value()["fact"]["id"],
+                            id.as_str(),
+                            "{o:?}"
+                        );
                     }
                     if i % 5 == 4 {
                         let (old_id, old_seq) = &seqs[i / 2];
@@ -208,7 +212,11 @@ fn a_dropped_batch_leaves_the_lane_clean() {
     for i in 0..20 {
         let o = call(&c, &latest_for("dropped", &format!("k{i}")));
         assert_status(&o, Status::Ok);
-        assert_eq!(o.classified.answer["fact"]["value"], json!(i), "{o:?}");
+        assert_eq!(
+            o.classified.answer.value()["fact"]["value"],
+            json!(i),
+            "{o:?}"
+        );
     }
     assert_eq!(c.stats().lanes[0].in_flight, 0);
 }
@@ -252,7 +260,7 @@ fn call_batch_of_1000_preserves_order() {
             // A read issued right after the write on another lane may run before it:
             // it answers the fact or nothing, never another request's answer.
             assert_status(o, Status::Ok);
-            let fact = &o.classified.answer["fact"];
+            let fact = &o.classified.answer.value()["fact"];
             assert!(
                 fact.is_null() || fact["id"] == format!("b{}", i - 1),
                 "{o:?}"
@@ -360,9 +368,9 @@ fn timeouts_storm_never_misdelivers() {
                         Status::Ok => {
                             answered += 1;
                             center_us = (center_us * 4 / 5).max(300);
-                            let fact = &o.classified.answer["fact"];
+                            let fact = &o.classified.answer.value()["fact"];
                             assert!(fact.is_null() || fact["id"] == id.as_str(), "{o:?}");
-                            assert!(o.classified.answer.get("seq_id").is_none(), "{o:?}");
+                            assert!(o.classified.answer.value().get("seq_id").is_none(), "{o:?}");
                         }
                         other => panic!("{other:?}: {o:?}"),
                     }
@@ -486,7 +494,7 @@ fn a_batch_of_answers_shorter_than_expected_still_completes() {
         assert_status(o, Status::Ok);
         if i % 4 == 3 {
             assert_eq!(
-                o.classified.answer["fact"]["id"],
+                o.classified.answer.value()["fact"]["id"],
                 format!("s{}", i / 4),
                 "{o:?}"
             );

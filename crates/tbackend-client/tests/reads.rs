@@ -52,7 +52,7 @@ fn latest_for_many_answers_every_key_in_order() {
     assert_eq!(outcomes.len(), keys.len());
     for (key, o) in keys.iter().zip(&outcomes) {
         assert_status(o, Status::Ok);
-        let fact = &o.classified.answer["fact"];
+        let fact = &o.classified.answer.value()["fact"];
         if key.starts_with("nope") {
             assert!(fact.is_null(), "{key}: {fact}");
             continue;
@@ -87,7 +87,8 @@ fn latest_for_many_with_as_of_and_the_token() {
             .unwrap()
             .remove(0)
             .classified
-            .answer["fact"]["value"]["at"]
+            .answer
+            .value()["fact"]["value"]["at"]
             .clone()
     };
     assert_eq!(at(None), json!("late"));

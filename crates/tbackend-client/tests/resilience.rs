@@ -222,7 +222,7 @@ fn random_cancels_return_promptly_and_leave_no_answer_behind() {
                 for (n, (id, key)) in written.iter().enumerate().filter(|(n, _)| n % WORKERS == w) {
                     let o = call(&c, &latest_for("cancel", key));
                     assert_eq!(
-                        o.classified.answer["fact"]["id"],
+                        o.classified.answer.value()["fact"]["id"],
                         id.as_str(),
                         "read {n}: {o:?}"
                     );

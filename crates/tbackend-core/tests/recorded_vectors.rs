@@ -210,7 +210,7 @@ fn recorded_answers_classify_to_their_status() {
     assert_eq!(status(OpKind::Ping, "ws"), Status::Error);
     // …and a duplicate key keeps its last value, as the daemon's parser does.
     let dup = classify(OpKind::Ping, &body("dupkey")).unwrap();
-    assert_eq!(dup.answer["op"], "size");
+    assert_eq!(dup.answer.value()["op"], "size");
 }
 
 fn op_kind(op: &str) -> OpKind {

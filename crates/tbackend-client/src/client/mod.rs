@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tbackend_core::protocol::answer::classify;
+use tbackend_core::protocol::answer::{classify_owned, Answer};
 use tbackend_core::protocol::frame;
 use tbackend_core::protocol::request::RequestBuilder;
 use tbackend_core::{Classified, ErrorKind, OpKind, Status};
@@ -105,7 +105,7 @@ impl Outcome {
                 retryable: Some(false),
                 kind: ErrorKind::ClientBug,
                 error: Some(reason),
-                answer: Value::Null,
+                answer: Answer::none(),
             },
             transport: None,
             lane: None,
@@ -565,7 +565,7 @@ impl Inner {
         admission: Admission,
     ) -> Outcome {
         let outcome = match result {
-            Ok(body) => match classify(op, &body) {
+            Ok(body) => match classify_owned(op, body) {
                 Ok(classified) => Outcome {
                     classified,
                     transport: None,

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
+use tbackend_core::protocol::answer::Answer;
 use tbackend_core::{OpKind, Status};
 
 use super::{Attempt, Client, Outcome, Request};
@@ -236,10 +237,17 @@ impl<'c> PausedTail<'c> {
         if !outcome.classified.ok {
             return Step::Done((outcome, Vec::new()));
         }
-        let facts = match outcome.classified.answer.get_mut("facts").map(Value::take) {
+        // The facts leave the answer: the soft result carries `facts: null`, and each
+        // fact reaches Ruby once, as a released one.
+        let mut answer = match outcome.classified.answer.value() {
+            Value::Object(answer) => answer,
+            _ => Map::new(),
+        };
+        let facts = match answer.get_mut("facts").map(Value::take) {
             Some(Value::Array(facts)) => facts,
             _ => Vec::new(),
         };
+        outcome.classified.answer = Answer::of_object(&answer);
         let items = facts.into_iter().filter_map(|f| {
             let seq = f.get("seq_id")?.as_u64()?;
             Some((seq, f))

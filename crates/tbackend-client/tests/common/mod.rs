@@ -113,7 +113,7 @@ pub fn all_facts(d: &TestDaemon, store: &str) -> Vec<Value> {
 }
 
 pub fn seq_of(o: &Outcome) -> u64 {
-    o.classified.answer["seq_id"]
+    o.classified.answer.value()["seq_id"]
         .as_u64()
         .unwrap_or_else(|| panic!("no seq_id in {o:?}"))
 }

@@ -7,9 +7,12 @@
 //! [`Status::row`] is the one home of what a status means: the client, the async
 //! writer, the binding and (as `ActsAsTbackend::STATUSES`) every Ruby list read it.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::fmt;
+use std::ptr::NonNull;
 use thiserror::Error;
+
+use super::tree::Json;
 
 /// The kind of operation an answer belongs to: the status table depends on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -305,8 +308,117 @@ pub struct Classified {
     /// The daemon's `error` (a non-string one rendered as JSON), or our description
     /// of a malformed answer; `None` on success.
     pub error: Option<String>,
-    /// The whole answer object, or `Value::Null` when there is none.
-    pub answer: Value,
+    /// The whole answer object, as received.
+    pub answer: Answer,
+}
+
+/// A daemon answer object as it came (nothing when there was none), read once, in place:
+/// [`Answer::tree`] borrows its strings from the bytes received. [`classify`] reads it
+/// for the status and the binding hands the same tree to Ruby, so an answer is parsed
+/// once per call.
+pub struct Answer {
+    // Borrows from `bytes`, so it is declared (and dropped) first.
+    tree: Json<'static>,
+    bytes: Bytes,
+}
+
+impl Answer {
+    /// No answer: the call got none.
+    pub fn none() -> Answer {
+        Answer {
+            tree: Json::Null,
+            bytes: Bytes::new(Vec::new()),
+        }
+    }
+
+    fn parse(body: Vec<u8>) -> serde_json::Result<Answer> {
+        let bytes = Bytes::new(body);
+        // SAFETY: the tree borrows `bytes`' heap block, which stays where it is, unchanged,
+        // until `bytes` drops, after the tree (field order). `'static` never leaves this
+        // type: `tree()` lends the tree for as long as `&self` only.
+        let tree =
+            unsafe { std::mem::transmute::<Json<'_>, Json<'static>>(Json::parse(bytes.get())?) };
+        Ok(Answer { tree, bytes })
+    }
+
+    /// An answer made from an object (a part taken out of one, say).
+    pub fn of_object(object: &serde_json::Map<String, Value>) -> Answer {
+        let body = serde_json::to_vec(object).expect("writing to a Vec cannot fail");
+        Answer::parse(body).expect("serde_json wrote one JSON object")
+    }
+
+    /// Whether there is no answer.
+    pub fn is_none(&self) -> bool {
+        self.bytes.get().is_empty()
+    }
+
+    /// The answer's bytes, as received.
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.get()
+    }
+
+    /// The answer, `Json::Null` when there is none.
+    pub fn tree(&self) -> &Json<'_> {
+        &self.tree
+    }
+
+    /// The answer as a `serde_json::Value`, `Value::Null` when there is none.
+    pub fn value(&self) -> Value {
+        self.tree.to_value()
+    }
+}
+
+impl Default for Answer {
+    fn default() -> Self {
+        Answer::none()
+    }
+}
+
+impl Clone for Answer {
+    fn clone(&self) -> Self {
+        if self.is_none() {
+            return Answer::none();
+        }
+        Answer::parse(self.bytes().to_vec()).expect("it parsed before")
+    }
+}
+
+impl PartialEq for Answer {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+/// Owned bytes held by a raw pointer: moving their owner asserts nothing about them, so
+/// a tree may keep borrowing them while the owner moves.
+struct Bytes(NonNull<[u8]>);
+
+impl Bytes {
+    fn new(body: Vec<u8>) -> Bytes {
+        Bytes(NonNull::from(Box::leak(body.into_boxed_slice())))
+    }
+
+    fn get(&self) -> &[u8] {
+        // SAFETY: the block is ours, alive until drop, and never written after `new`.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for Bytes {
+    fn drop(&mut self) {
+        // SAFETY: made by `Box::leak` in `new`, freed only here.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+// SAFETY: plain bytes, owned, never written after `new`: like a `Box<[u8]>`.
+unsafe impl Send for Bytes {}
+unsafe impl Sync for Bytes {}
+
+impl fmt::Debug for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Answer({:?})", String::from_utf8_lossy(self.bytes()))
+    }
 }
 
 impl Classified {
@@ -321,14 +433,8 @@ impl Classified {
             retryable: flags.retryable,
             kind,
             error,
-            answer: Value::Null,
+            answer: Answer::none(),
         }
-    }
-
-    fn from_row(status: Status, error: Option<String>, answer: Map<String, Value>) -> Self {
-        let mut classified = Classified::transport(status, error);
-        classified.answer = Value::Object(answer);
-        classified
     }
 }
 
@@ -354,25 +460,31 @@ impl AnswerError {
 
 /// Classifies the answer body of an `op` request.
 pub fn classify(op: OpKind, body: &[u8]) -> Result<Classified, AnswerError> {
-    let answer = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => map,
-        Ok(other) => return Err(AnswerError::NotObject(json_type(&other))),
-        Err(e) => return Err(AnswerError::NotJson(e.to_string())),
-    };
-    Ok(classify_object(op, answer))
+    classify_owned(op, body.to_vec())
 }
 
-/// Classifies an answer already parsed into an object.
-pub fn classify_object(op: OpKind, answer: Map<String, Value>) -> Classified {
+/// [`classify`], keeping `body` as the answer without a copy.
+pub fn classify_owned(op: OpKind, body: Vec<u8>) -> Result<Classified, AnswerError> {
+    let answer = Answer::parse(body).map_err(|e| AnswerError::NotJson(e.to_string()))?;
+    let mut classified = match answer.tree() {
+        tree @ Json::Object(_) => classify_object(op, tree),
+        other => return Err(AnswerError::NotObject(other.type_name())),
+    };
+    classified.answer = answer;
+    Ok(classified)
+}
+
+/// Classifies an answer already parsed into an object (its `answer` left empty).
+fn classify_object(op: OpKind, answer: &Json<'_>) -> Classified {
     let ok_field = answer.get("ok");
-    let ok = ok_field == Some(&Value::Bool(true));
-    let committed = answer.get("committed").and_then(Value::as_bool);
-    let retryable = answer.get("retryable").and_then(Value::as_bool);
-    let code = answer.get("error_code").and_then(Value::as_str);
+    let ok = ok_field == Some(&Json::Bool(true));
+    let committed = answer.get("committed").and_then(Json::as_bool);
+    let retryable = answer.get("retryable").and_then(Json::as_bool);
+    let code = answer.get("error_code").and_then(Json::as_str);
 
     let status = match op {
         OpKind::Write if ok && committed == Some(true) => {
-            if answer.get("idempotent_replay") == Some(&Value::Bool(true)) {
+            if answer.get("idempotent_replay") == Some(&Json::Bool(true)) {
                 Some(Status::IdempotentReplay)
             } else {
                 Some(Status::CommittedAcked)
@@ -393,18 +505,18 @@ pub fn classify_object(op: OpKind, answer: Map<String, Value>) -> Classified {
         _ => None,
     };
     let daemon_error = match answer.get("error") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text.clone()),
+        None | Some(Json::Null) => None,
+        Some(Json::Str(text)) => Some(text.as_ref().to_owned()),
         Some(other) => Some(other.to_string()),
     };
     match status {
         Some(status @ (Status::RejectedBeforeCommit | Status::DuplicateFactIdConflict)) => {
-            Classified::from_row(status, daemon_error, answer)
+            Classified::transport(status, daemon_error)
         }
-        Some(status) => Classified::from_row(status, None, answer),
+        Some(status) => Classified::transport(status, None),
         None => {
             let kind =
-                ErrorKind::from_error(code, answer.get("error").and_then(Value::as_str), retryable);
+                ErrorKind::from_error(code, answer.get("error").and_then(Json::as_str), retryable);
             let error = daemon_error.or_else(|| Some(describe_missing_error(op, ok_field)));
             Classified {
                 status: Status::Error,
@@ -413,7 +525,7 @@ pub fn classify_object(op: OpKind, answer: Map<String, Value>) -> Classified {
                 retryable,
                 kind,
                 error,
-                answer: Value::Object(answer),
+                answer: Answer::none(),
             }
         }
     }
@@ -421,25 +533,14 @@ pub fn classify_object(op: OpKind, answer: Map<String, Value>) -> Classified {
 
 /// Says what was wrong with a failed answer that carries no `error` of its own, so a
 /// log line never reads `error=nil` for a failure.
-fn describe_missing_error(op: OpKind, ok: Option<&Value>) -> String {
+fn describe_missing_error(op: OpKind, ok: Option<&Json<'_>>) -> String {
     match ok {
         None => "daemon answer has no `ok` field".to_owned(),
-        Some(Value::Bool(true)) if op == OpKind::Write => {
+        Some(Json::Bool(true)) if op == OpKind::Write => {
             "daemon answered ok to a write without `committed: true`".to_owned()
         }
-        Some(Value::Bool(_)) => "daemon answered ok:false without an error message".to_owned(),
+        Some(Json::Bool(_)) => "daemon answered ok:false without an error message".to_owned(),
         Some(other) => format!("daemon answer has a non-boolean `ok`: {other}"),
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 
@@ -449,6 +550,21 @@ mod tests {
 
     fn c(op: OpKind, body: &str) -> Classified {
         classify(op, body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn an_answer_keeps_its_tree_as_it_moves_and_is_copied() {
+        let body = br#"{"fact":{"id":"x","value":{"s":"q\"r"}},"ok":true}"#;
+        let answer = classify(OpKind::Read, body).unwrap().answer;
+        let moved = std::thread::spawn(move || answer).join().unwrap();
+        let copy = moved.clone();
+        assert_eq!(copy, moved);
+        drop(moved);
+        let id = copy.tree().get("fact").and_then(|f| f.get("id"));
+        assert_eq!(id.and_then(Json::as_str), Some("x"));
+        assert_eq!(copy.value()["fact"]["value"]["s"], "q\"r");
+        assert_eq!(copy.bytes(), body);
+        assert!(Answer::none().is_none() && Answer::none().tree() == &Json::Null);
     }
 
     fn flags(r: &Classified) -> (bool, Option<bool>, Option<bool>) {
@@ -468,7 +584,7 @@ mod tests {
         assert_eq!(flags(&r), (true, Some(true), Some(false)));
         assert_eq!(r.kind, ErrorKind::None);
         assert_eq!(r.error, None);
-        assert_eq!(r.answer["seq_id"], 1);
+        assert_eq!(r.answer.value()["seq_id"], 1);
     }
 
     #[test]
@@ -509,7 +625,7 @@ mod tests {
         assert_eq!(flags(&r), (false, Some(false), Some(false)));
         assert_eq!(r.kind, ErrorKind::Conflict);
         assert_eq!(r.error.as_deref(), Some("Duplicate fact id conflict"));
-        assert_eq!(r.answer["existing_key"], "order-1");
+        assert_eq!(r.answer.value()["existing_key"], "order-1");
     }
 
     #[test]
@@ -699,7 +815,7 @@ mod tests {
             r#"{"fact":{"causation":null,"derivation":null,"id":"a:1","key":"k","origin_node":null,"producer":null,"schema_version":1,"seq_id":1,"store":"ledger_a","transaction_time":1780387000.0,"valid_time":null,"value":{"v":1},"value_hash":"a122c9c1c4a049739faab492b1836cad8d709d1215698427ba3592174b01743f"},"ok":true}"#,
         );
         assert_eq!(r.status, Status::Ok);
-        assert_eq!(r.answer["fact"]["value"]["v"], 1);
+        assert_eq!(r.answer.value()["fact"]["value"]["v"], 1);
         let r = c(OpKind::Read, r#"{"fact":null,"ok":true}"#);
         assert_eq!(r.status, Status::Ok);
         let r = c(OpKind::Read, r#"{"facts":[],"ok":true}"#);
@@ -736,7 +852,7 @@ mod tests {
         );
         assert_eq!(r.status, Status::Ok);
         assert_eq!(flags(&r), (true, None, Some(false)));
-        assert_eq!(r.answer["ops"]["ping"], 17);
+        assert_eq!(r.answer.value()["ops"]["ping"], 17);
     }
 
     #[test]
@@ -818,7 +934,7 @@ mod tests {
             r.error.as_deref(),
             Some("daemon answer is a JSON array, not an object")
         );
-        assert_eq!(r.answer, Value::Null);
+        assert!(r.answer.is_none());
     }
 
     #[test]
@@ -875,7 +991,7 @@ mod tests {
             let t = Classified::transport(status, None);
             assert_eq!((t.ok, t.committed, t.retryable), (ok, committed, retryable));
             assert_eq!(t.kind, kind);
-            assert_eq!(t.answer, Value::Null);
+            assert!(t.answer.is_none());
         }
     }
 
