@@ -442,6 +442,9 @@ fn written_key(json: &[u8]) -> String {
     serde_json::from_slice(json).unwrap_or_else(|_| String::from_utf8_lossy(json).into_owned())
 }
 
+const CODERANGE_7BIT: u32 = rb_sys::ruby_coderange_type::RUBY_ENC_CODERANGE_7BIT as u32;
+const CODERANGE_VALID: u32 = rb_sys::ruby_coderange_type::RUBY_ENC_CODERANGE_VALID as u32;
+
 /// Runs `f` over the string's text as UTF-8, without copying it. UTF-8, ASCII and binary
 /// strings must already hold valid UTF-8 bytes; other encodings are transcoded as
 /// JSON.generate would.
@@ -456,15 +459,26 @@ fn with_utf8<R>(ruby: &Ruby, s: RString, f: impl FnOnce(&str) -> R) -> Result<R,
         s.conv_enc(ruby.utf8_encoding())
             .map_err(|e| EncodeError::invalid(format!("cannot be transcoded to UTF-8 ({e})")))?
     };
+    // Ruby keeps what it knows of a string's bytes (its code range, found by a scan it
+    // caches): ASCII only, or valid in a UTF-8 string, needs no check of ours.
+    // SAFETY: a live String, the GVL held.
+    let range = unsafe { rb_sys::rb_enc_str_coderange(source.as_raw()) } as u32;
+    let known_utf8 = range == CODERANGE_7BIT
+        || (range == CODERANGE_VALID && source.enc_get() == ruby.utf8_encindex());
     // SAFETY: the slice is used, and dropped, before any other Ruby call can run (`f`
     // never calls Ruby), so the GC cannot move or free the bytes under it.
     let bytes = unsafe { source.as_slice() };
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        EncodeError::invalid(format!(
-            "invalid UTF-8 in a String (byte offset {})",
-            e.valid_up_to()
-        ))
-    })?;
+    let text = if known_utf8 {
+        // SAFETY: Ruby found these bytes ASCII, or valid UTF-8, just above.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    } else {
+        std::str::from_utf8(bytes).map_err(|e| {
+            EncodeError::invalid(format!(
+                "invalid UTF-8 in a String (byte offset {})",
+                e.valid_up_to()
+            ))
+        })?
+    };
     Ok(f(text))
 }
 

@@ -72,8 +72,12 @@ module ActsAsTbackend
       notifier&.listening?(event_name(event)) ? true : false
     end
 
+    # The notifier is asked for on every call (an app or a test may swap it); the module
+    # is looked up until it is there (it may be loaded after this gem) and then kept, so a
+    # write does not look it up again.
     def notifier
-      ActiveSupport::Notifications.notifier if defined?(ActiveSupport::Notifications)
+      @notifications ||= (ActiveSupport::Notifications if defined?(ActiveSupport::Notifications))
+      @notifications&.notifier
     end
 
     def describe_result(payload, result)

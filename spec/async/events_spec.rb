@@ -227,6 +227,17 @@ RSpec.describe "The async writer's events" do
     expect(err).to include("fact not delivered (conflict): store=conflicts id=orphaned")
   end
 
+  it "falls back to stderr when its events thread is killed before it ever ran" do
+    writer = async_writer_for(daemon)
+    thread = events_thread
+    # Nothing has let go of the GVL since the writer made it: it has not run yet.
+    expect(thread.status).to eq("run")
+    thread.kill
+    expect(thread.join(5)).to be(thread)
+    err = stderr_of { conflict(writer, "never-drained") }
+    expect(err).to include("fact not delivered (conflict): store=conflicts id=never-drained")
+  end
+
   it "runs one events thread per writer, fork-safe for Puma's preload check, ended by its shutdown" do
     writer = async_writer_for(daemon)
     thread = events_thread
