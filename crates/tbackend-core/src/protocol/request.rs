@@ -62,14 +62,15 @@ pub struct RequestBuilder {
     keys: Vec<(usize, usize)>,
 }
 
-const OP_START: usize = b"{\"op\":".len();
+/// How every request body starts; the op's JSON String follows.
+const OP_PREFIX: &[u8] = b"{\"op\":";
 
 impl RequestBuilder {
     /// Starts a request for `op`, with the bearer `token` when there is one (the daemon
     /// wants it at the top level of every op once auth is on).
     pub fn new(op: &str, token: Option<&str>) -> Self {
         let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(b"{\"op\":");
+        out.extend_from_slice(OP_PREFIX);
         json::write_str(&mut out, op);
         let mut builder = RequestBuilder {
             op_end: out.len(),
@@ -87,7 +88,8 @@ impl RequestBuilder {
     }
 
     fn op(&self) -> String {
-        serde_json::from_slice(&self.out[OP_START..self.op_end]).expect("written by write_str")
+        serde_json::from_slice(&self.out[OP_PREFIX.len()..self.op_end])
+            .expect("written by write_str")
     }
 
     fn key(&mut self, key: &str) -> Result<(), RequestError> {

@@ -30,7 +30,7 @@ pub enum Json<'a> {
 impl<'a> Json<'a> {
     /// Parses one JSON value that borrows from `body`.
     pub fn parse(body: &'a [u8]) -> serde_json::Result<Json<'a>> {
-        // One UTF-8 check of the whole body, not one per string (a tenth of the parse).
+        // One UTF-8 check of the whole body, not one per string.
         let text = std::str::from_utf8(body).map_err(|e| {
             de::Error::custom(format_args!(
                 "invalid UTF-8 at byte {} of the answer",
