@@ -463,6 +463,8 @@ fn with_utf8<R>(ruby: &Ruby, s: RString, f: impl FnOnce(&str) -> R) -> Result<R,
     // caches): ASCII only, or valid in a UTF-8 string, needs no check of ours.
     // SAFETY: a live String, the GVL held.
     let range = unsafe { rb_sys::rb_enc_str_coderange(source.as_raw()) } as u32;
+    // The encoding asked again: `conv_enc` hands back the string unchanged when it cannot
+    // transcode it.
     let known_utf8 = range == CODERANGE_7BIT
         || (range == CODERANGE_VALID && source.enc_get() == ruby.utf8_encindex());
     // SAFETY: the slice is used, and dropped, before any other Ruby call can run (`f`

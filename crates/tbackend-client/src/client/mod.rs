@@ -40,6 +40,8 @@ pub struct Request {
     body: Vec<u8>,
     /// Whether the body came from a `RequestBuilder`, which refuses the keys `check_body`
     /// looks for as they are added: the call then skips that second pass over the body.
+    /// (What the builder was handed through `encoded`/`value_slot` it trusts to be one
+    /// JSON value; everything else it writes or parses itself.)
     built: bool,
 }
 
