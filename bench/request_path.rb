@@ -11,16 +11,29 @@
 #
 #   ruby bench/request_path.rb [ROUNDS=7] [CREATES=1000]
 #   TBACKEND_BENCH_DATABASES=sqlite ruby bench/request_path.rb    # skip PostgreSQL
+#   TBACKEND_BENCH_LOG=none ruby bench/request_path.rb            # bare ActiveRecord, no loggers
 #
+# Logging is set up as a Rails app in production has it (TBACKEND_BENCH_LOG=info, the
+# default): ActiveRecord's and the gem's log subscribers attached to a logger at :info
+# (Rails.logger; the Railtie attaches the gem's), writing nowhere. Both cost a create
+# something even when they write no line, and a plain create pays ActiveRecord's part.
 # PostgreSQL comes from TBACKEND_PG_URL or this checkout's bin/test-postgres cluster.
 require_relative "support"
 require "active_record"
 require "acts_as_tbackend/extension"
+require "acts_as_tbackend/rails/log_subscriber"
+require "logger"
 require "support/database"
 
 ROUNDS = Integer(ARGV[0] || 7)
 CREATES = Integer(ARGV[1] || 1000)
 DATABASES = ENV.fetch("TBACKEND_BENCH_DATABASES", "sqlite,postgresql").split(",").map(&:to_sym)
+LOG_LEVEL = ENV.fetch("TBACKEND_BENCH_LOG", "info")
+
+unless LOG_LEVEL == "none"
+  ActiveSupport::LogSubscriber.logger = ActiveRecord::Base.logger = Logger.new(File::NULL, level: LOG_LEVEL)
+  ActsAsTbackend::LogSubscriber.attach_to :acts_as_tbackend
+end
 
 module RequestPath
   MODELS = { plain: nil, async: { async: true }, sync: { async: false } }.freeze
@@ -162,7 +175,8 @@ Dir.mktmpdir("request_path") do |spool|
     config.spool_path = spool
   end
   ActsAsTbackend.client.ping
-  puts "rounds=#{ROUNDS} creates per round=#{CREATES} daemon=tbackend-testd profile=#{Bench::PROFILE}"
+  puts "rounds=#{ROUNDS} creates per round=#{CREATES} daemon=tbackend-testd profile=#{Bench::PROFILE} " \
+       "log=#{LOG_LEVEL} (ActiveRecord's and the gem's log subscribers#{LOG_LEVEL == 'none' ? ' off' : ''})"
   DATABASES.each { |adapter| report_database(adapter, daemon) }
   # The writer's idle connection would stop the daemon polling for the native client's
   # requests but not for the gem's (the real profile polls while no more connections are

@@ -34,6 +34,13 @@ module ActsAsTbackend
   # Payloads never carry fact values or the token: subscribers (log shippers, APM agents)
   # often forward whole payloads. Without ActiveSupport, or with no subscriber for an
   # event, instrumenting costs one hash lookup and the block runs bare.
+  #
+  # The gem's own LogSubscriber (the Railtie attaches it) writes a call's line at debug
+  # and a failed call's at warn. When it is a call event's only subscriber and its logger
+  # is above debug (production), an event per call would be built only to be dropped:
+  # about 55 µs per mirrored save on Rails 6.1, two events of it (mirror, enqueue). Then
+  # the call runs bare, and only a failure is handed to the LogSubscriber, with its
+  # payload and its duration, after the call (see #watch).
   module Instrumentation
     NAMESPACE = "acts_as_tbackend"
 
@@ -41,10 +48,84 @@ module ActsAsTbackend
     # whether anyone listens on every write, and must not allocate a String to ask.
     NAMES = Hash.new { |names, event| names[event] = "#{event}.#{NAMESPACE}".freeze }
 
+    # event name => [the notifier's listener list it was worked out from, the gem's
+    # LogSubscribers when they are all the listeners, else nil]. Fanout keeps a list
+    # until a subscription changes, so the list's identity says when to look again.
+    OWN_SUBSCRIBERS = {} # rubocop:disable Style/MutableConstant -- a cache; a race only computes twice
+
     module_function
 
     def event_name(event)
       NAMES[event]
+    end
+
+    # What a call of `event` must do, asked before each call:
+    # - nil: nobody would see it, run it bare;
+    # - :all: instrument it (#instrument);
+    # - :failures: only the gem's LogSubscriber listens, and its logger shows warnings but
+    #   not debug lines: run it bare, then #report_failure.
+    def watch(event)
+      notifier = self.notifier
+      name = event_name(event)
+      return nil unless notifier&.listening?(name)
+
+      subscribers = own_log_subscribers(notifier, name)
+      return :all unless subscribers && LogSubscriber::CALLS.include?(event)
+
+      logger = subscribers.first.logger
+      if logger.nil? then nil
+      elsif logger.debug? then :all
+      elsif logger.warn? then :failures
+      end
+    end
+
+    # Runs the block (a call returning a soft result, or an Array of them) as `event`
+    # under a `watch` that was not nil. The event's payload is `source.send(builder, a,
+    # b, c, d)` (a private method of the caller is fine), made only when an event is: a
+    # successful call under :failures allocates nothing, so no closure and no rest Array.
+    def observe(event, watch, source, builder, a = nil, b = nil, c = nil, d = nil, &block) # rubocop:disable Metrics/ParameterLists,Naming/MethodParameterName
+      return instrument(event, source.send(builder, a, b, c, d), &block) if watch == :all
+
+      started = clock
+      report_failure(event, yield, started) { source.send(builder, a, b, c, d) }
+    end
+
+    # Hands a failed call's event, as #instrument would have made it, to the gem's
+    # LogSubscribers, its only listeners; the block makes the payload. Returns `result`.
+    def report_failure(event, result, started)
+      outcome = result.is_a?(Hash) ? result : describe_result({}, result)
+      return result unless LogSubscriber.failure?(outcome)
+
+      name = event_name(event)
+      subscribers = notifier && own_log_subscribers(notifier, name)
+      return result unless subscribers
+
+      payload = describe_result(yield, result)
+      notification = ActiveSupport::Notifications::Event.new(name, started, clock, nil, payload)
+      subscribers.each { |subscriber| subscriber.public_send(event, notification) }
+      result
+    rescue StandardError
+      result # a log line that could not be written never turns a soft result into an exception
+    end
+
+    # The gem's LogSubscribers when they are every listener of `name`, else nil.
+    def own_log_subscribers(notifier, name)
+      return nil unless defined?(ActsAsTbackend::LogSubscriber)
+
+      listeners = notifier.respond_to?(:all_listeners_for) ? notifier.all_listeners_for(name) : notifier.listeners_for(name)
+      known = OWN_SUBSCRIBERS[name]
+      return known.last if known&.first.equal?(listeners)
+
+      subscribers = listeners.map { |listener| listener.instance_variable_get(:@delegate) }
+      subscribers = nil unless subscribers.any? && subscribers.all?(ActsAsTbackend::LogSubscriber)
+      OWN_SUBSCRIBERS[name] = [listeners, subscribers].freeze
+      subscribers
+    rescue NoMethodError # a notifier that is not ActiveSupport's Fanout
+      nil
+    end
+
+    def clock
+      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
 
     # Runs the block inside a notification when someone listens for the event, filling
@@ -80,6 +161,7 @@ module ActsAsTbackend
       @notifications&.notifier
     end
 
+    # Fills a payload's outcome fields from a soft result (or an Array of them).
     def describe_result(payload, result)
       case result
       when Hash
@@ -90,6 +172,7 @@ module ActsAsTbackend
         payload[:statuses] = result.each_with_object(Hash.new(0)) { |one, tally| tally[one[:status]] += 1 }
         payload[:ok] = result.all? { |one| one[:ok] }
       end
+      payload
     end
   end
 end

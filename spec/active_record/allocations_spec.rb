@@ -9,6 +9,8 @@ require_relative "support/mirror_models"
 # has the CPU times). The ceilings are today's counts plus a little headroom; lower them
 # when the path gets cheaper.
 RSpec.describe "acts_as_tbackend: allocations per create" do
+  include TbackendSpec::AppLog
+
   # Objects allocated per call of the block, after a warm-up, with GC off while counting.
   def allocations_per_call(count = 50, &block)
     3.times { |i| block.call(-i - 1) }
@@ -39,6 +41,20 @@ RSpec.describe "acts_as_tbackend: allocations per create" do
              "sync +#{(sync - plain).round(1)}"
         expect(async - plain).to be <= 35
         expect(sync - plain).to be <= 37
+      end
+
+      # The Railtie's log subscriber on a production logger writes no line for a save
+      # that succeeds, so it makes no event for one (two were made: mirror, enqueue).
+      it "allocates no more with the log subscriber on a production (info) logger; a debug logger's lines cost" do
+        bare = [per_create(models::AsyncOrder), per_create(models::SyncOrder)]
+        quiet = loud = nil
+        app_log(level: :info) { quiet = [per_create(models::AsyncOrder), per_create(models::SyncOrder)] }
+        app_log(level: :debug) { loud = per_create(models::AsyncOrder) }
+        puts "allocations per create on #{adapter}, bare / info log / debug log: async #{bare[0].round(1)} / " \
+             "#{quiet[0].round(1)} / #{loud.round(1)}, sync #{bare[1].round(1)} / #{quiet[1].round(1)}"
+        expect(quiet[0]).to be <= bare[0] + 1
+        expect(quiet[1]).to be <= bare[1] + 1
+        expect(loud).to be > bare[0] + 10
       end
     end
   end
@@ -87,6 +103,15 @@ RSpec.describe "acts_as_tbackend: allocations per create" do
       # The result, answer, fact and value Hashes and the answer's Strings: 9; was 15,
       # when every key of the fact made a String to find its Symbol.
       expect(read).to be <= 9.5
+    end
+
+    it "allocates no more per write with the log subscriber on a production (info) logger" do
+      client = client_for(@daemon)
+      facts = Array.new(200) { |i| fact("logged-#{i}") }
+      bare = allocations_per_call(100) { |i| client.write_fact_once(facts[i]) }
+      quiet = nil
+      app_log(level: :info) { quiet = allocations_per_call(100) { |i| client.write_fact_once(facts[100 + i]) } }
+      expect(quiet).to be <= bare + 0.5
     end
   end
 end

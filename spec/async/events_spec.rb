@@ -1,8 +1,6 @@
 # frozen_string_literal: true
 
 require "spec_helper"
-require "logger"
-require "stringio"
 require "tempfile"
 require "tmpdir"
 require "active_support"
@@ -16,6 +14,7 @@ require_relative "async_helpers"
 # is the last resort.
 RSpec.describe "The async writer's events" do
   include_context "async spec"
+  include TbackendSpec::AppLog
   with_daemon
 
   # The notifications published during the block (from the writer's events thread or a
@@ -56,19 +55,6 @@ RSpec.describe "The async writer's events" do
     ActsAsTbackend.client.write_fact_once(fact(id, store: store, value: { "v" => 1 }))
     writer.enqueue(fact(id, store: store, value: { "v" => 2, "secret" => "s3cr3t" }))
     expect(writer.flush(timeout: 10)).to be(true)
-  end
-
-  # The gem's log subscriber, attached to a logger of its own for the block.
-  def app_log
-    io = StringIO.new
-    saved = ActiveSupport::LogSubscriber.logger
-    ActiveSupport::LogSubscriber.logger = Logger.new(io)
-    ActsAsTbackend::LogSubscriber.attach_to :acts_as_tbackend
-    yield
-    io.string
-  ensure
-    ActsAsTbackend::LogSubscriber.detach_from :acts_as_tbackend
-    ActiveSupport::LogSubscriber.logger = saved
   end
 
   def events_threads

@@ -96,6 +96,45 @@ RSpec.describe ActsAsTbackend::Instrumentation do
     end
   end
 
+  # The Railtie attaches the gem's LogSubscriber; a production logger (:info) shows its
+  # warnings, not its debug lines. An event per call would be made only to be dropped.
+  context "with the gem's log subscriber on a production (info) logger" do
+    include TbackendSpec::AppLog
+
+    it "logs no line for calls that succeed, and a failed call's warning with its duration and status" do
+      TbackendSpec::TestDaemon.with do |d|
+        client = client_for(d, request_timeout: 0.3, breaker_threshold: 0)
+        stored = fact(unique)
+        log = app_log(level: :info) do
+          expect(client.write_fact_once(stored)).to include(ok: true)
+          expect(ActsAsTbackend::Mirror.write(fact(unique), store: "specs", event_type: "create")).to include(ok: true)
+          d.control({ "op" => "set", "stall" => true })
+          expect(client.write_fact_once(fact("stalled-1", value: { "secret" => "very secret value" })))
+            .to include(status: "timeout_unknown")
+        end
+        lines = log.lines
+        expect(lines.size).to eq(1), log
+        expect(lines.first).to match(/\AW, .* TBackend write_fact_once \((\d+\.\d)ms\) store=specs id=stalled-1 /)
+        expect(lines.first[/\((\d+\.\d)ms\)/, 1].to_f).to be >= 290
+        expect(lines.first).to include("status=timeout_unknown")
+        expect(log).not_to include("very secret value")
+      end
+    end
+
+    it "still instruments every call for any other subscriber, and logs every call on a debug logger" do
+      TbackendSpec::TestDaemon.with do |d|
+        client = client_for(d)
+        events = nil
+        quiet = app_log(level: :info) { events = capture { client.write_fact_once(fact(unique)) } }
+        expect(events.map(&:name)).to eq(["write_fact_once.acts_as_tbackend"])
+        expect(events.first.payload).to include(ok: true, status: "committed_acked")
+        expect(quiet).to eq("")
+        loud = app_log(level: :debug) { client.write_fact_once(fact("loud-1")) }
+        expect(loud).to match(/TBackend write_fact_once \([\d.]+ms\) store=specs id=loud-1 .*status=committed_acked/)
+      end
+    end
+  end
+
   it "costs nothing visible without subscribers: calls return the same soft results" do
     TbackendSpec::TestDaemon.with do |d|
       client = client_for(d)

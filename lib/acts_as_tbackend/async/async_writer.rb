@@ -63,10 +63,11 @@ module ActsAsTbackend
     # under the "raise" policy.
     def enqueue(fact, durability: nil)
       return Client::DISABLED.dup unless config.enabled?
-      return enqueue_native(fact, durability) unless Instrumentation.listening?(:enqueue)
 
-      payload = { store: fact["store"] || fact[:store], fact_id: fact["id"] || fact[:id] } if fact.respond_to?(:[])
-      Instrumentation.instrument(:enqueue, payload || {}) { enqueue_native(fact, durability) }
+      watch = Instrumentation.watch(:enqueue)
+      return enqueue_native(fact, durability) unless watch
+
+      Instrumentation.observe(:enqueue, watch, self, :enqueue_payload, fact) { enqueue_native(fact, durability) }
     end
 
     # true once every fact enqueued before the call has a terminal result (delivered,
@@ -201,6 +202,10 @@ module ActsAsTbackend
     # (an invalid fact, a bad config, a bug of ours), else the queue's answer. Not
     # through Client#native_call: an enqueue never reaches the daemon, so it has no
     # breaker to track, and this is every async save's path (issue 13).
+    def enqueue_payload(fact, *)
+      fact.respond_to?(:[]) ? { store: fact["store"] || fact[:store], fact_id: fact["id"] || fact[:id] } : {}
+    end
+
     def enqueue_native(fact, durability)
       return unusable unless @native
 

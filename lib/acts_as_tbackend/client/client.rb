@@ -208,14 +208,19 @@ module ActsAsTbackend
     # Only names and ids reach subscribers, never a value or the token. Explicit keywords,
     # not **options: an unobserved call allocates no payload Hash.
     def instrumented(event, fact = nil, store: nil, durability: nil, count: nil, &block)
-      return yield unless Instrumentation.listening?(event)
+      watch = Instrumentation.watch(event)
+      return yield unless watch
 
+      Instrumentation.observe(event, watch, self, :call_payload, fact, store, durability, count, &block)
+    end
+
+    def call_payload(fact, store, durability, count)
       payload = { store: store, durability: durability, count: count }.compact
       if fact.respond_to?(:[])
         payload[:store] ||= fact["store"] || fact[:store]
         payload[:fact_id] = fact["id"] || fact[:id]
       end
-      Instrumentation.instrument(event, payload, &block)
+      payload
     end
 
     def publish_retry(fact, result)

@@ -54,15 +54,22 @@ module ActsAsTbackend
     def write(fact, store:, event_type:, durability: nil, async: false)
       return Client::DISABLED.dup unless ActsAsTbackend.enabled?
 
-      result = if Instrumentation.listening?(:mirror)
-                 payload = { store: store.to_s, event_type: event_type.to_s, fact_id: fact["id"], async: async }
-                 Instrumentation.instrument(:mirror, payload) { hand_over(fact, durability, async) }
+      watch = Instrumentation.watch(:mirror)
+      result = if watch
+                 Instrumentation.observe(:mirror, watch, self, :payload, fact, store, event_type, async) do
+                   hand_over(fact, durability, async)
+                 end
                else
-                 hand_over(fact, durability, async) # no payload Hash when nobody listens
+                 hand_over(fact, durability, async)
                end
       # The app-facing matchers (acts_as_tbackend/testing) see every fact handed over.
       Testing.record(fact, result, event_type) if defined?(ActsAsTbackend::Testing)
       result
+    end
+
+    # @api private: the mirror event's payload.
+    def payload(fact, store, event_type, async)
+      { store: store.to_s, event_type: event_type.to_s, fact_id: fact["id"], async: async }
     end
 
     # @api private
@@ -106,6 +113,6 @@ module ActsAsTbackend
       Native.default_key(store, record_id)
     end
 
-    private_class_method :hand_over
+    private_class_method :hand_over, :payload
   end
 end

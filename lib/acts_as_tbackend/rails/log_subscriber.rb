@@ -16,6 +16,11 @@ module ActsAsTbackend
       define_method(call) { |event| log_call(call, event) }
     end
 
+    # A call's payload that gets a warning: not ok, and not a status that only looks so.
+    def self.failure?(payload)
+      payload[:ok] == false && !QUIET_STATUSES.include?(payload[:status])
+    end
+
     def retry(event)
       payload = event.payload
       statuses = Array(payload[:statuses]).join(",")
@@ -83,13 +88,12 @@ module ActsAsTbackend
 
     private
 
+    # The line is built only for a logger that shows it.
     def log_call(call, event)
-      payload = event.payload
-      line = describe(call, event)
-      if payload[:ok] == false && !QUIET_STATUSES.include?(payload[:status])
-        warn { line }
+      if self.class.failure?(event.payload)
+        warn { describe(call, event) }
       else
-        debug { line }
+        debug { describe(call, event) }
       end
     end
 
