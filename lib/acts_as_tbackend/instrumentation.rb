@@ -48,10 +48,11 @@ module ActsAsTbackend
     # whether anyone listens on every write, and must not allocate a String to ask.
     NAMES = Hash.new { |names, event| names[event] = "#{event}.#{NAMESPACE}".freeze }
 
-    # event name => [the notifier's listener list it was worked out from, the gem's
-    # LogSubscribers when they are all the listeners, else nil]. Fanout keeps a list
-    # until a subscription changes, so the list's identity says when to look again.
-    OWN_SUBSCRIBERS = {} # rubocop:disable Style/MutableConstant -- a cache; a race only computes twice
+    # event name => [the notifier's listener list, who listens (#listeners_of)]. Fanout
+    # keeps a list until a subscription changes, so its identity says when to look again.
+    LISTENERS = {} # rubocop:disable Style/MutableConstant -- a cache; a race only computes twice
+    # The listener list of a notifier that cannot tell: one unknown listener.
+    OTHERS = [nil].freeze
 
     module_function
 
@@ -66,13 +67,17 @@ module ActsAsTbackend
     #   not debug lines: run it bare, then #report_failure.
     def watch(event)
       notifier = self.notifier
+      return nil unless notifier
+
       name = event_name(event)
-      return nil unless notifier&.listening?(name)
+      case (listeners = listeners_of(notifier, name))
+      when :none then nil
+      when :others then notifier.listening?(name) ? :all : nil
+      else LogSubscriber::CALLS.include?(event) ? log_level_watch(listeners.first.logger) : :all
+      end
+    end
 
-      subscribers = own_log_subscribers(notifier, name)
-      return :all unless subscribers && LogSubscriber::CALLS.include?(event)
-
-      logger = subscribers.first.logger
+    def log_level_watch(logger)
       if logger.nil? then nil
       elsif logger.debug? then :all
       elsif logger.warn? then :failures
@@ -97,8 +102,8 @@ module ActsAsTbackend
       return result unless LogSubscriber.failure?(outcome)
 
       name = event_name(event)
-      subscribers = notifier && own_log_subscribers(notifier, name)
-      return result unless subscribers
+      subscribers = notifier && listeners_of(notifier, name)
+      return result unless subscribers.is_a?(Array)
 
       payload = describe_result(yield, result)
       notification = ActiveSupport::Notifications::Event.new(name, started, clock, nil, payload)
@@ -108,20 +113,34 @@ module ActsAsTbackend
       result # a log line that could not be written never turns a soft result into an exception
     end
 
-    # The gem's LogSubscribers when they are every listener of `name`, else nil.
-    def own_log_subscribers(notifier, name)
-      return nil unless defined?(ActsAsTbackend::LogSubscriber)
+    # Who listens for `name`: :none, the gem's LogSubscribers (an Array) when they are
+    # all the listeners, or :others. Worked out again only when the notifier's list for
+    # the name is another object (a subscription changed).
+    def listeners_of(notifier, name)
+      list = listener_list(notifier, name)
+      known = LISTENERS[name]
+      return known.last if known&.first.equal?(list)
 
-      listeners = notifier.respond_to?(:all_listeners_for) ? notifier.all_listeners_for(name) : notifier.listeners_for(name)
-      known = OWN_SUBSCRIBERS[name]
-      return known.last if known&.first.equal?(listeners)
+      LISTENERS[name] = [list, verdict(list)].freeze
+      LISTENERS[name].last
+    end
 
-      subscribers = listeners.map { |listener| listener.instance_variable_get(:@delegate) }
-      subscribers = nil unless subscribers.any? && subscribers.all?(ActsAsTbackend::LogSubscriber)
-      OWN_SUBSCRIBERS[name] = [listeners, subscribers].freeze
-      subscribers
-    rescue NoMethodError # a notifier that is not ActiveSupport's Fanout
-      nil
+    def verdict(list)
+      return :none if list.empty?
+
+      subscribers = list.map { |listener| listener.instance_variable_get(:@delegate) }
+      defined?(ActsAsTbackend::LogSubscriber) && subscribers.all?(ActsAsTbackend::LogSubscriber) ? subscribers : :others
+    end
+
+    # Fanout's cached list of every subscriber of `name` (silenced ones too, on Rails
+    # 7.1+); a notifier without one counts as "others listen".
+    def listener_list(notifier, name)
+      @lister = [notifier, lister_for(notifier)] unless @lister&.first.equal?(notifier)
+      @lister.last ? notifier.public_send(@lister.last, name) : OTHERS
+    end
+
+    def lister_for(notifier)
+      %i[all_listeners_for listeners_for].find { |method| notifier.respond_to?(method) }
     end
 
     def clock
