@@ -43,6 +43,23 @@ RSpec.describe "acts_as_tbackend: allocations per create" do
         expect(sync - plain).to be <= 37
       end
 
+      # Whether a save changed something is asked with saved_changes?, not by building
+      # the saved_changes Hash for a yes or no (21 µs against 4.5 on Rails 6.1; 12–14
+      # objects). An unchanged save still runs the update callbacks the macro adds.
+      it "adds at most 35 objects to an update (31–32 today) and 13 to one that changed nothing (12)" do
+        plain_order = models::PlainOrder.create!(status: "new", total: 1)
+        async_order = models::AsyncOrder.create!(status: "new", total: 1)
+        plain = allocations_per_call { |i| plain_order.update!(total: i + 10) }
+        async = allocations_per_call { |i| async_order.update!(total: i + 10) }
+        plain_unchanged = allocations_per_call { plain_order.update!(total: 5) }
+        async_unchanged = allocations_per_call { async_order.update!(total: 5) }
+        expect(ActsAsTbackend.async_writer.flush(timeout: 10)).to be(true)
+        puts "allocations per update on #{adapter}: plain #{plain.round(1)}, async +#{(async - plain).round(1)}, " \
+             "unchanged +#{(async_unchanged - plain_unchanged).round(1)}"
+        expect(async - plain).to be <= 35
+        expect(async_unchanged - plain_unchanged).to be <= 13
+      end
+
       # The Railtie's log subscriber on a production logger writes no line for a save
       # that succeeds, so it makes no event for one (two were made: mirror, enqueue).
       it "allocates no more with the log subscriber on a production (info) logger; a debug logger's lines cost" do

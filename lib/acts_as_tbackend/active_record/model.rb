@@ -27,7 +27,7 @@ module ActsAsTbackend
       extend ClassMethods
       include InstanceMethods
       after_create { PendingChange.capture(self, self.class.tbackend_options, "create") }
-      after_update { PendingChange.capture(self, self.class.tbackend_options, "update") if saved_changes.any? }
+      after_update { PendingChange.capture(self, self.class.tbackend_options, "update") if saved_changes? }
       after_touch { PendingChange.capture(self, self.class.tbackend_options, "update") }
       after_destroy { PendingChange.capture(self, self.class.tbackend_options, "destroy") }
       settings
