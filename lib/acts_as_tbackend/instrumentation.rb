@@ -33,14 +33,14 @@ module ActsAsTbackend
   #
   # Payloads never carry fact values or the token: subscribers (log shippers, APM agents)
   # often forward whole payloads. Without ActiveSupport, or with no subscriber for an
-  # event, instrumenting costs one hash lookup and the block runs bare.
+  # event, instrumenting costs a few lookups and the block runs bare.
   #
   # The gem's own LogSubscriber (the Railtie attaches it) writes a call's line at debug
   # and a failed call's at warn. When it is a call event's only subscriber and its logger
   # is above debug (production), an event per call would be built only to be dropped:
-  # about 55 µs per mirrored save on Rails 6.1, two events of it (mirror, enqueue). Then
-  # the call runs bare, and only a failure is handed to the LogSubscriber, with its
-  # payload and its duration, after the call (see #watch).
+  # about 55 µs per mirrored save on Rails 6.1, for its two events (mirror, and the
+  # enqueue or the write). Then the call runs bare, and only a failure is handed to the
+  # LogSubscriber, with its payload and its duration, after the call (see #watch).
   module Instrumentation
     NAMESPACE = "acts_as_tbackend"
 

@@ -198,14 +198,15 @@ module ActsAsTbackend
       true
     end
 
-    # The soft result a synchronous write of the fact would give for what cannot be sent
-    # (an invalid fact, a bad config, a bug of ours), else the queue's answer. Not
-    # through Client#native_call: an enqueue never reaches the daemon, so it has no
-    # breaker to track, and this is every async save's path (issue 13).
+    # The enqueue event's payload (Instrumentation.observe passes four arguments).
     def enqueue_payload(fact, *)
       fact.respond_to?(:[]) ? { store: fact["store"] || fact[:store], fact_id: fact["id"] || fact[:id] } : {}
     end
 
+    # The soft result a synchronous write of the fact would give for what cannot be sent
+    # (an invalid fact, a bad config, a bug of ours), else the queue's answer. Not
+    # through Client#native_call: an enqueue never reaches the daemon, so it has no
+    # breaker to track, and this is every async save's path (issue 13).
     def enqueue_native(fact, durability)
       return unusable unless @native
 

@@ -56,7 +56,7 @@ module ActsAsTbackend
 
       watch = Instrumentation.watch(:mirror)
       result = if watch
-                 Instrumentation.observe(:mirror, watch, self, :payload, fact, store, event_type, async) do
+                 Instrumentation.observe(:mirror, watch, self, :mirror_payload, fact, store, event_type, async) do
                    hand_over(fact, durability, async)
                  end
                else
@@ -68,7 +68,7 @@ module ActsAsTbackend
     end
 
     # @api private: the mirror event's payload.
-    def payload(fact, store, event_type, async)
+    def mirror_payload(fact, store, event_type, async)
       { store: store.to_s, event_type: event_type.to_s, fact_id: fact["id"], async: async }
     end
 
@@ -113,6 +113,6 @@ module ActsAsTbackend
       Native.default_key(store, record_id)
     end
 
-    private_class_method :hand_over, :payload
+    private_class_method :hand_over, :mirror_payload
   end
 end
