@@ -1,5 +1,7 @@
 # frozen_string_literal: true
 
+require "logger"
+
 module ActsAsTbackend
   # ActiveSupport::Notifications events, named "<event>.acts_as_tbackend":
   #
@@ -65,22 +67,28 @@ module ActsAsTbackend
     # - :all: instrument it (#instrument);
     # - :failures: only the gem's LogSubscriber listens, and its logger shows warnings but
     #   not debug lines: run it bare, then #report_failure.
+    # Every save of a mirrored model asks twice: the common answers call few methods.
     def watch(event)
-      notifier = self.notifier
+      notifier = @notifications ? @notifications.notifier : self.notifier
       return nil unless notifier
 
-      name = event_name(event)
-      case (listeners = listeners_of(notifier, name))
-      when :none then nil
+      name = NAMES[event]
+      verdict = listeners_of(notifier, name)
+      case verdict
+      when Array then log_level_watch(verdict.first.logger)
       when :others then notifier.listening?(name) ? :all : nil
-      else LogSubscriber::CALLS.include?(event) ? log_level_watch(listeners.first.logger) : :all
+      when :all then :all
       end
     end
 
+    # A logger's `level` is an Integer for Ruby's Logger, ActiveSupport's and Rails 7.1's
+    # BroadcastLogger (their `debug?` compares it); any other logger is asked.
     def log_level_watch(logger)
-      if logger.nil? then nil
-      elsif logger.debug? then :all
-      elsif logger.warn? then :failures
+      return nil if logger.nil?
+
+      level = logger.level
+      if level.is_a?(Integer) ? level <= ::Logger::DEBUG : logger.debug? then :all
+      elsif level.is_a?(Integer) ? level <= ::Logger::WARN : logger.warn? then :failures
       end
     end
 
@@ -91,8 +99,12 @@ module ActsAsTbackend
     def observe(event, watch, source, builder, a = nil, b = nil, c = nil, d = nil, &block) # rubocop:disable Metrics/ParameterLists,Naming/MethodParameterName
       return instrument(event, source.send(builder, a, b, c, d), &block) if watch == :all
 
-      started = clock
-      report_failure(event, yield, started) { source.send(builder, a, b, c, d) }
+      started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      result = yield
+      # Not a failure (LogSubscriber.failure? needs `ok: false`): nothing to report.
+      return result if result.is_a?(Hash) && result[:ok] != false
+
+      report_failure(event, result, started) { source.send(builder, a, b, c, d) }
     end
 
     # Hands a failed call's event, as #instrument would have made it, to the gem's
@@ -106,30 +118,33 @@ module ActsAsTbackend
       return result unless subscribers.is_a?(Array)
 
       payload = describe_result(yield, result)
-      notification = ActiveSupport::Notifications::Event.new(name, started, clock, nil, payload)
+      finished = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+      notification = ActiveSupport::Notifications::Event.new(name, started, finished, nil, payload)
       subscribers.each { |subscriber| subscriber.public_send(event, notification) }
       result
     rescue StandardError
       result # a log line that could not be written never turns a soft result into an exception
     end
 
-    # Who listens for `name`: :none, the gem's LogSubscribers (an Array) when they are
-    # all the listeners, or :others. Worked out again only when the notifier's list for
-    # the name is another object (a subscription changed).
+    # Who listens for `name`: :none; the gem's LogSubscribers (an Array) when they are
+    # all the listeners of a call event, or :all for another event; else :others. Worked
+    # out again only when the notifier's list for the name is another object (a
+    # subscription changed).
     def listeners_of(notifier, name)
       list = listener_list(notifier, name)
       known = LISTENERS[name]
       return known.last if known&.first.equal?(list)
 
-      LISTENERS[name] = [list, verdict(list)].freeze
-      LISTENERS[name].last
+      (LISTENERS[name] = [list, verdict(name, list)].freeze).last
     end
 
-    def verdict(list)
+    def verdict(name, list)
       return :none if list.empty?
 
       subscribers = list.map { |listener| listener.instance_variable_get(:@delegate) }
-      defined?(ActsAsTbackend::LogSubscriber) && subscribers.all?(ActsAsTbackend::LogSubscriber) ? subscribers : :others
+      return :others unless defined?(ActsAsTbackend::LogSubscriber) && subscribers.all?(ActsAsTbackend::LogSubscriber)
+
+      LogSubscriber::CALLS.any? { |event| NAMES[event] == name } ? subscribers : :all
     end
 
     # Fanout's cached list of every subscriber of `name` (silenced ones too, on Rails
@@ -141,10 +156,6 @@ module ActsAsTbackend
 
     def lister_for(notifier)
       %i[all_listeners_for listeners_for].find { |method| notifier.respond_to?(method) }
-    end
-
-    def clock
-      Process.clock_gettime(Process::CLOCK_MONOTONIC)
     end
 
     # Runs the block inside a notification when someone listens for the event, filling

@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "spec_helper"
+require "active_support"
 require "active_support/notifications"
 
 # Issue 4: ActiveSupport::Notifications events for writes, reads, retries and breaker
@@ -131,6 +132,36 @@ RSpec.describe ActsAsTbackend::Instrumentation do
         expect(quiet).to eq("")
         loud = app_log(level: :debug) { client.write_fact_once(fact("loud-1")) }
         expect(loud).to match(/TBackend write_fact_once \([\d.]+ms\) store=specs id=loud-1 .*status=committed_acked/)
+      end
+    end
+
+    # SemanticLogger's `level` is a Symbol: such a logger is asked `debug?` and `warn?`.
+    it "asks a logger whose level is not an Integer what it shows" do
+      symbol_levels = Class.new do
+        attr_reader :level
+
+        def initialize(io, level)
+          @io = io
+          @level = level
+        end
+
+        def debug? = level == :debug
+        def info? = %i[debug info].include?(level)
+        def warn? = true
+        def debug(line = nil) = (@io << "D #{line || yield}\n" if debug?)
+        def info(line = nil) = (@io << "I #{line || yield}\n" if info?)
+        def warn(line = nil) = @io << "W #{line || yield}\n"
+      end
+      build = ->(io, level) { symbol_levels.new(io, level) }
+      TbackendSpec::TestDaemon.with do |d|
+        client = client_for(d, request_timeout: 0.3, breaker_threshold: 0)
+        quiet = app_log(level: :info, logger: build) { client.write_fact_once(fact(unique)) }
+        expect(quiet).to eq("")
+        loud = app_log(level: :debug, logger: build) { client.write_fact_once(fact("loud-2")) }
+        expect(loud).to match(/\AD .*TBackend write_fact_once .*id=loud-2 .*status=committed_acked/)
+        d.control({ "op" => "set", "stall" => true })
+        failed = app_log(level: :info, logger: build) { client.write_fact_once(fact("stalled-2")) }
+        expect(failed).to match(/\AW .*TBackend write_fact_once .*id=stalled-2 .*status=timeout_unknown/)
       end
     end
   end

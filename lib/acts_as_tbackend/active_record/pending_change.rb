@@ -33,9 +33,12 @@ module ActsAsTbackend
         new(options, event_type, failure: Client.error_result(e))
       end
 
+      # The current transaction asked once: what `transaction_open?` and
+      # `add_transaction_record` would each look up again (Rails 6.1 to 7.2).
       def self.enlist(connection, change)
-        if connection.transaction_open?
-          connection.add_transaction_record(change)
+        transaction = connection.current_transaction
+        if transaction.open?
+          transaction.add_record(change)
         else
           change.committed!
         end
