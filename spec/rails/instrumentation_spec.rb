@@ -135,6 +135,22 @@ RSpec.describe ActsAsTbackend::Instrumentation do
       end
     end
 
+    # Rails 7.1+ wraps Rails.logger in a BroadcastLogger: its level is its loggers' lowest.
+    it "reads a BroadcastLogger's level as Rails.logger's" do
+      skip "ActiveSupport::BroadcastLogger is Rails 7.1+" unless defined?(ActiveSupport::BroadcastLogger)
+
+      build = ->(io, level) { ActiveSupport::BroadcastLogger.new(Logger.new(io, level: level)) }
+      TbackendSpec::TestDaemon.with do |d|
+        client = client_for(d, request_timeout: 0.3, breaker_threshold: 0)
+        expect(app_log(level: :info, logger: build) { client.write_fact_once(fact(unique)) }).to eq("")
+        loud = app_log(level: :debug, logger: build) { client.write_fact_once(fact("loud-3")) }
+        expect(loud).to match(/TBackend write_fact_once .*id=loud-3 .*status=committed_acked/)
+        d.control({ "op" => "set", "stall" => true })
+        failed = app_log(level: :info, logger: build) { client.write_fact_once(fact("stalled-3")) }
+        expect(failed).to match(/\AW, .*TBackend write_fact_once .*id=stalled-3 .*status=timeout_unknown/)
+      end
+    end
+
     # SemanticLogger's `level` is a Symbol: such a logger is asked `debug?` and `warn?`.
     it "asks a logger whose level is not an Integer what it shows" do
       symbol_levels = Class.new do
