@@ -135,20 +135,26 @@ RSpec.describe ActsAsTbackend::Instrumentation do
       end
     end
 
+    # What a production logger built by `build` shows of the gem's calls: nothing for a
+    # success at info, the call's line at debug, and the warning for a failure at info.
+    def expect_production_logging(build, marker)
+      TbackendSpec::TestDaemon.with do |d|
+        client = client_for(d, request_timeout: 0.3, breaker_threshold: 0)
+        expect(app_log(level: :info, logger: build) { client.write_fact_once(fact(unique)) }).to eq("")
+        loud = app_log(level: :debug, logger: build) { client.write_fact_once(fact("loud-#{marker}")) }
+        expect(loud).to match(/\AD.* TBackend write_fact_once .*id=loud-#{marker} .*status=committed_acked/)
+        d.control({ "op" => "set", "stall" => true })
+        failed = app_log(level: :info, logger: build) { client.write_fact_once(fact("stalled-#{marker}")) }
+        expect(failed).to match(/\AW.* TBackend write_fact_once .*id=stalled-#{marker} .*status=timeout_unknown/)
+      end
+    end
+
     # Rails 7.1+ wraps Rails.logger in a BroadcastLogger: its level is its loggers' lowest.
     it "reads a BroadcastLogger's level as Rails.logger's" do
       skip "ActiveSupport::BroadcastLogger is Rails 7.1+" unless defined?(ActiveSupport::BroadcastLogger)
 
-      build = ->(io, level) { ActiveSupport::BroadcastLogger.new(Logger.new(io, level: level)) }
-      TbackendSpec::TestDaemon.with do |d|
-        client = client_for(d, request_timeout: 0.3, breaker_threshold: 0)
-        expect(app_log(level: :info, logger: build) { client.write_fact_once(fact(unique)) }).to eq("")
-        loud = app_log(level: :debug, logger: build) { client.write_fact_once(fact("loud-3")) }
-        expect(loud).to match(/TBackend write_fact_once .*id=loud-3 .*status=committed_acked/)
-        d.control({ "op" => "set", "stall" => true })
-        failed = app_log(level: :info, logger: build) { client.write_fact_once(fact("stalled-3")) }
-        expect(failed).to match(/\AW, .*TBackend write_fact_once .*id=stalled-3 .*status=timeout_unknown/)
-      end
+      expect_production_logging(->(io, level) { ActiveSupport::BroadcastLogger.new(Logger.new(io, level: level)) },
+                                "broadcast")
     end
 
     # SemanticLogger's `level` is a Symbol: such a logger is asked `debug?` and `warn?`.
@@ -168,17 +174,7 @@ RSpec.describe ActsAsTbackend::Instrumentation do
         def info(line = nil) = (@io << "I #{line || yield}\n" if info?)
         def warn(line = nil) = @io << "W #{line || yield}\n"
       end
-      build = ->(io, level) { symbol_levels.new(io, level) }
-      TbackendSpec::TestDaemon.with do |d|
-        client = client_for(d, request_timeout: 0.3, breaker_threshold: 0)
-        quiet = app_log(level: :info, logger: build) { client.write_fact_once(fact(unique)) }
-        expect(quiet).to eq("")
-        loud = app_log(level: :debug, logger: build) { client.write_fact_once(fact("loud-2")) }
-        expect(loud).to match(/\AD .*TBackend write_fact_once .*id=loud-2 .*status=committed_acked/)
-        d.control({ "op" => "set", "stall" => true })
-        failed = app_log(level: :info, logger: build) { client.write_fact_once(fact("stalled-2")) }
-        expect(failed).to match(/\AW .*TBackend write_fact_once .*id=stalled-2 .*status=timeout_unknown/)
-      end
+      expect_production_logging(->(io, level) { symbol_levels.new(io, level) }, "symbol")
     end
   end
 
