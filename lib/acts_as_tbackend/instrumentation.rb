@@ -58,18 +58,14 @@ module ActsAsTbackend
 
     module_function
 
-    def event_name(event)
-      NAMES[event]
-    end
-
-    # What a call of `event` must do, asked before each call:
+    # What a call of `event` must do, asked before each call (#observe):
     # - nil: nobody would see it, run it bare;
     # - :all: instrument it (#instrument);
     # - :failures: only the gem's LogSubscriber listens, and its logger shows warnings but
     #   not debug lines: run it bare, then #report_failure.
     # Every save of a mirrored model asks twice: the common answers call few methods.
     def watch(event)
-      notifier = @notifications ? @notifications.notifier : self.notifier
+      notifier = self.notifier
       return nil unless notifier
 
       name = NAMES[event]
@@ -87,16 +83,19 @@ module ActsAsTbackend
       return nil if logger.nil?
 
       level = logger.level
-      if level.is_a?(Integer) ? level <= ::Logger::DEBUG : logger.debug? then :all
-      elsif level.is_a?(Integer) ? level <= ::Logger::WARN : logger.warn? then :failures
+      numeric = level.is_a?(Integer)
+      if numeric ? level <= ::Logger::DEBUG : logger.debug? then :all
+      elsif numeric ? level <= ::Logger::WARN : logger.warn? then :failures
       end
     end
 
-    # Runs the block (a call returning a soft result, or an Array of them) as `event`
-    # under a `watch` that was not nil. The event's payload is `source.send(builder, a,
-    # b, c, d)` (a private method of the caller is fine), made only when an event is: a
-    # successful call under :failures allocates nothing, so no closure and no rest Array.
-    def observe(event, watch, source, builder, a = nil, b = nil, c = nil, d = nil, &block) # rubocop:disable Metrics/ParameterLists,Naming/MethodParameterName
+    # Runs the block (a call returning a soft result, or an Array of them) as `event`,
+    # as #watch says. The event's payload is `source.send(builder, a, b, c, d)` (a private
+    # method of the caller is fine), made only when an event is: a call nobody sees, or a
+    # successful one under :failures, allocates nothing (no closure, no rest Array).
+    def observe(event, source, builder, a = nil, b = nil, c = nil, d = nil, &block) # rubocop:disable Metrics/ParameterLists,Naming/MethodParameterName
+      watch = watch(event)
+      return yield unless watch
       return instrument(event, source.send(builder, a, b, c, d), &block) if watch == :all
 
       started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
@@ -113,7 +112,7 @@ module ActsAsTbackend
       outcome = result.is_a?(Hash) ? result : describe_result({}, result)
       return result unless LogSubscriber.failure?(outcome)
 
-      name = event_name(event)
+      name = NAMES[event]
       subscribers = notifier && listeners_of(notifier, name)
       return result unless subscribers.is_a?(Array)
 
@@ -162,7 +161,7 @@ module ActsAsTbackend
     # `status`/`ok` from the block's soft result. Returns the block's value.
     def instrument(event, payload = {})
       notifier = self.notifier
-      name = event_name(event)
+      name = NAMES[event]
       return yield(payload) unless notifier&.listening?(name)
 
       ActiveSupport::Notifications.instrument(name, payload) do
@@ -174,13 +173,13 @@ module ActsAsTbackend
 
     # A notification with nothing to time (state changes).
     def publish(event, payload = {})
-      name = event_name(event)
+      name = NAMES[event]
       ActiveSupport::Notifications.instrument(name, payload) if notifier&.listening?(name)
       nil
     end
 
     def listening?(event)
-      notifier&.listening?(event_name(event)) ? true : false
+      notifier&.listening?(NAMES[event]) ? true : false
     end
 
     # The notifier is asked for on every call (an app or a test may swap it); the module

@@ -64,10 +64,7 @@ module ActsAsTbackend
     def enqueue(fact, durability: nil)
       return Client::DISABLED.dup unless config.enabled?
 
-      watch = Instrumentation.watch(:enqueue)
-      return enqueue_native(fact, durability) unless watch
-
-      Instrumentation.observe(:enqueue, watch, self, :enqueue_payload, fact) { enqueue_native(fact, durability) }
+      Instrumentation.observe(:enqueue, self, :enqueue_payload, fact) { enqueue_native(fact, durability) }
     end
 
     # true once every fact enqueued before the call has a terminal result (delivered,

@@ -208,10 +208,7 @@ module ActsAsTbackend
     # Only names and ids reach subscribers, never a value or the token. Explicit keywords,
     # not **options: an unobserved call allocates no payload Hash.
     def instrumented(event, fact = nil, store: nil, durability: nil, count: nil, &block)
-      watch = Instrumentation.watch(event)
-      return yield unless watch
-
-      Instrumentation.observe(event, watch, self, :call_payload, fact, store, durability, count, &block)
+      Instrumentation.observe(event, self, :call_payload, fact, store, durability, count, &block)
     end
 
     def call_payload(fact, store, durability, count)

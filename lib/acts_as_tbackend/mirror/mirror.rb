@@ -54,14 +54,9 @@ module ActsAsTbackend
     def write(fact, store:, event_type:, durability: nil, async: false)
       return Client::DISABLED.dup unless ActsAsTbackend.enabled?
 
-      watch = Instrumentation.watch(:mirror)
-      result = if watch
-                 Instrumentation.observe(:mirror, watch, self, :mirror_payload, fact, store, event_type, async) do
-                   hand_over(fact, durability, async)
-                 end
-               else
-                 hand_over(fact, durability, async)
-               end
+      result = Instrumentation.observe(:mirror, self, :mirror_payload, fact, store, event_type, async) do
+        hand_over(fact, durability, async)
+      end
       # The app-facing matchers (acts_as_tbackend/testing) see every fact handed over.
       Testing.record(fact, result, event_type) if defined?(ActsAsTbackend::Testing)
       result
