@@ -24,6 +24,7 @@ use tbackend_core::fact::json as wire;
 
 use crate::errors::invalid_fact;
 use crate::fact::class_name;
+use crate::methods;
 
 /// `JSON.generate`'s default `max_nesting`; the daemon's parser stops at 128 levels
 /// and a fact value sits two levels into the request.
@@ -266,7 +267,9 @@ impl<'r> Encoder<'r> {
         } else if let Some(sym) = Symbol::from_value(key) {
             Ok(sym.name().map_err(EncodeError::Ruby)?.into_owned())
         } else {
-            let s: RString = key.funcall("to_s", ()).map_err(|e| self.rewrap(e, key))?;
+            let s: RString = key
+                .funcall(*methods::TO_S, ())
+                .map_err(|e| self.rewrap(e, key))?;
             self.utf8(s)
         }
     }
@@ -332,7 +335,7 @@ impl<'r> Encoder<'r> {
             Ok(n) => wire::write_i64(&mut self.out, n),
             // A Bignum: its decimal digits, as JSON.generate writes it.
             Err(_) => {
-                let digits: RString = i.funcall("to_s", ()).map_err(EncodeError::Ruby)?;
+                let digits: RString = i.funcall(*methods::TO_S, ()).map_err(EncodeError::Ruby)?;
                 self.out
                     .extend_from_slice(digits.to_string().map_err(EncodeError::Ruby)?.as_bytes());
             }
@@ -400,7 +403,7 @@ impl<'r> Encoder<'r> {
             return Ok(false);
         }
         let text: Value = value
-            .funcall("to_s", ())
+            .funcall(*methods::TO_S, ())
             .map_err(|e| self.rewrap(e, value))?;
         let Some(text) = RString::from_value(text) else {
             return Ok(false);

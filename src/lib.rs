@@ -6,6 +6,7 @@ mod client;
 mod errors;
 mod fact;
 mod json;
+mod methods;
 mod nogvl;
 mod per_process;
 mod record;

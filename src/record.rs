@@ -12,6 +12,7 @@ use tbackend_core::fact::id;
 
 use crate::fact::{check_store, id_format, key_text, record_key, to_s, version_token, FactParts};
 use crate::json;
+use crate::methods;
 
 /// `Sanitizer.call`: a new Hash of `attributes.to_h` with its keys as Strings (`to_s`),
 /// only the `only` names if given, else without the `except` names, and without the
@@ -72,7 +73,7 @@ fn string_key(key: Value) -> Result<Value, Error> {
         // SAFETY: rb_sym2str returns the Symbol's frozen name, a live String.
         Ok(unsafe { Value::from_raw(rb_sys::rb_sym2str(sym.as_raw())) })
     } else {
-        key.funcall("to_s", ())
+        key.funcall(*methods::TO_S, ())
     }
 }
 
@@ -190,17 +191,17 @@ pub fn record_fact(
     producer: Value,
 ) -> Result<RHash, Error> {
     let sanitized = sanitize(ruby, attributes, only, except, denylist)?;
-    let record_id: Value = record.funcall("id", ())?;
+    let record_id: Value = record.funcall(*methods::ID, ())?;
     let shape = RArray::from_value(shape);
     let updated_at = if responds(ruby, record, attributes, shape, 0, "updated_at")? {
-        record.funcall("updated_at", ())?
+        record.funcall(*methods::UPDATED_AT, ())?
     } else {
         ruby.qnil().as_value()
     };
     let version = if updated_at.is_nil() {
         id::VersionToken::Text(json::content_digest(ruby, sanitized.as_value())?)
     } else {
-        version_token(updated_at)?
+        version_token(ruby, updated_at)?
     };
     let format = id_format(ruby, &to_s(format)?)?;
     let record_key = record_key(format, record_id)?;
@@ -217,13 +218,13 @@ pub fn record_fact(
         key_of(&store, &record_text)
     };
     let value = match RHash::from_value(tombstone) {
-        Some(tombstone) => tombstone.funcall("dup", ())?,
+        Some(tombstone) => tombstone.funcall(*methods::DUP, ())?,
         None => sanitized.as_value(),
     };
     let valid_time = if valid_time.to_bool() {
         valid_time
     } else if responds(ruby, record, attributes, shape, 1, "valid_time")? {
-        record.funcall("valid_time", ())?
+        record.funcall(*methods::VALID_TIME, ())?
     } else {
         ruby.qnil().as_value()
     };
@@ -276,6 +277,6 @@ fn responds(
         return Ok(false);
     }
     Ok(record
-        .funcall::<_, _, Value>("respond_to?", (ruby.to_symbol(name),))?
+        .funcall::<_, _, Value>(*methods::RESPOND_TO, (ruby.to_symbol(name),))?
         .to_bool())
 }

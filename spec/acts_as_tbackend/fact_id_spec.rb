@@ -51,5 +51,57 @@ RSpec.describe "ActsAsTbackend::Fact.derive_id" do
       expect(ActsAsTbackend::Fact.derive_id(store: "s", record_id: 1, event_type: "e", source_version: stamp))
         .to eq("s:1:e:10000005")
     end
+
+    it "writes an Integer id as Integer#to_s does (in C for a Fixnum) and asks one an app redefined" do
+      ids = [0, -7, (2**62) - 1, 2**62, -(2**64)].map do |id|
+        ActsAsTbackend::Fact.derive_id(store: "s", record_id: id, event_type: "e", source_version: 1)
+      end
+      expect(ids).to eq(["s:0:e:1", "s:-7:e:1", "s:#{(2**62) - 1}:e:1", "s:#{2**62}:e:1", "s:#{-(2**64)}:e:1"])
+      expect(in_fork("v") { Integer.class_eval { def to_s(*) = "n" } }).to eq("s:n:e:v")
+    end
+
+    # The id of record 1 for `source_version`, derived in a child after `change`, so that
+    # a redefinition dies with the child.
+    def in_fork(source_version, &change)
+      reader, writer = IO.pipe
+      pid = fork do
+        reader.close
+        change.call
+        writer.write(ActsAsTbackend::Fact.derive_id(store: "s", record_id: 1, event_type: "e",
+                                                    source_version: source_version))
+        writer.close
+        exit!(0)
+      end
+      writer.close
+      Process.wait(pid)
+      reader.read
+    ensure
+      reader&.close
+    end
+
+    # A plain Time is read in C (issue 13); these pin that it reads what to_i and usec say.
+    describe "a Time's microseconds" do
+      def version_of(time)
+        ActsAsTbackend::Fact.derive_id(store: "s", record_id: 1, event_type: "e", source_version: time)
+                            .delete_prefix("s:1:e:")
+      end
+
+      it "floor as to_i and usec do, before 1970 and below a nanosecond too" do
+        times = [Time.at(-1, 500_000, :usec), Time.at(Rational(-3, 2)), Time.at(Rational(1, 3)),
+                 Time.at(1_700_000_000, Rational(1_999_999, 1000), :nsec), Time.at(0), Time.at(-86_401, 1, :nsec),
+                 Time.at(253_402_300_799, 999_999_999, :nsec).utc, Time.at(1_700_000_000.25).getlocal("-03:30")]
+        expect(times.map { |t| version_of(t) }).to eq(times.map { |t| ((t.to_i * 1_000_000) + t.usec).to_s })
+        expect(version_of(Time.at(Rational(-3, 2)))).to eq("-1500000")
+      end
+
+      it "asks a subclass of Time" do
+        stamp = Class.new(Time) { def usec = 7 }.at(10, 5, :usec)
+        expect(version_of(stamp)).to eq("10000007")
+      end
+
+      it "asks Time itself once an app redefines usec" do
+        expect(in_fork(Time.at(10, 5, :usec)) { Time.class_eval { def usec = 7 } }).to eq("s:1:e:10000007")
+      end
+    end
   end
 end
