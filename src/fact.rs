@@ -4,11 +4,10 @@
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use magnus::rb_sys::{protect, AsRawId, AsRawValue, FromRawValue};
+use magnus::rb_sys::{protect, AsRawValue, FromRawValue};
 use magnus::{
-    prelude::*,
-    value::{LazyId, ReprValue},
-    Error, Fixnum, Float, Integer, RArray, RClass, RHash, RString, Ruby, Symbol, Value,
+    prelude::*, value::ReprValue, Error, Fixnum, Float, Integer, RArray, RClass, RHash, RString,
+    Ruby, Symbol, Value,
 };
 use tbackend_core::fact::{id, store, time};
 
@@ -84,14 +83,12 @@ pub fn version_token(ruby: &Ruby, value: Value) -> Result<id::VersionToken, Erro
 /// two calls and two `respond_to?` cost about 5,000 instructions per save (issue 13).
 /// Both floor, as the timespec does. None: ask the object.
 fn plain_time_micros(ruby: &Ruby, value: Value) -> Option<i64> {
-    let to_i = LazyId::get_inner_with(&methods::TO_I, ruby).as_raw();
-    let usec = LazyId::get_inner_with(&methods::USEC, ruby).as_raw();
     // SAFETY: the GVL is held; rb_cTime is set before any extension loads.
-    let plain = unsafe {
-        rb_sys::rb_obj_class(value.as_raw()) == rb_sys::rb_cTime
-            && rb_sys::rb_method_basic_definition_p(rb_sys::rb_cTime, to_i) != 0
-            && rb_sys::rb_method_basic_definition_p(rb_sys::rb_cTime, usec) != 0
-    };
+    let time = unsafe { rb_sys::rb_cTime };
+    // SAFETY: as above; rb_obj_class reads the object's class.
+    let plain = unsafe { rb_sys::rb_obj_class(value.as_raw()) } == time
+        && methods::ruby_own(ruby, time, &methods::TO_I)
+        && methods::ruby_own(ruby, time, &methods::USEC);
     if !plain {
         return None;
     }
@@ -355,19 +352,15 @@ pub fn to_s(value: Value) -> Result<String, Error> {
     }
     // A record's id, usually: Ruby's own Integer#to_s writes the same digits.
     if let Some(n) = Fixnum::from_value(value) {
-        if integer_to_s_is_ruby_s(&Ruby::get_with(value)) {
+        // SAFETY: the GVL is held; rb_cInteger is set before any extension loads.
+        let integer = unsafe { rb_sys::rb_cInteger };
+        if methods::ruby_own(&Ruby::get_with(value), integer, &methods::TO_S) {
             return Ok(n.to_i64().to_string());
         }
     }
     value
         .funcall::<_, _, RString>(*methods::TO_S, ())?
         .to_string()
-}
-
-fn integer_to_s_is_ruby_s(ruby: &Ruby) -> bool {
-    let to_s = LazyId::get_inner_with(&methods::TO_S, ruby).as_raw();
-    // SAFETY: the GVL is held; rb_cInteger is set before any extension loads.
-    unsafe { rb_sys::rb_method_basic_definition_p(rb_sys::rb_cInteger, to_s) != 0 }
 }
 
 pub fn class_name(value: Value) -> String {
