@@ -25,6 +25,7 @@ use magnus::{Error, IntoValue, RArray, RHash, Ruby, Value};
 use tbackend_client::spool::{Entry, Fsync};
 use tbackend_client::writer::{Event, Refusal, SpoolConfig, Writer, WriterConfig};
 use tbackend_client::{Client, Config};
+use tbackend_core::protocol::request::RawJson;
 
 use crate::client::{opt, seconds};
 use crate::errors::configuration;
@@ -131,7 +132,7 @@ impl RbWriter {
             key,
             id,
             durability,
-            fact: encoder.out,
+            fact: RawJson::encoded(encoder.out),
         })
     }
 

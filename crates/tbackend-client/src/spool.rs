@@ -28,6 +28,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use tbackend_core::protocol::request::RawJson;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod record;
@@ -93,7 +95,7 @@ pub struct Entry {
     /// `"accepted"` / `"durable"`, or `None` for the daemon's default.
     pub durability: Option<String>,
     /// The fact as JSON, exactly as it is sent.
-    pub fact: Vec<u8>,
+    pub fact: RawJson,
 }
 
 /// `flock(2)` with `op`; `false` when `LOCK_NB` found it held elsewhere.
@@ -587,8 +589,10 @@ mod tests {
             } else {
                 None
             },
-            fact: format!(r#"{{"id":"{key}-{n}","store":"s","key":"{key}","value":{n}}}"#)
-                .into_bytes(),
+            fact: RawJson::unchecked(
+                format!(r#"{{"id":"{key}-{n}","store":"s","key":"{key}","value":{n}}}"#)
+                    .into_bytes(),
+            ),
         }
     }
 

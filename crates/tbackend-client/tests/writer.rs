@@ -13,6 +13,7 @@ use serde_json::json;
 use tbackend_client::spool::Entry;
 use tbackend_client::writer::{SpoolConfig, Writer, WriterConfig};
 use tbackend_client::{Cancel, Client, Config};
+use tbackend_core::protocol::request::RawJson;
 
 fn entry(key: &str, id: &str, n: usize) -> Entry {
     Entry {
@@ -20,7 +21,7 @@ fn entry(key: &str, id: &str, n: usize) -> Entry {
         key: key.into(),
         id: id.into(),
         durability: Some("accepted".into()),
-        fact: serde_json::to_vec(&fact("spooled", id, key, json!(n))).unwrap(),
+        fact: RawJson::unchecked(serde_json::to_vec(&fact("spooled", id, key, json!(n))).unwrap()),
     }
 }
 

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use tbackend_core::protocol::frame::crc32;
+use tbackend_core::protocol::request::RawJson;
 
 use super::Entry;
 
@@ -161,7 +162,8 @@ fn decode_payload(payload: &[u8]) -> Option<Record> {
                     key,
                     id,
                     durability,
-                    fact: s.buf.to_vec(),
+                    // Bytes from a file: checked again whenever they are sent.
+                    fact: RawJson::unchecked(s.buf.to_vec()),
                 },
             })
         }
@@ -303,7 +305,7 @@ mod tests {
                     key: "ключ\u{0}".into(),
                     id: String::new(),
                     durability: Some(String::new()),
-                    fact: Vec::new(),
+                    fact: RawJson::unchecked(Vec::new()),
                 },
             ),
             Record::Ack(vec![]),

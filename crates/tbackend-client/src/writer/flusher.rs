@@ -137,11 +137,17 @@ impl WriterCore {
     }
 
     fn request(&self, e: &Entry) -> Result<Request, String> {
-        let mut b = RequestBuilder::new("write_fact_once", self.config.token.as_deref());
+        // The envelope's own keys and the token fit in the slack.
+        let capacity = e.fact.len() + 128 + self.config.token.as_ref().map_or(0, String::len);
+        let mut b = RequestBuilder::with_capacity(
+            "write_fact_once",
+            self.config.token.as_deref(),
+            capacity,
+        );
         if let Some(d) = &e.durability {
             b.str("durability", d).map_err(|e| e.to_string())?;
         }
-        b.raw("fact", &e.fact).map_err(|e| e.to_string())?;
+        b.raw_json("fact", &e.fact).map_err(|e| e.to_string())?;
         Ok(Request::built(OpKind::Write, b))
     }
 

@@ -189,7 +189,7 @@ mod tests {
             key: key.into(),
             id: id.into(),
             durability: None,
-            fact: Vec::new(),
+            fact: tbackend_core::protocol::request::RawJson::unchecked(Vec::new()),
         }
     }
 

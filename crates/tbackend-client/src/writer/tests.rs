@@ -8,6 +8,7 @@ use std::collections::HashMap as Map;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Condvar;
+use tbackend_core::protocol::request::RawJson;
 use tbackend_core::{Classified, Status};
 
 type Script = dyn Fn(&str, u32) -> Status + Send + Sync;
@@ -116,7 +117,9 @@ fn entry(key: &str, id: &str) -> Entry {
         key: key.into(),
         id: id.into(),
         durability: None,
-        fact: format!(r#"{{"id":"{id}","store":"s","key":"{key}","value":1}}"#).into_bytes(),
+        fact: RawJson::unchecked(
+            format!(r#"{{"id":"{id}","store":"s","key":"{key}","value":1}}"#).into_bytes(),
+        ),
     }
 }
 
@@ -754,6 +757,40 @@ fn facts_given_up_are_dead_letter_events_naming_where_they_are_kept() {
     assert!(w.take_events().closed, "shut down: no event follows");
     assert!(w.wait_events(&Cancel::new()), "a closed writer never blocks a drainer");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_fact_no_encoder_vouched_for_is_checked_at_send_and_an_encoded_one_is_not() {
+    use dead_letter::Reason;
+    let sink = Scripted::new(|_, _| Status::CommittedAcked);
+    let config = WriterConfig {
+        queue_events: true,
+        ..fast()
+    };
+    let w = Writer::start(sink.clone(), config).unwrap();
+    let spliced = |id: &str| format!(r#"{{"id":"{id}"}},"error":1"#).into_bytes();
+    for (id, fact) in [
+        ("unchecked", RawJson::unchecked(spliced("unchecked"))),
+        ("encoded", RawJson::encoded(spliced("encoded"))),
+    ] {
+        let e = Entry {
+            fact,
+            ..entry(id, id)
+        };
+        w.try_enqueue(e).expect("queued");
+    }
+    assert!(flushed(&w));
+    assert_eq!(
+        dead_letter_events(&w),
+        [(Reason::Error, "client_bug", 1, "unchecked".into(), false)],
+        "bytes from anywhere are parsed before they go into a request"
+    );
+    assert_eq!(
+        sink.sent_ids(),
+        ["encoded"],
+        "bytes an encoder vouched for are sent as they are, without a parse"
+    );
+    assert!(w.shutdown(Duration::from_secs(1), &Cancel::new()));
 }
 
 #[test]
