@@ -20,7 +20,7 @@
 //! Segments roll over past `segment_bytes`; a segment that is not the active one and has
 //! no fact left pending is deleted: that is the compaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tbackend_core::protocol::request::RawJson;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub mod record;
 mod status;
@@ -63,8 +63,9 @@ pub fn is_segment(name: &str) -> bool {
 pub enum Fsync {
     /// Before `enqueue` returns: survives a power loss, costs a disk flush per fact.
     Always,
-    /// By the flusher thread, at most every `fsync_interval`: a process crash loses
-    /// nothing (the page cache has it), a power loss at most that window.
+    /// By the flusher thread, at most every `fsync_interval` and only while a fact
+    /// spooled since the last sync is undelivered: a process crash loses nothing (the
+    /// page cache has it), a power loss at most that window's undelivered facts.
     Batch,
     /// Left to the OS: a process crash loses nothing, a power loss what was not written back.
     Never,
@@ -245,7 +246,18 @@ pub struct Spool {
     segments: BTreeMap<u64, Segment>,
     next_segment: u64,
     next_seq: u64,
-    /// Set by an append since the last sync.
+    /// With `Fsync::Batch`: when each fact appended to the active segment since its last
+    /// sync was appended, by seq from `unsynced_from`, `None` once delivered; delivered
+    /// ones leave the front, so the front is the oldest fact a sync would still
+    /// protect. A delivered fact needs none: a power loss that takes its record, or its
+    /// ack, at worst replays it, and the daemon answers a replay idempotently. So the
+    /// flusher syncs once a fact has waited undelivered for the sync interval, and a
+    /// trickle delivered within it costs no `fdatasync` at all. A dead-lettered fact
+    /// stays until the next sync.
+    unsynced: VecDeque<Option<Instant>>,
+    unsynced_from: u64,
+    track_unsynced: bool,
+    /// Otherwise: set by an append since the last sync.
     dirty: bool,
     /// Sync a segment before starting the next (the flusher only syncs the active one).
     sync_on_roll: bool,
@@ -281,6 +293,9 @@ impl Spool {
             segments: BTreeMap::new(),
             next_segment: 0,
             next_seq: 0,
+            unsynced: VecDeque::new(),
+            unsynced_from: 0,
+            track_unsynced: fsync == Fsync::Batch,
             dirty: false,
             sync_on_roll: fsync != Fsync::Never,
             adopted_segments: 0,
@@ -344,6 +359,10 @@ impl Spool {
         self.segments.insert(self.next_segment, seg);
         self.next_segment += 1;
         self.next_seq = 0;
+        // The segment before was synced above, or is never synced (`Fsync::Never`).
+        self.unsynced.clear();
+        self.unsynced_from = 0;
+        self.dirty = false;
         self.delete_drained();
         Ok(())
     }
@@ -377,13 +396,28 @@ impl Spool {
         seg.append(&buf)?;
         seg.pending += 1;
         self.next_seq += 1;
-        self.dirty = true;
+        if self.track_unsynced {
+            self.unsynced.push_back(Some(Instant::now()));
+        } else {
+            self.dirty = true;
+        }
         Ok(Location { segment: id, seq })
     }
 
     /// Records that these facts were delivered: one ack record per segment. Segments
     /// left with nothing pending (other than the active one) are deleted.
     pub fn ack(&mut self, locations: &[Location]) -> io::Result<()> {
+        let active = self.active_id();
+        for l in locations.iter().filter(|l| l.segment == active) {
+            let slot = l.seq.checked_sub(self.unsynced_from);
+            if let Some(at) = slot.and_then(|i| self.unsynced.get_mut(i as usize)) {
+                *at = None;
+            }
+        }
+        while self.unsynced.front() == Some(&None) {
+            self.unsynced.pop_front();
+            self.unsynced_from += 1;
+        }
         self.settle(locations, Record::Ack)
     }
 
@@ -433,9 +467,13 @@ impl Spool {
     }
 
     /// The active segment's file, for an `fdatasync` outside any lock; clears the
-    /// dirty flag (`None` when nothing was written since the last call).
+    /// facts it protects (`None` when every fact appended since the last call has
+    /// been delivered: nothing is left for a sync to protect).
     pub fn take_dirty(&mut self) -> Option<Arc<File>> {
-        if !std::mem::take(&mut self.dirty) {
+        let due = !self.unsynced.is_empty() || std::mem::take(&mut self.dirty);
+        self.unsynced.clear();
+        self.unsynced_from = self.next_seq;
+        if !due {
             return None;
         }
         Some(self.segments[&self.active_id()].file.clone())
@@ -452,9 +490,10 @@ impl Spool {
         synced
     }
 
-    /// Whether something was written since the last [`Spool::take_dirty`].
-    pub fn is_dirty(&self) -> bool {
-        self.dirty
+    /// When the oldest fact appended since the last [`Spool::take_dirty`] and not yet
+    /// delivered was appended (`None`: none is, or the fsync policy is not `Batch`).
+    pub fn oldest_unsynced(&self) -> Option<Instant> {
+        self.unsynced.front().copied().flatten()
     }
 
     /// The file of segment `id`, for an `fdatasync` outside any lock.
@@ -702,6 +741,46 @@ mod tests {
         let waiting = |f: &PathBuf| !pending_facts(decode_segment(&fs::read(f).unwrap()).records).is_empty();
         assert!(left.iter().all(waiting), "{left:?}");
         assert_eq!(left, spool.segment_paths());
+        drop(spool);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_sync_is_due_only_for_facts_not_yet_delivered() {
+        let dir = tempdir("unsynced");
+        let (mut spool, _) = Spool::open(&dir, 1 << 20, Fsync::Batch).unwrap();
+        assert!(spool.take_dirty().is_none(), "nothing appended");
+        let before = Instant::now();
+        let a = spool.append_fact(&entry("k", 0)).unwrap();
+        let b = spool.append_fact(&entry("k", 1)).unwrap();
+        let c = spool.append_fact(&entry("k", 2)).unwrap();
+        let oldest = spool.oldest_unsynced().expect("a is undelivered");
+        assert!(oldest >= before);
+        spool.ack(&[b]).unwrap();
+        assert_eq!(spool.oldest_unsynced(), Some(oldest), "a is still the oldest");
+        spool.ack(&[a]).unwrap();
+        let c_at = spool.oldest_unsynced().expect("c is undelivered");
+        assert!(c_at >= oldest, "b left with a: c is the oldest now");
+        spool.ack(&[c]).unwrap();
+        assert_eq!(spool.oldest_unsynced(), None);
+        assert!(spool.take_dirty().is_none(), "all delivered: nothing to protect");
+
+        let d = spool.append_fact(&entry("k", 3)).unwrap();
+        assert!(spool.take_dirty().is_some(), "d undelivered");
+        let e = spool.append_fact(&entry("k", 4)).unwrap();
+        spool.ack(&[d]).unwrap();
+        assert!(spool.oldest_unsynced().is_some(), "d was synced before; e was not");
+        spool.ack_dead(&[e]).unwrap();
+        assert!(spool.take_dirty().is_some(), "a dead-lettered fact is still synced");
+        assert!(spool.take_dirty().is_none());
+        drop(spool);
+
+        // Other policies sync whatever was written, as before.
+        let (mut spool, _) = Spool::open(&dir, 1 << 20, Fsync::Always).unwrap();
+        let f = spool.append_fact(&entry("k", 5)).unwrap();
+        spool.ack(&[f]).unwrap();
+        assert_eq!(spool.oldest_unsynced(), None);
+        assert!(spool.take_dirty().is_some());
         drop(spool);
         fs::remove_dir_all(&dir).unwrap();
     }

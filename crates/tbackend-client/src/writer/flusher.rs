@@ -32,7 +32,6 @@ pub(super) struct State {
     pub unreachable_streak: u32,
     /// When the current pause began (`None`: not paused).
     pub paused_at: Option<Instant>,
-    pub last_sync: Instant,
     pub next_adoption: Instant,
     pub closed: bool,
     /// Facts below this seq are awaited by a flush or a shutdown: no lingering for them.
@@ -151,6 +150,10 @@ impl WriterCore {
         Ok(Request::built(OpKind::Write, b))
     }
 
+    fn oldest_unsynced(&self, st: &State) -> Option<Instant> {
+        st.spool.as_ref().and_then(Spool::oldest_unsynced)
+    }
+
     /// Syncs the segment `take_dirty` handed over, outside the queue's mutex.
     fn sync(&self, file: Option<Arc<std::fs::File>>, events: &mut Vec<Event>) {
         if let Some(Err(e)) = file.map(|f| f.sync_data()) {
@@ -194,9 +197,8 @@ impl WriterCore {
             if st.spool.is_some() && now >= st.next_adoption {
                 self.adopt(&mut st, now, &mut events);
             }
-            let sync_file = match self.sync_interval() {
-                Some(every) if now.duration_since(st.last_sync) >= every => {
-                    st.last_sync = now;
+            let sync_file = match (self.sync_interval(), self.oldest_unsynced(&st)) {
+                (Some(every), Some(oldest)) if now.duration_since(oldest) >= every => {
                     st.spool.as_mut().and_then(Spool::take_dirty)
                 }
                 _ => None,
@@ -215,10 +217,8 @@ impl WriterCore {
                 if paused {
                     wake = earliest(wake, st.pause_until);
                 }
-                if let Some(every) = self.sync_interval() {
-                    if st.spool.as_ref().is_some_and(Spool::is_dirty) {
-                        wake = earliest(wake, Some(st.last_sync + every));
-                    }
+                if let (Some(every), Some(oldest)) = (self.sync_interval(), self.oldest_unsynced(&st)) {
+                    wake = earliest(wake, Some(oldest + every));
                 }
                 if st.spool.is_some() {
                     wake = earliest(wake, Some(st.next_adoption));

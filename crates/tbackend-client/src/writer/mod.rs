@@ -356,7 +356,6 @@ impl Writer {
             pause_until: None,
             unreachable_streak: 0,
             paused_at: None,
-            last_sync: now,
             next_adoption: later(
                 now,
                 config
