@@ -28,9 +28,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tbackend_core::protocol::request::RawJson;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub mod record;
 mod status;
@@ -466,9 +466,10 @@ impl Spool {
         }
     }
 
-    /// The active segment's file, for an `fdatasync` outside any lock; clears the
-    /// facts it protects (`None` when every fact appended since the last call has
-    /// been delivered: nothing is left for a sync to protect).
+    /// The active segment's file, for an `fdatasync` outside any lock; what was
+    /// appended so far counts as synced from now on. `None` when there is nothing for a
+    /// sync to protect: under `Batch`, every fact appended since the last call has been
+    /// delivered; otherwise nothing was written.
     pub fn take_dirty(&mut self) -> Option<Arc<File>> {
         let due = !self.unsynced.is_empty() || std::mem::take(&mut self.dirty);
         self.unsynced.clear();
