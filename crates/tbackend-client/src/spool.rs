@@ -256,11 +256,11 @@ pub struct Spool {
     /// stays until the next sync.
     unsynced: VecDeque<Option<Instant>>,
     unsynced_from: u64,
-    track_unsynced: bool,
     /// Otherwise: set by an append since the last sync.
     dirty: bool,
-    /// Sync a segment before starting the next (the flusher only syncs the active one).
-    sync_on_roll: bool,
+    /// Unless `Never`, a segment is synced before the next starts (the flusher only
+    /// syncs the active one).
+    fsync: Fsync,
     /// Segments adopted from dead processes at open.
     pub adopted_segments: usize,
     /// Segments adopted and not yet reported: path and facts taken over.
@@ -295,9 +295,8 @@ impl Spool {
             next_seq: 0,
             unsynced: VecDeque::new(),
             unsynced_from: 0,
-            track_unsynced: fsync == Fsync::Batch,
             dirty: false,
-            sync_on_roll: fsync != Fsync::Never,
+            fsync,
             adopted_segments: 0,
             adoptions: Vec::new(),
             fds: Arc::new(FdRegistry::new()),
@@ -351,7 +350,7 @@ impl Spool {
     }
 
     fn roll(&mut self) -> io::Result<()> {
-        if self.sync_on_roll {
+        if self.fsync != Fsync::Never {
             self.sync()?;
         }
         let seg = Segment::create(&self.dir)?;
@@ -396,7 +395,7 @@ impl Spool {
         seg.append(&buf)?;
         seg.pending += 1;
         self.next_seq += 1;
-        if self.track_unsynced {
+        if self.fsync == Fsync::Batch {
             self.unsynced.push_back(Some(Instant::now()));
         } else {
             self.dirty = true;
