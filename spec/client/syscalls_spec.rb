@@ -114,13 +114,18 @@ RSpec.describe "acts_as_tbackend: system calls per request" do
 
   around { |example| TbackendSpec::TestDaemon.with(profile: :real) { |d| (@daemon = d) && example.run } }
 
-  it "makes no getpid, no ppoll and at most 3 system calls per warm write_fact_once (sendto, recvfrom: 2.1–2.6 today)" do
+  it "makes one sendto, at most two recvfrom, no getpid and next to no ppoll per warm write_fact_once" do
     counts = syscalls_per_call("write")
     report("write_fact_once", counts)
     expect(counts["getpid"]).to eq(0)
-    # It waits in recv: a ppoll only when an answer takes longer than 2 ms (lane/conn.rs).
+    expect(counts["sendto"]).to eq(1)
+    # A blocking recv for the answer's head, a MSG_WAITALL one for the rest when it comes
+    # in pieces (2.0 today); a wait longer than REST_WAIT (2 ms, lane/conn.rs) adds a
+    # recv and goes on in ppoll. Ceilings per kind, not on the sum: the sum moved over a
+    # line with the process's clock reads, which are not the write's.
+    expect(counts["recvfrom"]).to be <= 2.25
     expect(counts["ppoll"]).to be <= 0.25
-    expect(total(counts)).to be <= 3
+    expect(incidental(counts, "sendto", "recvfrom", "ppoll")).to be <= 0.1
   end
 
   it "enqueues without a system call, or with one write to the spool, beyond a wake of a sleeping flusher" do
