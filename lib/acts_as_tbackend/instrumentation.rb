@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-require "logger"
+require_relative "instrumentation/subscription_count"
 
 module ActsAsTbackend
   # ActiveSupport::Notifications events, named "<event>.acts_as_tbackend":
@@ -50,9 +50,9 @@ module ActsAsTbackend
     # whether anyone listens on every write, and must not allocate a String to ask.
     NAMES = Hash.new { |names, event| names[event] = "#{event}.#{NAMESPACE}".freeze }
 
-    # event name => [the notifier's listener list, who listens (#listeners_of)]. Fanout
-    # keeps a list until a subscription changes, so its identity says when to look again.
-    LISTENERS = {} # rubocop:disable Style/MutableConstant -- a cache; a race only computes twice
+    # event => [ActiveSupport's notifier, who listens (#listeners_of)], kept until a
+    # subscription changes (SubscriptionCount).
+    VERDICTS = {} # rubocop:disable Style/MutableConstant -- a cache; a race only computes twice
     # The listener list of a notifier that cannot tell: one unknown listener.
     OTHERS = [nil].freeze
 
@@ -68,24 +68,12 @@ module ActsAsTbackend
       notifier = self.notifier
       return nil unless notifier
 
-      name = NAMES[event]
-      verdict = listeners_of(notifier, name)
+      kept = VERDICTS[event]
+      verdict = kept && kept[0].equal?(notifier) ? kept[1] : listeners_of(notifier, event)
       case verdict
-      when Array then log_level_watch(verdict.first.logger)
-      when :others then notifier.listening?(name) ? :all : nil
+      when Array then LogSubscriber.watch(verdict.first.logger)
+      when :others then notifier.listening?(NAMES[event]) ? :all : nil
       when :all then :all
-      end
-    end
-
-    # A logger's `level` is an Integer for Ruby's Logger, ActiveSupport's and Rails 7.1's
-    # BroadcastLogger (their `debug?` compares it); any other logger is asked.
-    def log_level_watch(logger)
-      return nil if logger.nil?
-
-      level = logger.level
-      numeric = level.is_a?(Integer)
-      if numeric ? level <= ::Logger::DEBUG : logger.debug? then :all
-      elsif numeric ? level <= ::Logger::WARN : logger.warn? then :failures
       end
     end
 
@@ -112,29 +100,32 @@ module ActsAsTbackend
       outcome = result.is_a?(Hash) ? result : describe_result({}, result)
       return result unless LogSubscriber.failure?(outcome)
 
-      name = NAMES[event]
-      subscribers = notifier && listeners_of(notifier, name)
+      subscribers = notifier && listeners_of(notifier, event)
       return result unless subscribers.is_a?(Array)
 
       payload = describe_result(yield, result)
       finished = Process.clock_gettime(Process::CLOCK_MONOTONIC)
-      notification = ActiveSupport::Notifications::Event.new(name, started, finished, nil, payload)
+      notification = ActiveSupport::Notifications::Event.new(NAMES[event], started, finished, nil, payload)
       subscribers.each { |subscriber| subscriber.public_send(event, notification) }
       result
     rescue StandardError
       result # a log line that could not be written never turns a soft result into an exception
     end
 
-    # Who listens for `name`: :none; the gem's LogSubscribers (an Array) when they are
-    # all the listeners of a call event, or :all for another event; else :others. Worked
-    # out again only when the notifier's list for the name is another object (a
-    # subscription changed).
-    def listeners_of(notifier, name)
-      list = listener_list(notifier, name)
-      known = LISTENERS[name]
-      return known.last if known&.first.equal?(list)
-
-      (LISTENERS[name] = [list, verdict(name, list)].freeze).last
+    # Who listens for `event`: :none; the gem's LogSubscribers (an Array) when they are
+    # all the listeners of a call event, or :all for another event; else :others.
+    # ActiveSupport's own notifier's verdict is kept until a subscription changes; another
+    # notifier's is worked out each time.
+    def listeners_of(notifier, event)
+      changes = SubscriptionCount.changes
+      verdict = verdict(NAMES[event], listener_list(notifier, NAMES[event]))
+      if notifier.instance_of?(SubscriptionCount.fanout)
+        # A change counted meanwhile may have come before or after the list was read:
+        # the verdict is dropped again, unless that change's own clearing came later.
+        VERDICTS[event] = [notifier, verdict].freeze
+        VERDICTS.delete(event) unless SubscriptionCount.changes == changes
+      end
+      verdict
     end
 
     def verdict(name, list)
@@ -149,12 +140,10 @@ module ActsAsTbackend
     # Fanout's cached list of every subscriber of `name` (silenced ones too, on Rails
     # 7.1+); a notifier without one counts as "others listen".
     def listener_list(notifier, name)
-      @lister = [notifier, lister_for(notifier)] unless @lister&.first.equal?(notifier)
+      unless @lister&.first.equal?(notifier)
+        @lister = [notifier, %i[all_listeners_for listeners_for].find { |method| notifier.respond_to?(method) }]
+      end
       @lister.last ? notifier.public_send(@lister.last, name) : OTHERS
-    end
-
-    def lister_for(notifier)
-      %i[all_listeners_for listeners_for].find { |method| notifier.respond_to?(method) }
     end
 
     # Runs the block inside a notification when someone listens for the event, filling
@@ -186,7 +175,7 @@ module ActsAsTbackend
     # is looked up until it is there (it may be loaded after this gem) and then kept, so a
     # write does not look it up again.
     def notifier
-      @notifications ||= (ActiveSupport::Notifications if defined?(ActiveSupport::Notifications))
+      @notifications ||= (SubscriptionCount.counting(ActiveSupport::Notifications) if defined?(ActiveSupport::Notifications))
       @notifications&.notifier
     end
 

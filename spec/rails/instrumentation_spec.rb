@@ -178,6 +178,34 @@ RSpec.describe ActsAsTbackend::Instrumentation do
     end
   end
 
+  # Asking ActiveSupport's notifier for a name's listeners was half of what deciding
+  # whether to instrument a call cost; a call on the request path now reads a kept
+  # verdict, and a subscription made or dropped in between is still seen at once.
+  it "works out who listens again only after a subscription changes, and then at once" do
+    TbackendSpec::TestDaemon.with do |d|
+      client = client_for(d)
+      notifier = ActiveSupport::Notifications.notifier
+      lister = %i[all_listeners_for listeners_for].find { |method| notifier.respond_to?(method) }
+      asked = 0
+      allow(notifier).to(receive(lister).and_wrap_original { |original, *args| (asked += 1) && original.call(*args) })
+      client.write_fact_once(fact(unique))
+      asked = 0
+      5.times { expect(client.write_fact_once(fact(unique))).to include(ok: true) }
+      expect(asked).to eq(0)
+
+      events = capture(/\Awrite_fact_once\.acts_as_tbackend\z/) { 2.times { client.write_fact_once(fact(unique)) } }
+      expect(events.size).to eq(2)
+      late = []
+      subscriber = ActiveSupport::Notifications.subscribe("write_fact_once.acts_as_tbackend") { |*args| late << args }
+      client.write_fact_once(fact(unique))
+      ActiveSupport::Notifications.unsubscribe(subscriber)
+      asked = 0
+      3.times { client.write_fact_once(fact(unique)) }
+      expect(late.size).to eq(1)
+      expect(asked).to eq(1)
+    end
+  end
+
   it "costs nothing visible without subscribers: calls return the same soft results" do
     TbackendSpec::TestDaemon.with do |d|
       client = client_for(d)

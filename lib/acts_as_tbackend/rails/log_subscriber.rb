@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "active_support/log_subscriber"
+require "logger"
 
 module ActsAsTbackend
   # Turns the acts_as_tbackend notifications into log lines: calls at debug, failures,
@@ -19,6 +20,20 @@ module ActsAsTbackend
     # A call's payload that gets a warning: not ok, and not a status that only looks so.
     def self.failure?(payload)
       payload[:ok] == false && !QUIET_STATUSES.include?(payload[:status])
+    end
+
+    # What a call must do when this subscriber, logging to `logger`, is its only listener
+    # (Instrumentation.watch): :all when debug lines show, :failures when only warnings
+    # do, else nil. A logger's `level` is an Integer for Ruby's Logger, ActiveSupport's
+    # and Rails 7.1's BroadcastLogger (their `debug?` compares it); any other is asked.
+    def self.watch(logger)
+      return nil if logger.nil?
+
+      level = logger.level
+      numeric = level.is_a?(Integer)
+      if numeric ? level <= ::Logger::DEBUG : logger.debug? then :all
+      elsif numeric ? level <= ::Logger::WARN : logger.warn? then :failures
+      end
     end
 
     def retry(event)
