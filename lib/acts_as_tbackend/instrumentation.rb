@@ -51,7 +51,8 @@ module ActsAsTbackend
     NAMES = Hash.new { |names, event| names[event] = "#{event}.#{NAMESPACE}".freeze }
 
     # event => [ActiveSupport's notifier, who listens (#listeners_of)], kept until a
-    # subscription changes (SubscriptionCount).
+    # subscription changes (SubscriptionCount); for another notifier, [its listener list
+    # for the event, who listens], kept while the list is the same object.
     VERDICTS = {} # rubocop:disable Style/MutableConstant -- a cache; a race only computes twice
     # The listener list of a notifier that cannot tell: one unknown listener.
     OTHERS = [nil].freeze
@@ -114,17 +115,18 @@ module ActsAsTbackend
 
     # Who listens for `event`: :none; the gem's LogSubscribers (an Array) when they are
     # all the listeners of a call event, or :all for another event; else :others.
-    # ActiveSupport's own notifier's verdict is kept until a subscription changes; another
-    # notifier's is worked out each time.
     def listeners_of(notifier, event)
       changes = SubscriptionCount.changes
-      verdict = verdict(NAMES[event], listener_list(notifier, NAMES[event]))
-      if notifier.instance_of?(SubscriptionCount.fanout)
-        # A change counted meanwhile may have come before or after the list was read:
-        # the verdict is dropped again, unless that change's own clearing came later.
-        VERDICTS[event] = [notifier, verdict].freeze
-        VERDICTS.delete(event) unless SubscriptionCount.changes == changes
-      end
+      fanout = notifier.instance_of?(SubscriptionCount.fanout)
+      list = listener_list(notifier, NAMES[event])
+      kept = VERDICTS[event]
+      return kept[1] if !fanout && kept && kept[0].equal?(list)
+
+      verdict = verdict(NAMES[event], list)
+      VERDICTS[event] = [fanout ? notifier : list, verdict].freeze
+      # A change counted meanwhile may have come before or after the list was read: the
+      # verdict is dropped again, unless that change's own clearing came later.
+      VERDICTS.delete(event) unless SubscriptionCount.changes == changes
       verdict
     end
 

@@ -206,6 +206,28 @@ RSpec.describe ActsAsTbackend::Instrumentation do
     end
   end
 
+  # A verdict belongs to the notifier it was worked out for: an app that swaps in its own
+  # (here of a Fanout subclass, whose verdicts are kept by its listener list instead)
+  # gets its subscribers' events from the next call, and back again.
+  it "works out who listens again when the app swaps the notifier" do
+    TbackendSpec::TestDaemon.with do |d|
+      client = client_for(d)
+      own = Class.new(ActiveSupport::Notifications::Fanout).new
+      events = []
+      own.subscribe("write_fact_once.acts_as_tbackend") { |*args| events << args }
+      original = ActiveSupport::Notifications.notifier
+      client.write_fact_once(fact(unique))
+      begin
+        ActiveSupport::Notifications.notifier = own
+        2.times { client.write_fact_once(fact(unique)) }
+      ensure
+        ActiveSupport::Notifications.notifier = original
+      end
+      client.write_fact_once(fact(unique))
+      expect(events.size).to eq(2)
+    end
+  end
+
   it "costs nothing visible without subscribers: calls return the same soft results" do
     TbackendSpec::TestDaemon.with do |d|
       client = client_for(d)
