@@ -247,15 +247,14 @@ pub struct Spool {
     next_segment: u64,
     next_seq: u64,
     /// With `Fsync::Batch`: when each fact appended to the active segment since its last
-    /// sync was appended, by seq from `unsynced_from`, `None` once delivered; delivered
-    /// ones leave the front, so the front is the oldest fact a sync would still
-    /// protect. A delivered fact needs none: a power loss that takes its record, or its
+    /// sync was appended, `None` once delivered, for the segment's last seqs (up to
+    /// `next_seq`); delivered ones leave the front, so the front is the oldest fact a
+    /// sync would still protect. A delivered fact needs none: a power loss that takes its record, or its
     /// ack, at worst replays it, and the daemon answers a replay idempotently. So the
     /// flusher syncs once a fact has waited undelivered for the sync interval, and a
     /// trickle delivered within it costs no `fdatasync` at all. A dead-lettered fact
     /// stays until the next sync.
     unsynced: VecDeque<Option<Instant>>,
-    unsynced_from: u64,
     /// Otherwise: set by an append since the last sync.
     dirty: bool,
     /// Unless `Never`, a segment is synced before the next starts (the flusher only
@@ -294,7 +293,6 @@ impl Spool {
             next_segment: 0,
             next_seq: 0,
             unsynced: VecDeque::new(),
-            unsynced_from: 0,
             dirty: false,
             fsync,
             adopted_segments: 0,
@@ -358,10 +356,6 @@ impl Spool {
         self.segments.insert(self.next_segment, seg);
         self.next_segment += 1;
         self.next_seq = 0;
-        // The segment before was synced above, or is never synced (`Fsync::Never`).
-        self.unsynced.clear();
-        self.unsynced_from = 0;
-        self.dirty = false;
         self.delete_drained();
         Ok(())
     }
@@ -407,15 +401,15 @@ impl Spool {
     /// left with nothing pending (other than the active one) are deleted.
     pub fn ack(&mut self, locations: &[Location]) -> io::Result<()> {
         let active = self.active_id();
+        let first = self.next_seq - self.unsynced.len() as u64;
         for l in locations.iter().filter(|l| l.segment == active) {
-            let slot = l.seq.checked_sub(self.unsynced_from);
+            let slot = l.seq.checked_sub(first);
             if let Some(at) = slot.and_then(|i| self.unsynced.get_mut(i as usize)) {
                 *at = None;
             }
         }
         while self.unsynced.front() == Some(&None) {
             self.unsynced.pop_front();
-            self.unsynced_from += 1;
         }
         self.settle(locations, Record::Ack)
     }
@@ -472,7 +466,6 @@ impl Spool {
     pub fn take_dirty(&mut self) -> Option<Arc<File>> {
         let due = !self.unsynced.is_empty() || std::mem::take(&mut self.dirty);
         self.unsynced.clear();
-        self.unsynced_from = self.next_seq;
         if !due {
             return None;
         }
