@@ -215,10 +215,11 @@ fn a_round_reads_its_answers_together() {
     assert_eq!(s.delivered, ((ROUNDS + 1) * PER_ROUND) as u64, "{s:?}");
     // A read finding nothing yet and one once the answers are in, when the machine
     // keeps up; a busy one adds a read for each wait it cuts short (not counted here)
-    // and, now and then, one for answers that trickle in. Read as they come, the
-    // answers of a round would take one read or more each.
+    // and one for each piece of the answers that trickles in (a core busy elsewhere
+    // gave 33 reads in 8 rounds). Read as they come, the answers of a round would take
+    // one read or more each: twice this bound.
     assert!(
-        reads <= rounds * PER_ROUND as u64 / 3,
+        reads <= rounds * PER_ROUND as u64 / 2,
         "{reads} socket reads (short waits not counted) in {rounds} rounds of up to {PER_ROUND} facts: {:?}",
         c.stats().lanes[0]
     );
