@@ -118,11 +118,12 @@ module ActsAsTbackend
     def listeners_of(notifier, event)
       changes = SubscriptionCount.changes
       fanout = notifier.instance_of?(SubscriptionCount.fanout)
-      list = listener_list(notifier, NAMES[event])
+      name = NAMES[event]
+      list = listener_list(notifier, name)
       kept = VERDICTS[event]
       return kept[1] if !fanout && kept && kept[0].equal?(list)
 
-      verdict = verdict(NAMES[event], list)
+      verdict = verdict(name, list)
       VERDICTS[event] = [fanout ? notifier : list, verdict].freeze
       # A change counted meanwhile may have come before or after the list was read: the
       # verdict is dropped again, unless that change's own clearing came later.

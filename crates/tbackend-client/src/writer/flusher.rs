@@ -127,12 +127,48 @@ struct Death<'a> {
 }
 
 impl WriterCore {
-    fn sync_interval(&self) -> Option<Duration> {
+    /// How often the spool is synced while facts wait undelivered (`Fsync::Batch`
+    /// only).
+    pub(super) fn sync_interval(&self) -> Option<Duration> {
         self.config
             .spool
             .as_ref()
             .filter(|s| s.fsync == crate::spool::Fsync::Batch)
             .map(|s| s.fsync_interval)
+    }
+
+    /// The syncer thread (`Fsync::Batch`): syncs the spool's segment once its oldest
+    /// undelivered, unsynced fact has waited the interval (a delivered fact needs none).
+    /// A thread of its own, because the flusher may wait on a slow daemon for a whole
+    /// request timeout, and facts keep coming meanwhile: their sync cannot wait for it.
+    /// It wakes once an interval, and when a fact falls due.
+    pub(super) fn run_syncer(&self) {
+        let Some(every) = self.sync_interval() else {
+            return;
+        };
+        loop {
+            let seen = self.syncer_word.load(Ordering::SeqCst);
+            if self.stop.load(Ordering::SeqCst) != RUNNING {
+                return;
+            }
+            let now = Instant::now();
+            let mut st = self.lock();
+            let due = st
+                .spool
+                .as_ref()
+                .and_then(Spool::oldest_unsynced)
+                .map(|oldest| later(oldest, every));
+            let (file, wake) = match due {
+                Some(due) if now >= due => (st.spool.as_mut().and_then(Spool::take_dirty), later(now, every)),
+                Some(due) => (None, due),
+                None => (None, later(now, every)),
+            };
+            drop(st);
+            let mut events = Vec::new();
+            self.sync(file, &mut events);
+            self.events.emit(events);
+            sys::futex_wait(&self.syncer_word, seen, Some(wake.saturating_duration_since(Instant::now())));
+        }
     }
 
     fn request(&self, e: &Entry) -> Result<Request, String> {
@@ -148,10 +184,6 @@ impl WriterCore {
         }
         b.raw_json("fact", &e.fact).map_err(|e| e.to_string())?;
         Ok(Request::built(OpKind::Write, b))
-    }
-
-    fn oldest_unsynced(&self, st: &State) -> Option<Instant> {
-        st.spool.as_ref().and_then(Spool::oldest_unsynced)
     }
 
     /// Syncs the segment `take_dirty` handed over, outside the queue's mutex.
@@ -197,12 +229,6 @@ impl WriterCore {
             if st.spool.is_some() && now >= st.next_adoption {
                 self.adopt(&mut st, now, &mut events);
             }
-            let sync_file = match (self.sync_interval(), self.oldest_unsynced(&st)) {
-                (Some(every), Some(oldest)) if now.duration_since(oldest) >= every => {
-                    st.spool.as_mut().and_then(Spool::take_dirty)
-                }
-                _ => None,
-            };
             let paused = st.pause_until.is_some_and(|t| t > now);
             let linger_until = self.linger_until(&mut st, now, paused);
             let batch = if paused || linger_until.is_some() {
@@ -217,9 +243,6 @@ impl WriterCore {
                 if paused {
                     wake = earliest(wake, st.pause_until);
                 }
-                if let (Some(every), Some(oldest)) = (self.sync_interval(), self.oldest_unsynced(&st)) {
-                    wake = earliest(wake, Some(oldest + every));
-                }
                 if st.spool.is_some() {
                     wake = earliest(wake, Some(st.next_adoption));
                 }
@@ -230,7 +253,6 @@ impl WriterCore {
                 };
                 self.sleep.store(sleep, Ordering::SeqCst);
                 drop(st);
-                self.sync(sync_file, &mut events);
                 self.events.emit(events);
                 let timeout = wake.map(|w| w.saturating_duration_since(Instant::now()));
                 if timeout != Some(Duration::ZERO) {
@@ -240,7 +262,6 @@ impl WriterCore {
                 continue;
             }
             drop(st);
-            self.sync(sync_file, &mut events);
             self.events.emit(events);
             in_flight = Some(self.start_round(batch));
             if !linger.is_zero() {

@@ -20,7 +20,8 @@
 //! [`Event`]s: queued for an owner that drains them (the Ruby binding), or, without one,
 //! the dead letters and the worst spool errors as rate-limited stderr lines.
 //!
-//! Layout: [`queue`] is the pure per-key queue, `flusher` the thread that empties it,
+//! Layout: [`queue`] is the pure per-key queue, `flusher` the thread that empties it
+//! (and, under `Fsync::Batch`, the thread that syncs the spool),
 //! [`dead_letter`] the dead-letter file's record, [`events`] the event channel, `stderr`
 //! the rate limiter of the last resort.
 
@@ -319,6 +320,8 @@ struct WriterCore {
     /// Threads sleeping on `progress`: without any, the flusher skips the wake.
     progress_waiters: AtomicU32,
     stop: AtomicU8,
+    /// Bumped by shutdown; the syncer sleeps on it.
+    syncer_word: AtomicU32,
     counters: Counters,
     events: Events,
     /// The spool's open segment fds, reachable without the queue's mutex (fork).
@@ -329,7 +332,8 @@ struct WriterCore {
 /// waiting for the queue: call [`Writer::shutdown`] for a bounded drain).
 pub struct Writer {
     core: Arc<WriterCore>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The flusher, and the syncer under `Fsync::Batch`.
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -395,17 +399,35 @@ impl Writer {
             progress: AtomicU32::new(0),
             progress_waiters: AtomicU32::new(0),
             stop: AtomicU8::new(RUNNING),
+            syncer_word: AtomicU32::new(0),
             counters,
             events,
             spool_fds,
         });
         let runner = core.clone();
-        let thread = std::thread::Builder::new()
+        let mut threads = vec![std::thread::Builder::new()
             .name("tbackend-writer".into())
-            .spawn(move || runner.run())?;
+            .spawn(move || runner.run())?];
+        if core.sync_interval().is_some() {
+            let syncer = core.clone();
+            let spawned = std::thread::Builder::new()
+                .name("tbackend-sync".into())
+                .spawn(move || syncer.run_syncer());
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    // Dropped, it stops the flusher again and closes the spool.
+                    drop(Writer {
+                        core,
+                        threads: Mutex::new(threads),
+                    });
+                    return Err(e);
+                }
+            }
+        }
         Ok(Writer {
             core,
-            thread: Mutex::new(Some(thread)),
+            threads: Mutex::new(threads),
         })
     }
 
@@ -581,8 +603,10 @@ impl Writer {
         sh.sink.close();
         sh.work.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake(&sh.work, i32::MAX);
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
+        sh.syncer_word.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(&sh.syncer_word, i32::MAX);
+        let handles = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in handles {
             let _ = handle.join();
         }
         // Enqueues waiting for room see the shutdown now rather than at their deadline.

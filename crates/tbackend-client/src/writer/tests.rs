@@ -691,6 +691,37 @@ fn fsync_always_hands_back_the_segment_to_sync() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `Fsync::Batch` bounds what a power loss takes to the facts of the last interval even
+/// while the flusher waits on a daemon that does not answer (it may wait a whole request
+/// timeout): facts enqueued meanwhile are synced once they have waited the interval.
+#[test]
+fn fsync_batch_syncs_waiting_facts_while_the_flusher_is_stuck() {
+    let dir = tempdir("batch");
+    let mut spool = SpoolConfig::new(&dir);
+    spool.fsync_interval = Duration::from_millis(20);
+    let config = WriterConfig {
+        spool: Some(spool),
+        linger: Duration::ZERO,
+        ..fast()
+    };
+    let sink = Scripted::new(|_, _| Status::CommittedAcked);
+    sink.hold();
+    let w = Writer::start(sink.clone(), config).unwrap();
+    let unsynced = |w: &Writer| w.core.lock().spool.as_ref().unwrap().oldest_unsynced();
+    put(&w, "k", "a");
+    // The flusher takes "a" and waits in the held sink; "b" comes meanwhile.
+    assert!(wait(|| sink.batches.lock().unwrap().is_empty() && w.core.lock().queue.ready_len() == 0));
+    put(&w, "k2", "b");
+    let appended = unsynced(&w).expect("a and b wait unsynced");
+    assert!(wait(|| unsynced(&w).is_none()), "synced while the flusher is stuck");
+    assert!(appended.elapsed() >= Duration::from_millis(20), "not before the interval");
+    assert_eq!(sink.sent_ids(), Vec::<String>::new(), "nothing delivered yet");
+    sink.release();
+    assert!(flushed(&w));
+    drop(w);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn wait(mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
