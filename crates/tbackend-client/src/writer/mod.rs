@@ -416,7 +416,7 @@ impl Writer {
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
-                    // Dropped, it stops the flusher again and closes the spool.
+                    // Dropping it stops the flusher and closes the spool.
                     drop(Writer {
                         core,
                         threads: Mutex::new(threads),
