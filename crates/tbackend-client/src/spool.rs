@@ -63,9 +63,9 @@ pub fn is_segment(name: &str) -> bool {
 pub enum Fsync {
     /// Before `enqueue` returns: survives a power loss, costs a disk flush per fact.
     Always,
-    /// By the flusher thread, at most every `fsync_interval` and only while a fact
-    /// spooled since the last sync is undelivered: a process crash loses nothing (the
-    /// page cache has it), a power loss at most that window's undelivered facts.
+    /// By the writer's syncer thread, once a fact spooled since the last sync has waited
+    /// half of `fsync_interval` undelivered: a process crash loses nothing (the page
+    /// cache has it), a power loss at most the last interval's undelivered facts.
     Batch,
     /// Left to the OS: a process crash loses nothing, a power loss what was not written back.
     Never,
@@ -121,7 +121,7 @@ static SEGMENT_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub struct Segment {
     /// Where it lives.
     pub path: PathBuf,
-    /// The open file, flock'ed; shared with the flusher for `fdatasync` outside locks.
+    /// The open file, flock'ed; shared with the syncer for `fdatasync` outside locks.
     pub file: Arc<File>,
     /// Bytes written.
     pub len: u64,
@@ -251,8 +251,8 @@ pub struct Spool {
     /// `next_seq`); delivered ones leave the front, so the front is the oldest fact a
     /// sync would still protect. A delivered fact needs none: a power loss that takes its record, or its
     /// ack, at worst replays it, and the daemon answers a replay idempotently. So the
-    /// flusher syncs once a fact has waited undelivered for the sync interval, and a
-    /// trickle delivered within it costs no `fdatasync` at all. A dead-lettered fact
+    /// writer's syncer syncs once a fact has waited undelivered for half the sync
+    /// interval, and a trickle delivered within it costs no `fdatasync` at all. A dead-lettered fact
     /// stays until the next sync.
     unsynced: VecDeque<Option<Instant>>,
     /// Otherwise: set by an append since the last sync.

@@ -30,7 +30,7 @@ pub enum SpoolOp {
     Write,
     /// The per-fact `fdatasync` of `Fsync::Always`.
     Fsync,
-    /// The flusher's periodic `fdatasync` (`Fsync::Batch`).
+    /// The syncer's `fdatasync` (`Fsync::Batch`).
     Sync,
     /// Recording delivered facts (a crash replays them: the daemon answers replays).
     Ack,

@@ -137,37 +137,40 @@ impl WriterCore {
             .map(|s| s.fsync_interval)
     }
 
-    /// The syncer thread (`Fsync::Batch`): syncs the spool's segment once its oldest
-    /// undelivered, unsynced fact has waited the interval (a delivered fact needs none).
-    /// A thread of its own, because the flusher may wait on a slow daemon for a whole
-    /// request timeout, and facts keep coming meanwhile: their sync cannot wait for it.
-    /// It wakes once an interval, and when a fact falls due.
+    /// The syncer thread (`Fsync::Batch`): syncs the spool's segment when a fact
+    /// appended since the last sync has waited undelivered for half the interval (a
+    /// delivered fact needs none). It looks every half interval, so no fact waits
+    /// unsynced longer than the interval; waking when each fact fell due would wake it
+    /// once per fact of a trickle, for facts delivered meanwhile. A thread of its own,
+    /// because the flusher may wait on a slow daemon for a whole request timeout, and
+    /// facts keep coming meanwhile.
     pub(super) fn run_syncer(&self) {
         let Some(every) = self.sync_interval() else {
             return;
         };
+        let half = every / 2;
         loop {
             let seen = self.syncer_word.load(Ordering::SeqCst);
             if self.stop.load(Ordering::SeqCst) != RUNNING {
                 return;
             }
-            let now = Instant::now();
-            let mut st = self.lock();
-            let due = st
-                .spool
-                .as_ref()
-                .and_then(Spool::oldest_unsynced)
-                .map(|oldest| later(oldest, every));
-            let (file, wake) = match due {
-                Some(due) if now >= due => (st.spool.as_mut().and_then(Spool::take_dirty), later(now, every)),
-                Some(due) => (None, due),
-                None => (None, later(now, every)),
+            let file = {
+                let mut st = self.lock();
+                let due = st
+                    .spool
+                    .as_ref()
+                    .and_then(Spool::oldest_unsynced)
+                    .is_some_and(|oldest| oldest.elapsed() >= half);
+                if due {
+                    st.spool.as_mut().and_then(Spool::take_dirty)
+                } else {
+                    None
+                }
             };
-            drop(st);
             let mut events = Vec::new();
             self.sync(file, &mut events);
             self.events.emit(events);
-            sys::futex_wait(&self.syncer_word, seen, Some(wake.saturating_duration_since(Instant::now())));
+            sys::futex_wait(&self.syncer_word, seen, Some(half));
         }
     }
 

@@ -128,7 +128,7 @@ pub struct SpoolConfig {
     pub dir: PathBuf,
     /// When facts are synced to disk.
     pub fsync: Fsync,
-    /// `Fsync::Batch`: the longest time between two syncs.
+    /// `Fsync::Batch`: the longest a fact waits undelivered and unsynced.
     pub fsync_interval: Duration,
     /// A segment rolls over past this size; drained segments are deleted.
     pub segment_bytes: u64,

@@ -714,7 +714,8 @@ fn fsync_batch_syncs_waiting_facts_while_the_flusher_is_stuck() {
     put(&w, "k2", "b");
     let appended = unsynced(&w).expect("a and b wait unsynced");
     assert!(wait(|| unsynced(&w).is_none()), "synced while the flusher is stuck");
-    assert!(appended.elapsed() >= Duration::from_millis(20), "not before the interval");
+    // Not at once: a fact is synced once it has waited half the interval undelivered.
+    assert!(appended.elapsed() >= Duration::from_millis(10), "synced at once");
     assert_eq!(sink.sent_ids(), Vec::<String>::new(), "nothing delivered yet");
     sink.release();
     assert!(flushed(&w));
