@@ -2,8 +2,9 @@
 
 # What the mirror costs the request path: CPU per `create!` of a plain ActiveRecord model
 # against the same model mirrored with `async: true` and synchronously, on SQLite and
-# PostgreSQL; what the async writer's background delivery costs the process per fact;
-# and what one `write_fact_once` costs against the native load client. CPU time, not wall
+# PostgreSQL; what the async writer's background delivery costs the process per fact, as
+# creates come and in full rounds; what this machine charges a thread for waking; and
+# what one `write_fact_once` costs against the native load client. CPU time, not wall
 # time, so a shared machine moves the numbers less: the calling thread's CPU
 # (CLOCK_THREAD_CPUTIME_ID) for the request path, the whole process's for delivery, and
 # the native client's own CPU (a child process's rusage) for the ceiling. Paired ratios
@@ -92,6 +93,34 @@ module RequestPath
     end
   end
 
+  # The calling thread's CPU per create of `model` run back to back, and run each after
+  # the thread slept `pause` seconds: what this machine charges a thread for waking.
+  def wake_penalty(model, count, pause)
+    [nil, pause].map do |sleep_for|
+      spent = 0.0
+      count.times do |i|
+        sleep(sleep_for) if sleep_for
+        before = thread_cpu
+        model.create!(name: "wake #{i}", quantity: i, price: "19.99")
+        spent += thread_cpu - before
+      end
+      spent / count
+    end
+  end
+
+  # The async writer's CPU per fact when facts come faster than it sends them (full
+  # rounds, no linger): `count` facts enqueued back to back, then flushed.
+  def flood_delivery(count, store)
+    facts = Array.new(count) { |i| Bench.fact(store, "flood:#{store}:#{i}", i) }
+    writer = ActsAsTbackend.async_writer
+    process_before = process_cpu
+    thread_before = thread_cpu
+    facts.each { |fact| writer.enqueue(fact) }
+    raise "flood not delivered" unless writer.flush(timeout: 60)
+
+    ((process_cpu - process_before) - (thread_cpu - thread_before)) / count
+  end
+
   # CPU per write of the native load client over one connection (child rusage).
   def native_cpu_per_write(port, depth:, count:, store:)
     before = Process.times
@@ -137,12 +166,25 @@ def report_database(adapter, daemon)
   report_delivery(adapter, daemon, paired(rounds) { |r| r[:async][:process] - r[:async][:thread] })
 end
 
+# Context for the ratios above, which compare threads that wait with threads that do not
+# (a sync save waits for the daemon; the writer sleeps through its linger window, the
+# native client at depth 64 never does): on some virtual machines a thread that slept
+# runs its next instructions much slower, and CPU time counts that.
+def report_wake_penalty(model)
+  back_to_back, after_sleep = RequestPath.wake_penalty(model, 300, 0.001)
+  puts "  this machine: a plain create costs #{us(back_to_back)} µs back to back, #{us(after_sleep)} µs " \
+       "after a 1 ms sleep (#{format('%.2f', after_sleep / back_to_back)}x)"
+end
+
 # The async writer's work off the calling thread, per fact, against the native client
 # writing pipelined on one connection.
 def report_delivery(adapter, daemon, delivery)
   native, = RequestPath.native_cpu_per_write(daemon.port, depth: 64, count: 20_000, store: "rp_native_#{adapter}")
   puts "  async delivery per fact (process - calling thread) #{us(delivery)} µs, native pipelined " \
        "#{us(native)} µs: ratio #{verdict(delivery / native, 1.4)}"
+  flood = RequestPath.flood_delivery(20_000, "rp_flood_#{adapter}")
+  puts "  the same in full rounds (20,000 facts enqueued back to back) #{us(flood)} µs: ratio " \
+       "#{verdict(flood / native, 1.4)}"
 end
 
 def print_table(adapter, rounds)
@@ -177,7 +219,10 @@ Dir.mktmpdir("request_path") do |spool|
   ActsAsTbackend.client.ping
   puts "rounds=#{ROUNDS} creates per round=#{CREATES} daemon=tbackend-testd profile=#{Bench::PROFILE} " \
        "log=#{LOG_LEVEL} (ActiveRecord's and the gem's log subscribers#{LOG_LEVEL == 'none' ? ' off' : ''})"
-  DATABASES.each { |adapter| report_database(adapter, daemon) }
+  DATABASES.each do |adapter|
+    report_database(adapter, daemon)
+    report_wake_penalty(Object.const_get("RpPlain"))
+  end
   # The writer's idle connection would stop the daemon polling for the native client's
   # requests but not for the gem's (the real profile polls while no more connections are
   # open than cores): each side gets the daemon to itself.
