@@ -249,11 +249,11 @@ pub struct Spool {
     /// With `Fsync::Batch`: when each fact appended to the active segment since its last
     /// sync was appended, `None` once delivered, for the segment's last seqs (up to
     /// `next_seq`); delivered ones leave the front, so the front is the oldest fact a
-    /// sync would still protect. A delivered fact needs none: a power loss that takes its record, or its
-    /// ack, at worst replays it, and the daemon answers a replay idempotently. So the
-    /// writer's syncer syncs once a fact has waited undelivered for half the sync
-    /// interval, and a trickle delivered within it costs no `fdatasync` at all. A dead-lettered fact
-    /// stays until the next sync.
+    /// sync would still protect. A delivered fact needs none: a power loss that takes
+    /// its record, or its ack, at worst replays it, and the daemon answers a replay
+    /// idempotently. So the writer's syncer syncs once a fact has waited undelivered for
+    /// half the sync interval, and a trickle delivered within it costs no `fdatasync` at
+    /// all. A dead-lettered fact stays until the next sync.
     unsynced: VecDeque<Option<Instant>>,
     /// Otherwise: set by an append since the last sync.
     dirty: bool,

@@ -143,11 +143,8 @@ impl WriterCore {
     /// unsynced longer than the interval; waking when each fact fell due would wake it
     /// once per fact of a trickle, for facts delivered meanwhile. A thread of its own,
     /// because the flusher may wait on a slow daemon for a whole request timeout, and
-    /// facts keep coming meanwhile.
-    pub(super) fn run_syncer(&self) {
-        let Some(every) = self.sync_interval() else {
-            return;
-        };
+    /// facts keep coming meanwhile. `every` is [`WriterCore::sync_interval`].
+    pub(super) fn run_syncer(&self, every: Duration) {
         let half = every / 2;
         loop {
             let seen = self.syncer_word.load(Ordering::SeqCst);

@@ -408,11 +408,11 @@ impl Writer {
         let mut threads = vec![std::thread::Builder::new()
             .name("tbackend-writer".into())
             .spawn(move || runner.run())?];
-        if core.sync_interval().is_some() {
+        if let Some(every) = core.sync_interval() {
             let syncer = core.clone();
             let spawned = std::thread::Builder::new()
                 .name("tbackend-sync".into())
-                .spawn(move || syncer.run_syncer());
+                .spawn(move || syncer.run_syncer(every));
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
