@@ -41,6 +41,11 @@ pub(super) struct State {
     /// when the flusher first found a fact to send. `None`: no window open.
     pub linger_from: Option<Instant>,
     pub rng: u64,
+    /// The syncer sleeps without a timeout: nothing was queued or unsynced when it last
+    /// looked. The flusher wakes it when it finds facts queued.
+    pub syncer_parked: bool,
+    /// The syncer's looks so far (tests count its wake-ups with it).
+    pub syncer_looks: u64,
 }
 
 impl State {
@@ -144,6 +149,12 @@ impl WriterCore {
     /// once per fact of a trickle, for facts delivered meanwhile. A thread of its own,
     /// because the flusher may wait on a slow daemon for a whole request timeout, and
     /// facts keep coming meanwhile. `every` is [`WriterCore::sync_interval`].
+    ///
+    /// With nothing queued, nothing unsynced and no linger window open it parks until
+    /// the flusher finds facts queued ([`WriterCore::unpark_syncer`]), so an idle
+    /// process pays no wake-ups. The flusher, not the enqueue, wakes it: that keeps the
+    /// system call off the request path, and the enqueue that ends an idle spell wakes
+    /// the flusher anyway.
     pub(super) fn run_syncer(&self, every: Duration) {
         let half = every / 2;
         loop {
@@ -151,24 +162,42 @@ impl WriterCore {
             if self.stop.load(Ordering::SeqCst) != RUNNING {
                 return;
             }
-            let file = {
+            let (file, parked) = {
                 let mut st = self.lock();
-                let due = st
-                    .spool
-                    .as_ref()
-                    .and_then(Spool::oldest_unsynced)
-                    .is_some_and(|oldest| oldest.elapsed() >= half);
-                if due {
+                st.syncer_looks += 1;
+                let oldest = st.spool.as_ref().and_then(Spool::oldest_unsynced);
+                let file = if oldest.is_some_and(|oldest| oldest.elapsed() >= half) {
                     st.spool.as_mut().and_then(Spool::take_dirty)
                 } else {
                     None
-                }
+                };
+                // With a linger window open the flusher may sleep through enqueues until
+                // it ends: the syncer keeps looking. Without one, an enqueue wakes an
+                // idle flusher, and a busy one looks at the queue again at once.
+                st.syncer_parked =
+                    oldest.is_none() && st.queue.len() == 0 && st.linger_from.is_none();
+                (file, st.syncer_parked)
             };
             let mut events = Vec::new();
             self.sync(file, &mut events);
             self.events.emit(events);
-            sys::futex_wait(&self.syncer_word, seen, Some(half));
+            sys::futex_wait(&self.syncer_word, seen, (!parked).then_some(half));
         }
+    }
+
+    /// Wakes the syncer if it parked and facts are queued now (they may wait
+    /// unsynced). The flusher asks at every look at the queue.
+    fn unpark_syncer(&self, st: &mut State) {
+        if st.syncer_parked && st.queue.len() > 0 {
+            st.syncer_parked = false;
+            self.wake_syncer();
+        }
+    }
+
+    /// Ends the syncer's sleep, parked or not.
+    pub(super) fn wake_syncer(&self) {
+        self.syncer_word.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake(&self.syncer_word, i32::MAX);
     }
 
     fn request(&self, e: &Entry) -> Result<Request, String> {
@@ -217,6 +246,7 @@ impl WriterCore {
             }
             let now = Instant::now();
             let mut st = self.lock();
+            self.unpark_syncer(&mut st);
             st.queue.promote_due(now);
             if in_flight.is_some() && !self.holds_round(&st, now) {
                 drop(st);

@@ -320,7 +320,8 @@ struct WriterCore {
     /// Threads sleeping on `progress`: without any, the flusher skips the wake.
     progress_waiters: AtomicU32,
     stop: AtomicU8,
-    /// Bumped by shutdown; the syncer sleeps on it.
+    /// Bumped by shutdown, and by the flusher for a parked syncer; the syncer sleeps
+    /// on it.
     syncer_word: AtomicU32,
     counters: Counters,
     events: Events,
@@ -371,6 +372,8 @@ impl Writer {
             flush_below: 0,
             linger_from: None,
             rng: seed ^ 0x9E37_79B9_7F4A_7C15,
+            syncer_parked: false,
+            syncer_looks: 0,
         };
         let counters = Counters::default();
         let events = Events::new(config.queue_events);
@@ -603,8 +606,7 @@ impl Writer {
         sh.sink.close();
         sh.work.fetch_add(1, Ordering::SeqCst);
         sys::futex_wake(&sh.work, i32::MAX);
-        sh.syncer_word.fetch_add(1, Ordering::SeqCst);
-        sys::futex_wake(&sh.syncer_word, i32::MAX);
+        sh.wake_syncer();
         let handles = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for handle in handles {
             let _ = handle.join();

@@ -724,6 +724,52 @@ fn fsync_batch_syncs_waiting_facts_while_the_flusher_is_stuck() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Under `Fsync::Batch` an idle writer's syncer sleeps until facts come: no wake-ups
+/// every half interval while there is nothing to sync. The flusher wakes it when facts
+/// are queued, and those are still synced within the interval though the flusher then
+/// waits on a daemon that does not answer.
+#[test]
+fn fsync_batch_syncer_sleeps_while_idle_and_wakes_for_facts() {
+    let dir = tempdir("batch-idle");
+    let mut spool = SpoolConfig::new(&dir);
+    spool.fsync_interval = Duration::from_millis(40);
+    let config = WriterConfig {
+        spool: Some(spool),
+        ..fast()
+    };
+    let sink = Scripted::new(|_, _| Status::CommittedAcked);
+    let w = Writer::start(sink.clone(), config).unwrap();
+    let looks = |w: &Writer| w.core.lock().syncer_looks;
+    let parked = |w: &Writer| w.core.lock().syncer_parked;
+    let unsynced = |w: &Writer| w.core.lock().spool.as_ref().unwrap().oldest_unsynced();
+    assert!(wait(|| parked(&w)), "an idle writer's syncer parks");
+    let before = looks(&w);
+    std::thread::sleep(Duration::from_millis(300));
+    // Looking every 20 ms it would have looked 15 times.
+    let idle = looks(&w);
+    assert!(idle <= before + 1, "{} looks while idle", idle - before);
+
+    // A delivered fact: the syncer wakes, and parks again once it is delivered.
+    put(&w, "k", "a");
+    assert!(flushed(&w));
+    assert!(wait(|| looks(&w) > idle && parked(&w)), "parks again after a delivery");
+
+    // The flusher waits in a held sink; "d" comes meanwhile. Both are synced.
+    sink.hold();
+    let start = Instant::now();
+    put(&w, "k", "c");
+    assert!(wait(|| w.core.lock().queue.ready_len() == 0));
+    put(&w, "k2", "d");
+    assert!(!parked(&w), "facts are queued");
+    assert!(wait(|| unsynced(&w).is_none()), "synced while the flusher is stuck");
+    assert!(start.elapsed() >= Duration::from_millis(20), "synced at once");
+    sink.release();
+    assert!(flushed(&w));
+    assert!(wait(|| parked(&w)), "parks again once all is delivered");
+    drop(w);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn wait(mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
