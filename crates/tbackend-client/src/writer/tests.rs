@@ -707,7 +707,6 @@ fn fsync_batch_syncs_waiting_facts_while_the_flusher_is_stuck() {
     let sink = Scripted::new(|_, _| Status::CommittedAcked);
     sink.hold();
     let w = Writer::start(sink.clone(), config).unwrap();
-    let unsynced = |w: &Writer| w.core.lock().spool.as_ref().unwrap().oldest_unsynced();
     let start = Instant::now();
     put(&w, "k", "a");
     // The flusher takes "a" and waits in the held sink; "b" comes meanwhile.
@@ -741,7 +740,6 @@ fn fsync_batch_syncer_sleeps_while_idle_and_wakes_for_facts() {
     let w = Writer::start(sink.clone(), config).unwrap();
     let looks = |w: &Writer| w.core.lock().syncer_looks;
     let parked = |w: &Writer| w.core.lock().syncer_parked;
-    let unsynced = |w: &Writer| w.core.lock().spool.as_ref().unwrap().oldest_unsynced();
     assert!(wait(|| parked(&w)), "an idle writer's syncer parks");
     let before = looks(&w);
     std::thread::sleep(Duration::from_millis(300));
@@ -768,6 +766,11 @@ fn fsync_batch_syncer_sleeps_while_idle_and_wakes_for_facts() {
     assert!(wait(|| parked(&w)), "parks again once all is delivered");
     drop(w);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// When the oldest fact the spool has not synced was appended (`None`: none waits).
+fn unsynced(w: &Writer) -> Option<Instant> {
+    w.core.lock().spool.as_ref().unwrap().oldest_unsynced()
 }
 
 fn wait(mut f: impl FnMut() -> bool) -> bool {
